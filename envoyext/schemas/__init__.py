@@ -1,0 +1,99 @@
+"""Load YAML documents and validate them against the JSON Schemas shipped in this folder.
+
+Every file a user hands us goes through here, so every bad field is reported the same way:
+file, field path, what is wrong, how to fix it.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from envoyext.errors import UserError
+
+HERE = Path(__file__).parent
+
+
+@functools.cache
+def schema(name: str) -> dict:
+    return yaml.safe_load((HERE / f"{name}.yaml").read_text())
+
+
+@functools.cache
+def _validator(name: str) -> jsonschema.protocols.Validator:
+    s = schema(name)
+    cls = jsonschema.validators.validator_for(s)
+    return cls(s)
+
+
+def field_path(parts) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise UserError("file not found", file=path, fix="check the path") from None
+    except IsADirectoryError:
+        raise UserError("is a directory, expected a YAML file", file=path) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"YAML syntax error: {problem}", file=path, line=line,
+                        fix="correct the YAML at that line") from None
+
+
+def _fix_for(err: jsonschema.ValidationError) -> str:
+    v = err.validator
+    if v == "additionalProperties":
+        allowed = sorted(err.schema.get("properties", {}))
+        return "remove it" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
+    if v == "required":
+        return "add the missing field"
+    if v == "enum":
+        return "use one of: " + ", ".join(map(str, err.validator_value))
+    if v == "type":
+        t = err.validator_value
+        return f"give a value of type {t if isinstance(t, str) else ' or '.join(t)}"
+    if v in ("minimum", "maximum", "minItems", "pattern"):
+        return f"respect {v} {err.validator_value}"
+    return "see the README for this field"
+
+
+def validate(data: Any, schema_name: str, file: Path | str) -> None:
+    errors = sorted(_validator(schema_name).iter_errors(data), key=lambda e: (len(e.path), list(map(str, e.path))))
+    if not errors:
+        return
+    err = errors[0]
+    # oneOf failures hide the useful sub-error; take the deepest one.
+    while err.context:
+        err = max(err.context, key=lambda e: len(e.path))
+    path = list(err.absolute_path)
+    message = err.message
+    if err.validator == "additionalProperties":
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        if extra:
+            path.append(extra[0])
+            message = "unknown field"
+    if len(message) > 160:
+        message = message[:157] + "..."
+    raise UserError(message, file=file, field=field_path(path), fix=_fix_for(err))
+
+
+def load(path: Path | str, schema_name: str) -> Any:
+    data = read_yaml(Path(path))
+    if data is None:
+        data = {}
+    validate(data, schema_name, path)
+    return data
