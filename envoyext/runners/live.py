@@ -1,0 +1,134 @@
+"""Scenario -> observations through a real Envoy process, real test upstreams, real sockets."""
+
+from __future__ import annotations
+
+import http.client
+import re
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+from envoyext.artifact import Artifact
+from envoyext.envoy import bootstrap
+from envoyext.envoy.process import EnvoyProcess
+from envoyext.scenario import UPSTREAM, Case, LogLine, Observation, Response, Scenario
+from envoyext.upstreams import UpstreamServers
+
+RUNNER = "live"
+ORACLE = "native"
+
+_LINE = re.compile(r"^\[[^\]]*\]\[\d+\]\[(\w+)\]\[(\w+)\] (.*)$")
+# Guest log lines: Wasm `wasm log <plugin> <root_id> <vm_id>: msg`, Lua `script log: msg`.
+_WASM = re.compile(r"^wasm log[^:]*: (.*)$", re.S)
+_LUA = re.compile(r"^script log: (.*)$", re.S)
+
+
+def filter_logs(text: str) -> list[LogLine]:
+    """The filter's own log lines out of Envoy's log, at Envoy's level names."""
+    out: list[LogLine] = []
+    current: list | None = None
+    for raw in text.splitlines():
+        m = _LINE.match(raw)
+        if not m:
+            if current is not None:  # a message with newlines continues on the next line
+                current[1] += "\n" + raw
+            continue
+        if current is not None:
+            out.append(LogLine(*current))
+            current = None
+        level, component, message = m.groups()
+        g = (_WASM if component == "wasm" else _LUA if component == "lua" else None)
+        gm = g.match(message) if g else None
+        if gm:
+            current = [level, gm.group(1)]
+    if current is not None:
+        out.append(LogLine(*current))
+    return out
+
+
+def send(url_host: str, port: int, case: Case, timeout: float = 30) -> Response | None:
+    """One request exactly as the case gives it (repeated headers and all)."""
+    rq = case.request
+    conn = http.client.HTTPConnection(url_host, port, timeout=timeout)
+    try:
+        conn.putrequest(rq.method, rq.path, skip_host=True, skip_accept_encoding=True)
+        conn.putheader("host", rq.authority)
+        for k, v in rq.headers:
+            if k != "host":
+                conn.putheader(k, v)
+        if rq.trailers:
+            conn.putheader("transfer-encoding", "chunked")
+            conn.endheaders()
+            if rq.body:
+                conn.send(b"%x\r\n%s\r\n" % (len(rq.body), rq.body))
+            conn.send(b"0\r\n" + b"".join(f"{k}: {v}\r\n".encode() for k, v in rq.trailers) + b"\r\n")
+        else:
+            if rq.body or rq.method in ("POST", "PUT", "PATCH"):
+                conn.putheader("content-length", str(len(rq.body)))
+            conn.endheaders(rq.body or None)
+        resp = conn.getresponse()
+        body = resp.read()
+        return Response(resp.status, [(k.lower(), v) for k, v in resp.getheaders()], body)
+    except (http.client.RemoteDisconnected, ConnectionResetError):
+        return None
+    finally:
+        conn.close()
+
+
+def _settle(envoy: EnvoyProcess, timeout: float = 5) -> None:
+    """Wait until no downstream request is active: on_log / access logging have run."""
+    deadline = time.monotonic() + timeout
+    name = f"http.{bootstrap.STAT_PREFIX}.downstream_rq_active"
+    while time.monotonic() < deadline:
+        if envoy.admin.stats().get(name, 0) == 0:
+            return
+        time.sleep(0.01)
+
+
+@contextmanager
+def started(artifact: Artifact | None, scenario: Scenario, *, oracle: bool = False,
+            concurrency: int = 2, stats_config: dict | None = None) -> Iterator[tuple[EnvoyProcess, UpstreamServers]]:
+    """Upstreams and Envoy for `scenario`, running until the block ends."""
+    with UpstreamServers(scenario.all_clusters()) as ups:
+        addresses = {name: ups.address(name) for name in scenario.all_clusters()}
+        config = bootstrap.build(artifact, scenario, addresses, oracle=oracle, stats_config=stats_config)
+        with EnvoyProcess(config, concurrency=concurrency) as envoy:
+            yield envoy, ups
+
+
+def run_scenario(artifact: Artifact | None, scenario: Scenario, *, oracle: bool = False,
+                 stats_config: dict | None = None) -> list[Observation]:
+    observations = []
+    with started(artifact, scenario, oracle=oracle, stats_config=stats_config) as (envoy, ups):
+        host, port = envoy.listener
+        for case in scenario.cases:
+            if case.only == "emulated":
+                continue
+            if case.wait_ms:
+                time.sleep(case.wait_ms / 1000)
+            before = envoy.admin.stats()
+            offset = envoy.log_size()
+            ups.take()
+            responses = []
+            last = None
+            error = None
+            for _ in range(case.repeat):
+                try:
+                    r = send(host, port, case)
+                except OSError as e:
+                    error = f"request failed: {e}"
+                    break
+                last = r
+                if r is not None:
+                    responses.append(r)
+                _settle(envoy)
+            after = envoy.admin.stats()
+            received = ups.take()
+            observations.append(Observation(
+                case=case.name, runner=ORACLE if oracle else RUNNER,
+                response=last, responses=responses,
+                upstream=received.pop(UPSTREAM, []), clusters=received,
+                logs=filter_logs(envoy.log_since(offset)),
+                stats={k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)},
+                error=error))
+    return observations
