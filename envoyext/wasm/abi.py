@@ -1,0 +1,180 @@
+"""The Proxy-Wasm ABI in proxy-wasm's own words: enums, status codes and the pairs serialization.
+
+Values are those of proxy-wasm/spec (v0.2.1, v0.2.0, v0.1.0) and of proxy-wasm-cpp-host, which
+Envoy embeds; nothing here depends on a VM or a stream.
+"""
+
+from __future__ import annotations
+
+import struct
+from enum import Enum, IntEnum
+
+
+class WasmResult(IntEnum):
+    """proxy_status_t; cpp-host's WasmResult (the values every host function returns)."""
+    Ok = 0
+    NotFound = 1
+    BadArgument = 2
+    SerializationFailure = 3
+    ParseFailure = 4
+    BadExpression = 5
+    InvalidMemoryAccess = 6
+    Empty = 7
+    CasMismatch = 8
+    ResultMismatch = 9
+    InternalFailure = 10
+    BrokenConnection = 11
+    Unimplemented = 12
+
+
+class LogLevel(IntEnum):
+    trace = 0
+    debug = 1
+    info = 2
+    warn = 3
+    error = 4
+    critical = 5
+
+
+# LogLine.level names, by proxy_log_level_t.
+LOG_LEVEL_NAMES = ("trace", "debug", "info", "warn", "error", "critical")
+
+
+class BufferType(IntEnum):
+    HttpRequestBody = 0
+    HttpResponseBody = 1
+    DownstreamData = 2
+    UpstreamData = 3
+    HttpCallResponseBody = 4
+    GrpcReceiveBuffer = 5
+    VmConfiguration = 6
+    PluginConfiguration = 7
+    CallData = 8      # FOREIGN_FUNCTION_ARGUMENTS
+    MAX = 8
+
+
+class MapType(IntEnum):
+    RequestHeaders = 0
+    RequestTrailers = 1
+    ResponseHeaders = 2
+    ResponseTrailers = 3
+    GrpcReceiveInitialMetadata = 4
+    GrpcReceiveTrailingMetadata = 5
+    HttpCallResponseHeaders = 6
+    HttpCallResponseTrailers = 7
+    MAX = 7
+
+
+class StreamType(IntEnum):
+    Request = 0
+    Response = 1
+    Downstream = 2
+    Upstream = 3
+    MAX = 3
+
+
+class MetricType(IntEnum):
+    Counter = 0
+    Gauge = 1
+    Histogram = 2
+    MAX = 2
+
+
+class FilterHeadersStatus(IntEnum):
+    Continue = 0
+    StopIteration = 1
+    ContinueAndEndStream = 2
+    StopAllIterationAndBuffer = 3
+    StopAllIterationAndWatermark = 4
+
+
+class FilterDataStatus(IntEnum):
+    Continue = 0
+    StopIterationAndBuffer = 1
+    StopIterationAndWatermark = 2
+    StopIterationNoBuffer = 3
+
+
+class FilterTrailersStatus(IntEnum):
+    Continue = 0
+    StopIteration = 1
+
+
+class AbiVersion(Enum):
+    V0_1_0 = "0.1.0"
+    V0_2_0 = "0.2.0"
+    V0_2_1 = "0.2.1"
+    Unknown = "unknown"
+
+
+ABI_MARKERS = {"proxy_abi_version_0_1_0": AbiVersion.V0_1_0,
+               "proxy_abi_version_0_2_0": AbiVersion.V0_2_0,
+               "proxy_abi_version_0_2_1": AbiVersion.V0_2_1}
+
+
+def abi_version(export_names) -> AbiVersion:
+    """The first function export naming an ABI version decides, as cpp-host's BytecodeUtil does."""
+    for name in export_names:
+        if name in ABI_MARKERS:
+            return ABI_MARKERS[name]
+    return AbiVersion.Unknown
+
+
+# WASI errno values cpp-host returns.
+class Errno(IntEnum):
+    SUCCESS = 0
+    BADF = 8
+    FAULT = 21
+    INVAL = 28
+    NOENT = 44
+    NOSYS = 52
+    NOTDIR = 20
+    NOTSUP = 58
+
+
+# cpp-host limits (include/proxy-wasm/limits.h).
+PAIRS_MAX_BYTES = 1024 * 1024
+PAIRS_MAX_COUNT = 1024
+RANDOM_GET_MAX_BYTES = 64 * 1024
+MAX_MEMORY_BYTES = 1024 * 1024 * 1024
+
+_U32 = struct.Struct("<I")
+
+
+def serialize_pairs(pairs) -> bytes:
+    """Pairs of bytes -> the spec's map serialization: count, (key len, value len)*, key\\0 value\\0 ..."""
+    if not pairs:
+        return b""
+    sizes = []
+    data = []
+    for k, v in pairs:
+        sizes.append(struct.pack("<II", len(k), len(v)))
+        data.append(k)
+        data.append(b"\0")
+        data.append(v)
+        data.append(b"\0")
+    return _U32.pack(len(pairs)) + b"".join(sizes) + b"".join(data)
+
+
+def deserialize_pairs(buf: bytes) -> list[tuple[bytes, bytes]]:
+    """cpp-host's PairsUtil::toPairs: anything malformed or over the limits yields no pairs at all."""
+    n = len(buf)
+    if n < 4 or n > PAIRS_MAX_BYTES:
+        return []
+    (count,) = _U32.unpack_from(buf, 0)
+    if count > PAIRS_MAX_COUNT or 4 + count * 8 > n:
+        return []
+    sizes = struct.unpack_from("<%dI" % (2 * count), buf, 4)
+    pos = 4 + count * 8
+    out = []
+    for i in range(count):
+        ks, vs = sizes[2 * i], sizes[2 * i + 1]
+        if pos + ks + 1 > n or buf[pos + ks] != 0:
+            return []
+        k = buf[pos:pos + ks]
+        pos += ks + 1
+        if pos + vs + 1 > n or buf[pos + vs] != 0:
+            return []
+        out.append((k, buf[pos:pos + vs]))
+        pos += vs + 1
+    return out if pos == n else []
