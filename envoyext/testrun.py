@@ -45,13 +45,16 @@ class CaseResult:
 def run_scenario(artifact: Artifact, sc: Scenario, *, runners: tuple[str, ...] = (EMULATED, LIVE),
                  runtime: str = "process", stats_config: dict | None = None) -> list[CaseResult]:
     by_runner: dict[str, dict[str, Observation]] = {}
+    native: dict[str, Observation] = {}
     if EMULATED in runners:
         from envoyext.runners import emulated
         by_runner[EMULATED] = {o.case: o for o in emulated.run_scenario(artifact, sc)}
     if LIVE in runners:
-        live = _live_runner(runtime)
-        by_runner[LIVE] = {o.case: o for o in live.run_scenario(artifact, sc, stats_config=stats_config)}
-        native = ({o.case: o for o in live.run_scenario(None, sc, oracle=True, stats_config=stats_config)}
+        from envoyext.runners import live
+        by_runner[LIVE] = {o.case: o for o in live.run_scenario(artifact, sc, stats_config=stats_config,
+                                                                 runtime=runtime)}
+        native = ({o.case: o for o in live.run_scenario(None, sc, oracle=True, stats_config=stats_config,
+                                                         runtime=runtime)}
                   if sc.oracle else {})
     results = []
     for case in sc.cases:
@@ -62,19 +65,11 @@ def run_scenario(artifact: Artifact, sc: Scenario, *, runners: tuple[str, ...] =
                 r.failures[runner] = scenario_mod.check(case, obs[case.name])
         if EMULATED in r.observations and LIVE in r.observations:
             r.disagreements = scenario_mod.compare(r.observations[EMULATED], r.observations[LIVE])
-        if LIVE in r.observations and case.name in (native if LIVE in by_runner else {}):
+        if LIVE in r.observations and case.name in native:
             r.observations["native"] = native[case.name]
             r.oracle = scenario_mod.compare(native[case.name], r.observations[LIVE], parts=sc.oracle.compare)
         results.append(r)
     return results
-
-
-def _live_runner(runtime: str):
-    if runtime == "docker":
-        from envoyext.envoy import docker
-        return docker
-    from envoyext.runners import live
-    return live
 
 
 def run_project(project: Project, artifact: Artifact, *, runners: tuple[str, ...] = (EMULATED, LIVE),

