@@ -1,0 +1,84 @@
+"""The scenario format, the checker and the comparer: pure, no Envoy."""
+
+from pathlib import Path
+
+import pytest
+
+from envoyext import scenario as S
+from envoyext.errors import UserError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "s.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_loads_defaults(tmp_path):
+    sc = S.load(write(tmp_path, "cases: [{name: a, request: {headers: {x-a: [1, 2]}}}]"), default_config={"k": 1})
+    assert sc.config == {"k": 1}
+    assert sc.cases[0].request.headers == [("x-a", "1"), ("x-a", "2")]
+    assert [r.cluster for r in sc.routes] == ["upstream"]
+
+
+def test_unknown_field_names_file_and_field(tmp_path):
+    p = write(tmp_path, "cases:\n  - name: a\n    expect: {stauts: 200}\n")
+    with pytest.raises(UserError) as e:
+        S.load(p)
+    line = e.value.one_line()
+    assert str(p) in line and "cases[0].expect.stauts" in line and "unknown field" in line
+    assert "allowed:" in line and "\n" not in line
+
+
+def test_wrong_type_and_yaml_syntax(tmp_path):
+    with pytest.raises(UserError, match=r"cases\[0\].repeat"):
+        S.load(write(tmp_path, "cases: [{name: a, repeat: many}]"))
+    with pytest.raises(UserError, match=r"s.yaml:\d+: YAML syntax error"):
+        S.load(write(tmp_path, "cases:\n  - name: a\n   bad: [x\n"))
+
+
+def test_route_to_unknown_cluster(tmp_path):
+    with pytest.raises(UserError, match=r"routes\[0\].cluster.*unknown cluster 'auth'"):
+        S.load(write(tmp_path, "routes: [{match: {prefix: /}, cluster: auth}]\ncases: [{name: a}]"))
+
+
+def obs(**kw):
+    base = dict(case="a", runner="t", response=S.Response(200, [("x-a", "1"), ("date", "x")], b"hello"))
+    base.update(kw)
+    return S.Observation(**base)
+
+
+def case(expect):
+    return S.Case("a", S.Request(), expect)
+
+
+def test_check_passes_and_fails_precisely():
+    o = obs(upstream=[S.Received("GET", "/p", [("x-up", "1")])],
+            logs=[S.LogLine("info", "hello world")], stats={"c": 2})
+    assert S.check(case({"status": 200, "headers": {"x-a": "1"}, "body": "hello",
+                         "upstream": {"called": True, "path": "/p", "headers": {"x-up": 1}},
+                         "logs_contain": "world", "stats": {"c": 2}}), o) == []
+    fails = S.check(case({"status": 201, "headers_absent": ["x-a"], "body_contains": "nope",
+                          "upstream": {"count": 2}, "logs_absent": "hello", "stats": {"c": 1}}), o)
+    assert [m.where for m in fails] == ["status", "headers.x-a", "body_contains", "upstream.count",
+                                        "logs_absent", "stats.c"]
+
+
+def test_check_uncalled_upstream_and_reset_stream():
+    assert [m.where for m in S.check(case({"upstream": {"headers": {"x": "1"}}}), obs())] == ["upstream.called"]
+    assert S.check(case({"status": 200}), obs(response=None))[0].where == "response"
+
+
+def test_compare_ignores_volatile_headers_and_echoed_request_ids():
+    a = obs(response=S.Response(200, [("date", "1"), ("x-request-id", "a")],
+                                b'{"headers": {"x-request-id": "a", "x": "1"}}'))
+    b = obs(response=S.Response(200, [("date", "2"), ("x-request-id", "b")],
+                                b'{"headers": {"x-request-id": "b", "x": "1"}}'))
+    assert S.compare(a, b) == []
+    c = obs(response=S.Response(200, [("date", "2")], b'{"headers": {"x": "2"}}'))
+    assert {m.where for m in S.compare(a, c)} == {"body"}
+
+
+def test_compare_stats_only_those_the_first_reports():
+    assert S.compare(obs(stats={"mine": 1}), obs(stats={"mine": 1, "envoy.other": 9})) == []
+    assert S.compare(obs(stats={"mine": 1}), obs(stats={"mine": 2}))[0].where == "stats.mine"
