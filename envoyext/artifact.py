@@ -21,3 +21,45 @@ class Artifact:
     def filter_name(self) -> str:
         """The name in the HTTP filter chain (Lua route metadata is looked up under it)."""
         return self.name
+
+
+# Envoy's Lua filter has no configuration field for the script itself, so a Lua filter's JSON
+# configuration is handed over the way Istio users inline it: as Lua data in the script. It is
+# appended, not prepended, so line numbers and the chunk name Envoy derives from the first line
+# (`[string "..."]:LINE:`) stay those of the user's file.
+LUA_CONFIG_GLOBAL = "envoyext_config"
+
+
+def to_lua(value: Any) -> str:
+    """A JSON value as a Lua expression (objects become tables with string keys)."""
+    if value is None:
+        return "nil"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + "".join(_lua_char(c) for c in value) + '"'
+    if isinstance(value, list):
+        return "{" + ", ".join(to_lua(v) for v in value) + "}"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"[{to_lua(str(k))}] = {to_lua(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"not a JSON value: {value!r}")
+
+
+def _lua_char(c: str) -> str:
+    if c in '"\\':
+        return "\\" + c
+    if c == "\n":
+        return "\\n"
+    if ord(c) < 32 or ord(c) == 127:
+        return f"\\{ord(c)}"
+    return c
+
+
+def lua_code(source: str, config: Any) -> str:
+    """The exact script Envoy runs (and the emulator, and publish emit) for this config."""
+    if config is None:
+        return source
+    sep = "" if source.endswith("\n") else "\n"
+    return f"{source}{sep}{LUA_CONFIG_GLOBAL} = {to_lua(config)}\n"

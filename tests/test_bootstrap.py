@@ -27,7 +27,7 @@ SCENARIO = {
     "cases": [{"name": "-"}],
 }
 CASES = {
-    "lua": Artifact("lua", Path("/filters/f.lua"), "my-lua"),
+    "lua": Artifact("lua", GOLDEN / "f.lua", "my-lua"),
     "wasm": Artifact("wasm", Path("/filters/f.wasm"), "my-wasm", root_id="root", vm_id="vm", fail_open=True),
 }
 
@@ -55,8 +55,13 @@ def test_wasm_configuration_is_json_string():
     assert [f["name"] for f in hcm["http_filters"]] == ["my-wasm", "envoy.filters.http.router"]
 
 
-def test_real_envoy_accepts_the_lua_bootstrap(tmp_path):
-    script = tmp_path / "f.lua"
-    script.write_text("function envoy_on_request(h) end\n")
-    sc = from_dict(SCENARIO, Path("golden.yaml"))
-    validate(bootstrap.build(Artifact("lua", script, "my-lua"), sc, ADDRESSES))
+def test_real_envoy_accepts_the_lua_bootstrap():
+    validate(config_for("lua", {"disabled": True}))
+
+
+def test_lua_config_is_appended_as_lua_data():
+    from envoyext.artifact import lua_code, to_lua
+    assert to_lua({"a": [1, True, None], "b": 'q"\n'}) == '{["a"] = {1, true, nil}, ["b"] = "q\\"\\n"}'
+    code = lua_code("line1\nline2", {"k": 1})
+    assert code.splitlines()[:2] == ["line1", "line2"]  # user's line numbers unchanged
+    assert code.endswith('envoyext_config = {["k"] = 1}\n')

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from envoyext.artifact import Artifact
+from envoyext.artifact import Artifact, lua_code
 from envoyext.scenario import Route, Scenario
 
 STAT_PREFIX = "ingress_http"
@@ -32,11 +32,14 @@ def plugin_configuration(config: Any) -> dict | None:
     return {"@type": STRING_VALUE, "value": value}
 
 
-def filter_config(artifact: Artifact, config: Any) -> dict:
-    """The filter under test as an entry of HttpConnectionManager.http_filters."""
+def filter_config(artifact: Artifact, config: Any, lua_source: str | None = None) -> dict:
+    """The filter under test as an entry of HttpConnectionManager.http_filters.
+
+    A Lua filter is inlined, as Istio's EnvoyFilter carries it, with its config appended."""
     if artifact.kind == "lua":
+        code = lua_code(lua_source if lua_source is not None else artifact.path.read_text(), config)
         return {"name": artifact.filter_name, "typed_config": {
-            "@type": LUA, "default_source_code": {"filename": str(artifact.path)}}}
+            "@type": LUA, "default_source_code": {"inline_string": code}}}
     plugin = {
         "name": artifact.name,
         "root_id": artifact.root_id,
