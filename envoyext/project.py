@@ -31,6 +31,12 @@ class Project:
     attach: dict = field(default_factory=lambda: {"position": "before", "filter": ROUTER})
     scenario_files: list[Path] = field(default_factory=list)
     stats_tags: list[dict] = field(default_factory=list)
+    config_schema: Path | None = None
+
+    def check_config(self, config: Any, file: Path, field_name: str = "config") -> None:
+        """Validate a filter configuration (filter.yaml's or a scenario's) against config_schema."""
+        if self.config_schema is not None:
+            validate_config(config, self.config_schema, file, field_name)
 
     @property
     def file(self) -> Path:
@@ -86,8 +92,11 @@ def load(path: Path | str | None = None) -> Project:
             raise UserError("module file not found", file=file, field="module",
                             fix=f"build it first, or correct the path ({module})")
     config = data.get("config")
-    if "config_schema" in data:
-        validate_config(config, root / data["config_schema"], file, "config")
+    config_schema = root / data["config_schema"] if "config_schema" in data else None
+    if config_schema is not None:
+        if not config_schema.is_file():
+            raise UserError("schema file not found", file=file, field="config_schema", fix="correct the path")
+        validate_config(config, config_schema, file, "config")
     scenario_files: list[Path] = []
     for pattern in data.get("scenarios", ["scenarios/*.yaml"]):
         hits = sorted(Path(p) for p in glob.glob(str(root / pattern)))
@@ -96,7 +105,8 @@ def load(path: Path | str | None = None) -> Project:
     return Project(root=root, name=data["name"], lang=lang, sources=sources, module=module,
                    root_id=data.get("root_id", ""), vm_id=data.get("vm_id", ""),
                    fail_open=data.get("fail_open", False), config=config, attach=attach,
-                   scenario_files=scenario_files, stats_tags=data.get("stats_tags", []))
+                   scenario_files=scenario_files, stats_tags=data.get("stats_tags", []),
+                   config_schema=config_schema)
 
 
 def validate_config(config: Any, schema_file: Path, file: Path, field_name: str) -> None:

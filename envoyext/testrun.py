@@ -75,9 +75,11 @@ def run_scenario(artifact: Artifact, sc: Scenario, *, runners: tuple[str, ...] =
 def run_project(project: Project, artifact: Artifact, *, runners: tuple[str, ...] = (EMULATED, LIVE),
                 runtime: str = "process",
                 on_result: Callable[[CaseResult], None] | None = None) -> list[CaseResult]:
+    scenarios = [scenario_mod.load(path, default_config=project.config) for path in project.scenario_files]
+    for sc in scenarios:  # every bad input is reported before anything runs
+        project.check_config(sc.config, sc.path)
     results = []
-    for path in project.scenario_files:
-        sc = scenario_mod.load(path, default_config=project.config)
+    for sc in scenarios:
         for r in run_scenario(artifact, sc, runners=runners, runtime=runtime,
                               stats_config=project.stats_config):
             results.append(r)
