@@ -1,0 +1,246 @@
+"""The Lua filter host for the emulated Envoy (`envoyext.runners.emulated`).
+
+`LuaFilterHost` is one `envoy.filters.http.lua` filter configuration: the default script (the
+artifact), named `source_codes`, and the per-route `LuaPerRoute` configs of the scenario's routes,
+each in its own LuaJIT state. `LuaStreamFilter` runs one stream through it as Envoy's Lua filter
+does: envoy_on_request over the request, envoy_on_response over the response (local replies
+included), script errors counted and logged and the stream let through.
+
+The scenario's `config`, unused by Envoy for Lua, may carry the rest of the Lua filter's proto:
+`source_codes` ({name: {inline_string|filename}}), `stat_prefix`, `clear_route_cache`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from envoyext.artifact import Artifact
+from envoyext.errors import UserError
+from envoyext.lua.host import Callouts, LuaScript
+from envoyext.runners.emulated import LocalReply, Stream
+from envoyext.scenario import LogLine, Response, first
+
+# The HCM stat prefix of the bootstrap both runners use; the filter's stats live under
+# "http.<prefix>.lua.[<stat_prefix>.]" (verified on Envoy 1.40 admin /stats).
+HCM_STAT_PREFIX = "ingress_http"
+CANONICAL_NAME = "envoy.filters.http.lua"
+
+# What Envoy's async client hands a Lua httpCall when the cluster fails (observed on 1.40: these
+# arrive through onSuccess as the router's local replies; "upstream failure" is only for resets).
+CALLOUT_FAILURES = {
+    "connection_failure": (503, b"upstream connect error or disconnect/reset before headers. "
+                                b"reset reason: remote connection failure"),
+    "timeout": (504, b"upstream request timeout"),
+    "reset": (503, b"upstream failure"),
+}
+
+
+def read_source(spec: Any, base: Path | None, where: str) -> str:
+    """A DataSource ({inline_string} or {filename}) -> code."""
+    if isinstance(spec, str):
+        return spec
+    if isinstance(spec, dict):
+        if "inline_string" in spec:
+            return spec["inline_string"]
+        if "filename" in spec:
+            p = Path(spec["filename"])
+            if not p.is_absolute() and base is not None:
+                p = base / p
+            try:
+                return p.read_text()
+            except OSError as e:
+                raise UserError(f"cannot read Lua source {p}: {e.strerror}", field=where) from e
+    raise UserError("expected a DataSource with inline_string or filename", field=where)
+
+
+def filter_metadata(metadata: dict | None) -> dict:
+    """A route's `metadata` is Envoy's Metadata ({filter_metadata: {...}}); a bare mapping is
+    taken as the filter_metadata itself."""
+    if not metadata:
+        return {}
+    return metadata.get("filter_metadata", metadata) if isinstance(metadata, dict) else {}
+
+
+class LuaFilterHost:
+    runner = "lua-emulator"
+
+    def __init__(self, artifact: Artifact, config: Any, env):
+        self.env = env
+        self.filter_name = artifact.filter_name
+        cfg = config if isinstance(config, dict) else {}
+        stat_prefix = cfg.get("stat_prefix") or ""
+        self.stat_prefix = f"http.{HCM_STAT_PREFIX}.lua." + (f"{stat_prefix}." if stat_prefix else "")
+        self.clear_route_cache = cfg.get("clear_route_cache", True)
+        self.callouts = Callouts(self._has_cluster, self._call, lambda: env.clock.ns // 1000)
+        self.logs: list[LogLine] = []
+        self.scripts: list[LuaScript] = []
+        path = Path(artifact.path)
+        self.default = self._load(path.read_text(), str(path))
+        base = Path(getattr(env.scenario, "path", ".")).parent
+        self.named = {name: self._load(read_source(spec, base, f"config.source_codes.{name}"), name)
+                      for name, spec in (cfg.get("source_codes") or {}).items()}
+        # LuaPerRoute per route, resolved (and inline sources loaded) at configuration time.
+        self.per_route: dict[str, tuple[LuaScript | None, dict]] = {}
+        for route in env.scenario.routes:
+            pfc = route.per_filter_config
+            if pfc is None:
+                continue
+            if not isinstance(pfc, dict):
+                raise UserError("per_filter_config for a Lua filter must be a LuaPerRoute mapping",
+                                field=f"routes.{route.name}.per_filter_config")
+            context = pfc.get("filter_context") or {}
+            if pfc.get("disabled"):
+                script = None
+            elif pfc.get("name"):
+                # An unknown name runs nothing (perLuaCodeSetup returns null).
+                script = self.named.get(pfc["name"])
+            elif pfc.get("source_code") is not None:
+                script = self._load(read_source(pfc["source_code"], base,
+                                                f"routes.{route.name}.per_filter_config.source_code"),
+                                    f"route {route.name}")
+            else:
+                script = self.default
+            self.per_route[route.name] = (script, context)
+        self._route_md: dict[tuple[int, str], Any] = {}
+
+    def _load(self, code: str, source: str) -> LuaScript:
+        script = LuaScript(code, self.callouts, source=source)
+        self.scripts.append(script)
+        return script
+
+    # -- callouts -----------------------------------------------------------------------------------
+    def _has_cluster(self, name: str) -> bool:
+        return name in self.env.clusters
+
+    def _call(self, ctx: "LuaStreamFilter", cluster, headers, body, timeout_ms, asynchronous):
+        result = ctx.stream.call_cluster(cluster, headers, body, timeout_ms or None)
+        if result.response is not None:
+            r: Response = result.response
+            # The router in front of the async client adds this one (observed).
+            return r.status, list(r.headers) + [("x-envoy-upstream-service-time", "0")], r.body
+        status, fail_body = CALLOUT_FAILURES.get(result.failure, CALLOUT_FAILURES["reset"])
+        return status, [("content-length", str(len(fail_body))), ("content-type", "text/plain")], fail_body
+
+    # -- FilterHost ----------------------------------------------------------------------------------
+    def new_stream(self, stream: Stream) -> "LuaStreamFilter":
+        return LuaStreamFilter(self, stream)
+
+    def advance(self, env) -> None:
+        pass  # Lua filters have no timers
+
+    def take_logs(self) -> list[LogLine]:
+        out, self.logs = self.logs, []
+        return out
+
+    def stats(self) -> dict[str, int]:
+        errors = executions = 0
+        for s in self.scripts:
+            e, x = s.counters()
+            errors += e
+            executions += x
+        return {self.stat_prefix + "errors": errors, self.stat_prefix + "executions": executions}
+
+    def close(self) -> None:
+        self.scripts.clear()
+
+    # -- per stream --------------------------------------------------------------------------------
+    def script_for(self, route) -> tuple[LuaScript | None, dict]:
+        """Filter::getPerLuaCodeSetup: the route's LuaPerRoute, else the default script."""
+        if route is not None and route.name in self.per_route:
+            return self.per_route[route.name]
+        return self.default, {}
+
+    def route_metadata(self, script: LuaScript, route) -> Any:
+        if route is None:
+            return None
+        key = (id(script), route.name)
+        if key not in self._route_md:
+            fm = filter_metadata(route.metadata)
+            md = fm.get(self.filter_name, fm.get(CANONICAL_NAME))
+            self._route_md[key] = script.to_lua(md) if md else None
+        return self._route_md[key]
+
+
+class LuaStreamFilter:
+    """One stream through the Lua filter."""
+
+    def __init__(self, host: LuaFilterHost, stream: Stream):
+        self.host = host
+        self.stream = stream
+        self.script: LuaScript | None = None
+        self.lstream = None
+        self.resolved = False
+
+    def _setup(self, stream: Stream) -> None:
+        if self.resolved:
+            return
+        self.resolved = True
+        route = stream.route
+        script, context = self.host.script_for(route)
+        self.script = script
+        if script is None:
+            return
+        self.lstream = script.new_stream(
+            "HTTP/1.1", stream.downstream_local_address, stream.downstream_address, "",
+            route.name if route is not None else "", self.host.route_metadata(script, route),
+            script.to_lua(context) if context else None, None)
+
+    def _logs(self, res) -> None:
+        if res is not None and res.logs:
+            self.host.logs.extend(LogLine(level, msg) for level, msg in res.logs)
+
+    def decode(self, stream: Stream) -> LocalReply | None:
+        self._setup(stream)
+        if self.script is None or not self.script.has_request:
+            return None
+        res = self.script.run("envoy_on_request", self, self.lstream, stream.request_headers,
+                              stream.request_body or None, stream.request_trailers or None)
+        if res is None:
+            return None
+        self._logs(res)
+        if res.headers is not None:
+            stream.request_headers = res.headers
+        if res.body is not None:
+            stream.request_body = res.body
+        if res.trailers is not None:
+            stream.request_trailers = res.trailers
+        if res.clear_route and self.host.clear_route_cache:
+            stream.clear_route_cache()
+        if res.reply_status is not None:
+            headers = [(k, v) for k, v in res.reply_headers if k != ":status"]
+            body = res.reply_body or b""
+            if body:
+                # sendLocalReply sets content-length itself; the emulated Envoy does the same.
+                headers = [(k, v) for k, v in headers if k != "content-length"]
+            return LocalReply(res.reply_status, body, headers, details="lua_response")
+        return None
+
+    def encode(self, stream: Stream) -> None:
+        self._setup(stream)
+        if self.script is None or not self.script.has_response:
+            return
+        headers = stream.response_headers
+        tail: list[tuple[str, str]] = []
+        if stream.local_reply:
+            # On a local reply the connection manager adds date and server after the filters.
+            tail = [(k, v) for k, v in headers if k in ("date", "server")]
+            headers = [(k, v) for k, v in headers if k not in ("date", "server")]
+        res = self.script.run("envoy_on_response", self, self.lstream, headers,
+                              stream.response_body or None, stream.response_trailers or None)
+        if res is None:
+            return
+        self._logs(res)
+        if res.headers is not None:
+            headers = res.headers
+        stream.response_headers = headers + tail if (tail or res.headers is not None) else stream.response_headers
+        if res.body is not None:
+            stream.response_body = res.body
+        if res.trailers is not None:
+            stream.response_trailers = res.trailers
+
+    def complete(self, stream: Stream) -> None:
+        pass
+
+
+__all__ = ["LuaFilterHost", "LuaStreamFilter", "first"]

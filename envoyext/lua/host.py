@@ -1,0 +1,227 @@
+"""The lupa side of the Lua emulator: one LuaJIT state per script, and what scripts call out to.
+
+Envoy keeps one lua_State per script (per worker); so do we. Each state runs `runtime.lua`, which
+implements the stream handle and its objects in Lua, and calls back into Python only through
+`Callouts` (httpCall, crypto, base64, the clock). A stream direction is one call into Lua
+(`LuaScript.run`) with the headers as one NUL-separated string and the body as one string, and
+one return with whatever changed: that keeps Python<->Lua crossings to a handful per request.
+
+Strings cross as latin-1 so bodies keep their bytes; header text that is not ASCII is carried as
+its UTF-8 bytes (Envoy's header maps hold bytes, not text).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+from importlib import resources
+from typing import Any, Callable
+
+import lupa.luajit21 as lupa
+
+from envoyext.errors import BuildError
+
+RUNTIME_SOURCE = resources.files("envoyext.lua").joinpath("runtime.lua").read_text()
+
+# The address Envoy's async client puts in x-forwarded-for for a Lua httpCall (observed, 1.40).
+ASYNC_CLIENT_ADDRESS = "192.0.2.2"
+
+
+def wire(s: str) -> str:
+    """Python text -> the latin-1 'byte string' lupa hands to Lua."""
+    return s if s.isascii() else s.encode("utf-8").decode("latin-1")
+
+
+def text(s: str) -> str:
+    """Back from Lua: the bytes as UTF-8 text."""
+    return s if s.isascii() else s.encode("latin-1").decode("utf-8", "replace")
+
+
+def headers_blob(headers) -> str:
+    return "\0".join(f"{wire(k)}\0{wire(v)}" for k, v in headers)
+
+
+def headers_from_blob(blob: str | None) -> list[tuple[str, str]]:
+    if not blob:
+        return []
+    parts = blob.split("\0")
+    return [(text(parts[i]), text(parts[i + 1])) for i in range(0, len(parts), 2)]
+
+
+def logs_from_blob(blob: str | None) -> list[tuple[str, str]]:
+    if not blob:
+        return []
+    parts = blob.split("\0")
+    return [(parts[i], text(parts[i + 1])) for i in range(0, len(parts), 2)]
+
+
+class Callouts:
+    """What a script reaches outside Lua for. `call` answers httpCall:
+    call(ctx, cluster, headers, body, timeout_ms, asynchronous) -> (status, headers, body)."""
+
+    def __init__(self, has_cluster: Callable[[str], bool], call: Callable[..., tuple[int, list, bytes]],
+                 now_us: Callable[[], int]):
+        self.has_cluster = has_cluster
+        self.call = call
+        self.now_us = now_us
+        self._keys: dict[int, Any] = {}
+
+    # -- functions handed to Lua ------------------------------------------------------------------
+    def http_call(self, ctx, cluster, blob, body, timeout_ms, asynchronous):
+        status, headers, rbody = self.call(ctx, text(cluster), headers_from_blob(blob),
+                                           b"" if body is None else body.encode("latin-1"),
+                                           int(timeout_ms), bool(asynchronous))
+        return str(status), headers_blob([(":status", str(status))] + list(headers)), rbody.decode("latin-1")
+
+    @staticmethod
+    def b64encode(s: str) -> str:
+        return base64.b64encode(s.encode("latin-1")).decode("ascii")
+
+    @staticmethod
+    def b64decode(s: str):
+        # absl::Base64Unescape accepts padded or unpadded standard base64; nil on anything else.
+        raw = s.encode("latin-1")
+        try:
+            stripped = raw.rstrip(b"=")
+            if len(raw) - len(stripped) > 2 or b"=" in stripped:
+                return None
+            return base64.b64decode(stripped + b"=" * (-len(stripped) % 4), validate=True).decode("latin-1")
+        except (binascii.Error, ValueError):
+            return None
+
+    def import_public_key(self, der: str):
+        from cryptography.hazmat.primitives.serialization import load_der_public_key
+        try:
+            key = load_der_public_key(der.encode("latin-1"))
+        except (ValueError, TypeError):
+            return None
+        ident = len(self._keys) + 1
+        self._keys[ident] = key
+        return ident
+
+    def verify_signature(self, hash_name: str, ident: int, sig: str, data: str):
+        """Envoy's Crypto::UtilityImpl::verifySignature: EVP_DigestVerify with the key's default
+        padding (PKCS#1 v1.5 for RSA), its messages on failure."""
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+        algo = {"sha1": hashes.SHA1, "sha224": hashes.SHA224, "sha256": hashes.SHA256,
+                "sha384": hashes.SHA384, "sha512": hashes.SHA512}.get(hash_name.lower())
+        if algo is None:
+            return False, f"{hash_name} is not supported."
+        key = self._keys[int(ident)]
+        sig_b, data_b = sig.encode("latin-1"), data.encode("latin-1")
+        try:
+            if isinstance(key, rsa.RSAPublicKey):
+                key.verify(sig_b, data_b, padding.PKCS1v15(), algo())
+            elif isinstance(key, ec.EllipticCurvePublicKey):
+                key.verify(sig_b, data_b, ec.ECDSA(algo()))
+            else:
+                key.verify(sig_b, data_b)
+        except (InvalidSignature, ValueError, TypeError):
+            return False, "Failed to verify digest. Error code: 0"
+        return True, None
+
+    @staticmethod
+    def is_ip_authority(host: str) -> bool:
+        """Http::Utility::parseAuthority(host).is_ip_address_: an IP, optionally with a port."""
+        h = host
+        if h.startswith("["):
+            end = h.find("]")
+            if end < 0:
+                return False
+            h = h[1:end]
+        elif h.count(":") == 1:
+            h = h.split(":", 1)[0]
+        try:
+            ipaddress.ip_address(h)
+            return True
+        except ValueError:
+            return False
+
+
+class ScriptLoadError(BuildError):
+    """Envoy rejects the configuration: 'script load error: <Lua message>'."""
+
+
+class LuaScript:
+    """One script in its own LuaJIT state, loaded as Envoy loads it."""
+
+    def __init__(self, code: str, callouts: Callouts, *, source: str = "<lua>"):
+        self.lua = lupa.LuaRuntime(encoding="latin-1", register_eval=False, register_builtins=False,
+                                   unpack_returned_tuples=True)
+        g = self.lua.globals()
+        rt = self.lua.execute(RUNTIME_SOURCE)
+        rt.install_compat(g)
+        g.python = None  # scripts see what Envoy's state has, not lupa's bridge
+        g.EnvoyTimestampResolution = self.lua.table_from({"MILLISECOND": 0, "MICROSECOND": 1})
+        c = callouts
+        rt.init(self.lua.table_from({
+            "has_cluster": c.has_cluster, "http_call": c.http_call, "local_address": ASYNC_CLIENT_ADDRESS,
+            "b64encode": c.b64encode, "b64decode": c.b64decode, "now_us": c.now_us,
+            "import_public_key": c.import_public_key, "verify_signature": c.verify_signature,
+            "is_ip_authority": c.is_ip_authority}))
+        err = rt.load(wire(code), g)
+        if err is not None:
+            raise ScriptLoadError(f"script load error: {text(err)}", file=source)
+        self.rt = rt
+        self._run = rt.run
+        self._new_stream = rt.new_stream
+        self.null = rt.NULL
+        self.has_request = rt.functions.envoy_on_request is not None
+        self.has_response = rt.functions.envoy_on_response is not None
+
+    def counters(self) -> tuple[int, int]:
+        errors, executions = self.rt.counters()
+        return int(errors), int(executions)
+
+    def to_lua(self, value: Any):
+        """A google.protobuf.Value-shaped Python value (from YAML/JSON) in the runtime's stored
+        form: structs as tables, lists marked with __list, null as the runtime's NULL."""
+        if value is None:
+            return self.null
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            return wire(value)
+        if isinstance(value, dict):
+            return self.lua.table_from({wire(str(k)): self.to_lua(v) for k, v in value.items()})
+        if isinstance(value, (list, tuple)):
+            t = self.lua.table_from([self.to_lua(v) for v in value])
+            t["__list"] = len(value)
+            return t
+        return wire(str(value))
+
+    def new_stream(self, protocol, local_address, remote_address, sni, route_name,
+                   route_metadata=None, filter_context=None, ssl=None):
+        return self._new_stream(protocol, local_address, remote_address, sni, route_name,
+                                route_metadata, filter_context, ssl)
+
+    def run(self, function: str, ctx, stream, headers, body: bytes | None, trailers):
+        """Run envoy_on_request / envoy_on_response over a whole message. Returns None when the
+        script does not define the function, else RunResult."""
+        res = self._run(function, ctx, stream, headers_blob(headers),
+                        None if body is None else body.decode("latin-1"),
+                        None if trailers is None else headers_blob(trailers))
+        if res == "skip" or (isinstance(res, tuple) and res[0] == "skip"):
+            return None
+        return RunResult(*res[1:])
+
+
+class RunResult:
+    """What one direction changed. Each field is None when unchanged."""
+    __slots__ = ("headers", "body", "trailers", "reply_status", "reply_headers", "reply_body",
+                 "clear_route", "logs")
+
+    def __init__(self, headers, body, trailers, reply_status, reply_headers, reply_body, clear_route, logs):
+        self.headers = headers_from_blob(headers) if headers is not False else None
+        self.body = body.encode("latin-1") if body is not False else None
+        self.trailers = headers_from_blob(trailers) if trailers is not False else None
+        self.reply_status = int(reply_status) if reply_status is not False else None
+        self.reply_headers = headers_from_blob(reply_headers) if reply_headers is not False else []
+        self.reply_body = reply_body.encode("latin-1") if isinstance(reply_body, str) else None
+        self.clear_route = bool(clear_route)
+        self.logs = logs_from_blob(logs) if logs is not False else []

@@ -1,0 +1,1216 @@
+-- The Lua side of the Envoy Lua filter emulator: the stream handle and every object it hands out,
+-- written in Lua over plain tables so that a request crosses into Python only for what needs the
+-- outside world (callouts, crypto, stream facts). One copy of this file runs in each lua_State,
+-- as Envoy keeps one lua_State per script.
+--
+-- Objects are userdata made with newproxy() so type() and tostring() say "userdata" as in Envoy;
+-- their state lives in a weak table keyed by the proxy. Every object belongs to a "scope" that
+-- dies when the coroutine yields (Envoy's LuaDeathRef / markDead), after which any method raises
+-- "object used outside of proper scope".
+--
+-- Errors are raised with error(msg, level) so that the position prefix names the user's line, as
+-- luaL_error() in Envoy's C++ thunks does (luaL_where(L, 1) is the caller of the C function).
+-- Helpers that raise are therefore never tail-called: a tail call would remove the frame that
+-- the level counts.
+
+local M = {}
+
+local type, tostring, tonumber, select, error, pairs, ipairs, next = type, tostring, tonumber, select, error, pairs, ipairs, next
+local setmetatable, getmetatable, newproxy, rawget = setmetatable, getmetatable, newproxy, rawget
+local co_create, co_resume, co_status, co_yield = coroutine.create, coroutine.resume, coroutine.status, coroutine.yield
+local concat, floor, huge = table.concat, math.floor, math.huge
+local sfind, ssub, slower, sformat = string.find, string.sub, string.lower, string.format
+
+local HOST          -- Python callbacks, set by M.init
+local STATE = setmetatable({}, {__mode = "k"})  -- proxy -> state table
+local LOGS, NLOGS = {}, 0
+M.errors, M.executions = 0, 0
+
+---------------------------------------------------------------------------------------------------
+-- Lua 5.2 compatibility as Envoy builds LuaJIT (LUAJIT_ENABLE_LUA52COMPAT): pairs/ipairs honour
+-- __pairs/__ipairs, table.pack/table.unpack exist. Observed on Envoy 1.40: #t honours __len and
+-- table.pack is a builtin; lupa's LuaJIT is built without the flag.
+
+local rawpairs, rawipairs = pairs, ipairs
+function M.install_compat(G)
+  G.pairs = function(t)
+    local mt = getmetatable(t)
+    local f = type(mt) == "table" and rawget(mt, "__pairs")
+    if f then return f(t) end
+    return rawpairs(t)
+  end
+  G.ipairs = function(t)
+    local mt = getmetatable(t)
+    local f = type(mt) == "table" and rawget(mt, "__ipairs")
+    if f then return f(t) end
+    return rawipairs(t)
+  end
+  G.table.pack = G.table.pack or function(...) return {n = select("#", ...), ...} end
+  G.table.unpack = G.table.unpack or G.unpack
+end
+pairs = rawpairs
+
+---------------------------------------------------------------------------------------------------
+-- Argument checks that produce LuaJIT's / Envoy's argument messages. `i` is the argument number
+-- as the user counts it (self excluded), `n` the number of arguments actually passed.
+
+local function typename(n, i, v)
+  if i > n then return "no value" end
+  return type(v)
+end
+
+local function argerr(i, expected, fname, n, v)
+  return sformat("bad argument #%d to '%s' (%s expected, got %s)", i, fname, expected, typename(n, i, v))
+end
+
+-- lua_isstring: strings and numbers; numbers are converted as lua_tolstring does ("%.14g").
+local function tostr(v)
+  if type(v) == "number" then return sformat("%.14g", v) end
+  return v
+end
+
+---------------------------------------------------------------------------------------------------
+-- Classes
+
+local function class(methods, meta)
+  local proto = newproxy(true)
+  local mt = getmetatable(proto)
+  mt.__index = methods
+  for k, v in rawpairs(meta or {}) do mt[k] = v end
+  return function(st)
+    local p = newproxy(proto)
+    STATE[p] = st
+    return p
+  end
+end
+
+local DEAD = "object used outside of proper scope"
+
+-- Envoy's thunk uses luaL_checkudata on the receiver: a wrong receiver (h.headers() instead of
+-- h:headers()) is an argument error naming the C++ type. Ours names the Lua-side kind.
+local function self_state(self, kind, fname)
+  local st = STATE[self]
+  if st == nil then
+    error(sformat("bad argument #1 to '%s' (%s expected, got %s)", fname, kind, type(self)), 3)
+  end
+  if not st.scope.live then error(DEAD, 3) end
+  return st
+end
+
+---------------------------------------------------------------------------------------------------
+-- Header maps: an ordered list of entries. Envoy keeps pseudo-headers first, and for its "inline"
+-- (O(1)) headers a second add() appends to the existing value with "," rather than adding an entry
+-- (observed: content-type "a" + add "b" -> one entry "a,b"). The inline sets are Envoy 1.40's,
+-- as it prints them at startup ("HTTP header map info").
+
+local function set_of(s)
+  local t = {}
+  for name in s:gmatch("[^,]+") do t[name] = true end
+  return t
+end
+local INLINE_REQUEST = set_of(":authority,:method,:path,:protocol,:scheme,accept,accept-encoding,access-control-request-headers,access-control-request-method,access-control-request-private-network,authentication,authorization,cache-control,cdn-loop,connection,content-encoding,content-length,content-type,expect,grpc-accept-encoding,grpc-timeout,if-match,if-modified-since,if-none-match,if-range,if-unmodified-since,keep-alive,origin,pragma,proxy-connection,proxy-status,referer,te,transfer-encoding,upgrade,user-agent,via,x-client-trace-id,x-envoy-attempt-count,x-envoy-decorator-operation,x-envoy-downstream-service-cluster,x-envoy-downstream-service-node,x-envoy-expected-rq-timeout-ms,x-envoy-external-address,x-envoy-force-trace,x-envoy-hedge-on-per-try-timeout,x-envoy-internal,x-envoy-ip-tags,x-envoy-is-timeout-retry,x-envoy-max-retries,x-envoy-original-host,x-envoy-original-path,x-envoy-original-url,x-envoy-retriable-header-names,x-envoy-retriable-status-codes,x-envoy-retry-grpc-on,x-envoy-retry-on,x-envoy-upstream-alt-stat-name,x-envoy-upstream-rq-per-try-timeout-ms,x-envoy-upstream-rq-timeout-alt-response,x-envoy-upstream-rq-timeout-ms,x-envoy-upstream-stream-duration-ms,x-forwarded-client-cert,x-forwarded-for,x-forwarded-host,x-forwarded-port,x-forwarded-proto,x-request-id")
+local INLINE_RESPONSE = set_of(":status,access-control-allow-credentials,access-control-allow-headers,access-control-allow-methods,access-control-allow-origin,access-control-allow-private-network,access-control-expose-headers,access-control-max-age,age,cache-control,connection,content-encoding,content-length,content-type,date,etag,expires,grpc-message,grpc-status,keep-alive,last-modified,location,proxy-connection,proxy-status,server,transfer-encoding,upgrade,vary,via,x-envoy-attempt-count,x-envoy-decorator-operation,x-envoy-degraded,x-envoy-immediate-health-check-fail,x-envoy-ratelimited,x-envoy-upstream-canary,x-envoy-upstream-healthchecked-cluster,x-envoy-upstream-service-time,x-request-id")
+local INLINE_RESPONSE_TRAILERS = set_of("grpc-message,grpc-status")
+local INLINE_NONE = {}
+M.INLINE = {request = INLINE_REQUEST, response = INLINE_RESPONSE}
+
+-- store: {k = {...}, v = {...}, n = count, inline = set, dirty = bool}
+local function store_new(inline)
+  return {k = {}, v = {}, n = 0, inline = inline, dirty = false}
+end
+
+local function store_add(s, key, value)
+  local k, v, n = s.k, s.v, s.n
+  if s.inline[key] then
+    for i = 1, n do
+      if k[i] == key then v[i] = v[i] .. "," .. value; return end
+    end
+  end
+  if ssub(key, 1, 1) == ":" then
+    -- Pseudo-headers stay in front of regular ones.
+    local pos = 1
+    while pos <= n and ssub(k[pos], 1, 1) == ":" do pos = pos + 1 end
+    for i = n, pos, -1 do k[i + 1] = k[i]; v[i + 1] = v[i] end
+    k[pos], v[pos] = key, value
+  else
+    k[n + 1], v[n + 1] = key, value
+  end
+  s.n = n + 1
+end
+
+local function store_remove(s, key)
+  local k, v, n = s.k, s.v, s.n
+  local j = 0
+  for i = 1, n do
+    if k[i] ~= key then
+      j = j + 1
+      k[j], v[j] = k[i], v[i]
+    end
+  end
+  for i = j + 1, n do k[i], v[i] = nil, nil end
+  s.n = j
+end
+
+-- setCopy / setContentLength: in place when present (first entry), else appended.
+local function store_set(s, key, value)
+  local k = s.k
+  for i = 1, s.n do
+    if k[i] == key then s.v[i] = value; return end
+  end
+  store_add(s, key, value)
+end
+
+local function store_from_blob(blob, inline)
+  local s = store_new(inline)
+  if blob == nil or blob == "" then return s end
+  local k, v, n, pos = s.k, s.v, 0, 1
+  while true do
+    local a = sfind(blob, "\0", pos, true)
+    local b = sfind(blob, "\0", a + 1, true)
+    local key = ssub(blob, pos, a - 1)
+    local value = ssub(blob, a + 1, (b or 0) - 1)
+    n = n + 1
+    k[n], v[n] = key, value
+    if not b then break end
+    pos = b + 1
+  end
+  s.n = n
+  return s
+end
+
+local function store_blob(s)
+  local parts, k, v = {}, s.k, s.v
+  for i = 1, s.n do
+    parts[2 * i - 1] = k[i]
+    parts[2 * i] = v[i]
+  end
+  return concat(parts, "\0")
+end
+
+local function store_first(s, key)
+  local k = s.k
+  for i = 1, s.n do
+    if k[i] == key then return s.v[i] end
+  end
+  return nil
+end
+
+---------------------------------------------------------------------------------------------------
+-- HeaderMap object. st = {store, scope, modifiable = function() -> bool, iterating}
+
+local HeaderMap = {}
+
+local function header_modifiable(st)
+  if st.iterating then error("header map cannot be modified while iterating", 3) end
+  if not st.modifiable() then error("header map can no longer be modified", 3) end
+end
+
+function HeaderMap.add(self, ...)
+  local st = self_state(self, "HeaderMap", "add")
+  local n, key, value = select("#", ...), ...
+  if type(key) ~= "string" and type(key) ~= "number" then error(argerr(1, "string", "add", n, key), 2) end
+  if type(value) ~= "string" and type(value) ~= "number" then error(argerr(2, "string", "add", n, value), 2) end
+  header_modifiable(st)
+  local s = st.store
+  store_add(s, slower(tostr(key)), tostr(value))
+  s.dirty = true
+end
+
+function HeaderMap.get(self, ...)
+  local st = self_state(self, "HeaderMap", "get")
+  local n, key = select("#", ...), ...
+  if type(key) ~= "string" and type(key) ~= "number" then error(argerr(1, "string", "get", n, key), 2) end
+  key = slower(tostr(key))
+  local s = st.store
+  local k, v, found, parts = s.k, s.v, nil, nil
+  for i = 1, s.n do
+    if k[i] == key then
+      if found == nil then found = v[i]
+      else
+        parts = parts or {found}
+        parts[#parts + 1] = v[i]
+      end
+    end
+  end
+  if found == nil then return end
+  if parts then return concat(parts, ",") end
+  return found
+end
+
+function HeaderMap.getAtIndex(self, ...)
+  local st = self_state(self, "HeaderMap", "getAtIndex")
+  local n, key, index = select("#", ...), ...
+  if type(key) ~= "string" and type(key) ~= "number" then error(argerr(1, "string", "getAtIndex", n, key), 2) end
+  if tonumber(index) == nil then error(argerr(2, "number", "getAtIndex", n, index), 2) end
+  index = tonumber(index)
+  index = index >= 0 and floor(index) or -floor(-index)
+  key = slower(tostr(key))
+  if index < 0 then return end
+  local s = st.store
+  local k, seen = s.k, 0
+  for i = 1, s.n do
+    if k[i] == key then
+      if seen == index then return s.v[i] end
+      seen = seen + 1
+    end
+  end
+end
+
+function HeaderMap.getNumValues(self, ...)
+  local st = self_state(self, "HeaderMap", "getNumValues")
+  local n, key = select("#", ...), ...
+  if type(key) ~= "string" and type(key) ~= "number" then error(argerr(1, "string", "getNumValues", n, key), 2) end
+  key = slower(tostr(key))
+  local s, count = st.store, 0
+  local k = s.k
+  for i = 1, s.n do
+    if k[i] == key then count = count + 1 end
+  end
+  return count
+end
+
+function HeaderMap.remove(self, ...)
+  local st = self_state(self, "HeaderMap", "remove")
+  local n, key = select("#", ...), ...
+  if type(key) ~= "string" and type(key) ~= "number" then error(argerr(1, "string", "remove", n, key), 2) end
+  header_modifiable(st)
+  store_remove(st.store, slower(tostr(key)))
+  st.store.dirty = true
+end
+
+-- Envoy's setCopy() is remove() then addCopy(): the header moves to the end (observed).
+function HeaderMap.replace(self, ...)
+  local st = self_state(self, "HeaderMap", "replace")
+  local n, key, value = select("#", ...), ...
+  if type(key) ~= "string" and type(key) ~= "number" then error(argerr(1, "string", "replace", n, key), 2) end
+  if type(value) ~= "string" and type(value) ~= "number" then error(argerr(2, "string", "replace", n, value), 2) end
+  header_modifiable(st)
+  key = slower(tostr(key))
+  store_remove(st.store, key)
+  store_add(st.store, key, tostr(value))
+  st.store.dirty = true
+end
+
+function HeaderMap.setHttp1ReasonPhrase(self, ...)
+  local st = self_state(self, "HeaderMap", "setHttp1ReasonPhrase")
+  local n, phrase = select("#", ...), ...
+  if type(phrase) ~= "string" and type(phrase) ~= "number" then
+    error(argerr(1, "string", "setHttp1ReasonPhrase", n, phrase), 2)
+  end
+  st.store.reason = tostr(phrase)
+end
+
+local function header_pairs(self)
+  local st = STATE[self]
+  -- Reached through pairs() by a tail call, so level 2 is the user's line.
+  if st == nil then error("bad argument #1 to '__pairs' (HeaderMap expected, got " .. type(self) .. ")", 2) end
+  if not st.scope.live then error(DEAD, 2) end
+  if st.iterating then error("cannot create a second iterator before completing the first", 2) end
+  -- Envoy snapshots the entries when the iterator is created.
+  local s = st.store
+  local keys, vals, total = {}, {}, s.n
+  for i = 1, total do keys[i], vals[i] = s.k[i], s.v[i] end
+  st.iterating = true
+  local scope, i = st.scope, 0
+  return function()
+    if not scope.live then error(DEAD, 2) end
+    i = i + 1
+    if i > total then
+      st.iterating = false
+      return nil
+    end
+    return keys[i], vals[i]
+  end
+end
+
+local new_headermap = class(HeaderMap, {__pairs = header_pairs})
+
+---------------------------------------------------------------------------------------------------
+-- Buffer object. st = {scope, get = fn() -> string, set = fn(string), headers = store}
+
+local Buffer = {}
+
+function Buffer.length(self)
+  local st = self_state(self, "Buffer", "length")
+  return #st.get()
+end
+
+local function toint(v) v = tonumber(v); return v >= 0 and floor(v) or -floor(-v) end
+
+function Buffer.getBytes(self, ...)
+  local st = self_state(self, "Buffer", "getBytes")
+  local n, index, len = select("#", ...), ...
+  if tonumber(index) == nil then error(argerr(1, "number", "getBytes", n, index), 2) end
+  if tonumber(len) == nil then error(argerr(2, "number", "getBytes", n, len), 2) end
+  index, len = toint(index), toint(len)
+  local data = st.get()
+  if index < 0 or len < 0 or index + len > #data then
+    error("index/length must be >= 0 and (index + length) must be <= buffer size", 2)
+  end
+  return ssub(data, index + 1, index + len)
+end
+
+-- Replaces the content and sets the stream's content-length, as BufferWrapper::luaSetBytes does
+-- (on the header map directly, past the "no longer modifiable" check).
+function Buffer.setBytes(self, ...)
+  local st = self_state(self, "Buffer", "setBytes")
+  local n, data = select("#", ...), ...
+  if type(data) ~= "string" and type(data) ~= "number" then error(argerr(1, "string", "setBytes", n, data), 2) end
+  data = tostr(data)
+  st.set(data)
+  store_set(st.headers, "content-length", tostring(#data))
+  st.headers.dirty = true
+  return #data
+end
+
+local new_buffer = class(Buffer)
+
+---------------------------------------------------------------------------------------------------
+-- Metadata values (google.protobuf.Value <-> Lua), as MetadataMapHelper does it.
+
+-- Values from the host arrive as Lua tables already converted; each read hands out a fresh copy
+-- (Envoy builds new tables on every get()).
+local function deep_copy(v)
+  if type(v) ~= "table" then return v end
+  local out = {}
+  for k, x in rawpairs(v) do out[k] = deep_copy(x) end
+  return out
+end
+
+-- MetadataMapHelper::tableLength: a table is a list when every key is a positive integer.
+local function table_length(t)
+  local max = 0
+  for k in rawpairs(t) do
+    if type(k) ~= "number" or k < 1 or k ~= floor(k) then return -1 end
+    if k > max then max = k end
+  end
+  return max
+end
+
+local NULL = setmetatable({}, {__tostring = function() return "null" end})
+M.NULL = NULL
+
+-- loadValue: Lua -> stored value (nil becomes NULL, read back as nil).
+local function load_value(v)
+  local t = type(v)
+  if t == "nil" then return NULL
+  elseif t == "number" or t == "boolean" or t == "string" then return v
+  elseif t == "table" then
+    local len = table_length(v)
+    local out = {}
+    if len > 0 then
+      out.__list = len
+      for i = 1, len do out[i] = load_value(v[i]) end
+    else
+      for k, x in rawpairs(v) do
+        if type(k) ~= "string" then
+          error(sformat("unexpected type %s in table key (only string keys are supported)", type(k)), 0)
+        end
+        out[k] = load_value(x)
+      end
+    end
+    return out
+  end
+  error(sformat("unexpected type '%s' in dynamicMetadata", t), 0)
+end
+
+-- setValue: stored value -> fresh Lua value.
+local function set_value(v)
+  if v == NULL then return nil end
+  if type(v) ~= "table" then return v end
+  local out = {}
+  if v.__list then
+    for i = 1, v.__list do out[i] = set_value(v[i]) end
+  else
+    for k, x in rawpairs(v) do out[k] = set_value(x) end
+  end
+  return out
+end
+
+-- Metadata object (route metadata, filterContext). st = {scope, fields = table, iterating}
+local Metadata = {}
+
+function Metadata.get(self, ...)
+  local st = self_state(self, "Metadata", "get")
+  local n, key = select("#", ...), ...
+  if type(key) ~= "string" and type(key) ~= "number" then error(argerr(1, "string", "get", n, key), 2) end
+  local v = st.fields[tostr(key)]
+  if v == nil then return end
+  return set_value(v)
+end
+
+local function metadata_pairs(self)
+  local st = STATE[self]
+  if st == nil or not st.scope.live then error(DEAD, 2) end
+  if st.iterating then error("cannot create a second iterator before completing the first", 2) end
+  st.iterating = true
+  local scope, key = st.scope, nil
+  return function()
+    if not scope.live then error(DEAD, 2) end
+    local v
+    key, v = next(st.fields, key)
+    if key == nil then st.iterating = false; return nil end
+    return key, set_value(v)
+  end
+end
+
+local new_metadata = class(Metadata, {__pairs = metadata_pairs})
+
+-- DynamicMetadata object. st = {scope, dyn = {namespace -> fields}, iterating}
+local DynamicMetadata = {}
+
+function DynamicMetadata.get(self, ...)
+  local st = self_state(self, "DynamicMetadata", "get")
+  local n, ns = select("#", ...), ...
+  if type(ns) ~= "string" and type(ns) ~= "number" then error(argerr(1, "string", "get", n, ns), 2) end
+  local fields = st.dyn[tostr(ns)]
+  if fields == nil then return end
+  return set_value(fields)
+end
+
+function DynamicMetadata.set(self, ...)
+  local st = self_state(self, "DynamicMetadata", "set")
+  if st.iterating then error("dynamic metadata map cannot be modified while iterating", 2) end
+  local n, ns, key, value = select("#", ...), ...
+  if type(ns) ~= "string" and type(ns) ~= "number" then error(argerr(1, "string", "set", n, ns), 2) end
+  if type(key) ~= "string" and type(key) ~= "number" then error(argerr(2, "string", "set", n, key), 2) end
+  local ok, stored = pcall(load_value, value)
+  if not ok then error(stored, 2) end
+  ns = tostr(ns)
+  local fields = st.dyn[ns]
+  if fields == nil then fields = {}; st.dyn[ns] = fields end
+  fields[tostr(key)] = stored
+end
+
+local function dynamic_pairs(self)
+  local st = STATE[self]
+  if st == nil or not st.scope.live then error(DEAD, 2) end
+  if st.iterating then error("cannot create a second iterator before completing the first", 2) end
+  st.iterating = true
+  local scope, key = st.scope, nil
+  return function()
+    if not scope.live then error(DEAD, 2) end
+    local v
+    key, v = next(st.dyn, key)
+    if key == nil then st.iterating = false; return nil end
+    return key, set_value(v)
+  end
+end
+
+local new_dynamic_metadata = class(DynamicMetadata, {__pairs = dynamic_pairs})
+
+---------------------------------------------------------------------------------------------------
+-- SSL connection object. st = {scope, info = table from the host}
+
+local Ssl = {}
+local SSL_STRINGS = {"sha256PeerCertificateDigest", "serialNumberPeerCertificate", "issuerPeerCertificate",
+  "subjectPeerCertificate", "subjectLocalCertificate", "urlEncodedPemEncodedPeerCertificate",
+  "urlEncodedPemEncodedPeerCertificateChain", "sessionId", "ciphersuiteId", "ciphersuiteString", "tlsVersion"}
+local SSL_LISTS = {"uriSanPeerCertificate", "uriSanLocalCertificate", "dnsSansPeerCertificate",
+  "dnsSansLocalCertificate", "oidsPeerCertificate", "oidsLocalCertificate"}
+for _, name in ipairs(SSL_STRINGS) do
+  Ssl[name] = function(self)
+    local st = self_state(self, "SslConnection", name)
+    return st.info[name] or ""
+  end
+end
+for _, name in ipairs(SSL_LISTS) do
+  Ssl[name] = function(self)
+    local st = self_state(self, "SslConnection", name)
+    return deep_copy(st.info[name] or {})
+  end
+end
+for _, name in ipairs({"peerCertificatePresented", "peerCertificateValidated"}) do
+  Ssl[name] = function(self)
+    local st = self_state(self, "SslConnection", name)
+    return st.info[name] == true
+  end
+end
+for _, name in ipairs({"validFromPeerCertificate", "expirationPeerCertificate"}) do
+  Ssl[name] = function(self)
+    local st = self_state(self, "SslConnection", name)
+    return st.info[name] or 0
+  end
+end
+
+local ParsedName = {}
+function ParsedName.commonName(self)
+  local st = self_state(self, "ParsedX509Name", "commonName")
+  return st.info.commonName or ""
+end
+function ParsedName.organizationName(self)
+  local st = self_state(self, "ParsedX509Name", "organizationName")
+  return deep_copy(st.info.organizationName or {})
+end
+local new_parsed_name = class(ParsedName)
+
+function Ssl.parsedSubjectPeerCertificate(self)
+  local st = self_state(self, "SslConnection", "parsedSubjectPeerCertificate")
+  local parsed = st.info.parsedSubjectPeerCertificate
+  if parsed == nil then return nil end
+  return new_parsed_name({scope = st.scope, info = parsed})
+end
+
+local new_ssl = class(Ssl)
+
+local Connection = {}
+function Connection.ssl(self)
+  local st = self_state(self, "Connection", "ssl")
+  local info = st.handle.stream.ssl
+  if info == nil then return nil end
+  st.ssl = st.ssl or new_ssl({scope = st.scope, info = info})
+  return st.ssl
+end
+local new_connection = class(Connection)
+
+---------------------------------------------------------------------------------------------------
+-- StreamInfo object. st = {scope, handle}
+
+local StreamInfo = {}
+local function info_field(name, field)
+  StreamInfo[name] = function(self)
+    local st = self_state(self, "StreamInfo", name)
+    return st.handle.stream[field]
+  end
+end
+info_field("protocol", "protocol")
+info_field("downstreamLocalAddress", "local_address")
+info_field("downstreamDirectLocalAddress", "local_address")
+info_field("downstreamRemoteAddress", "remote_address")
+info_field("downstreamDirectRemoteAddress", "remote_address")
+info_field("requestedServerName", "sni")
+info_field("routeName", "route_name")
+info_field("virtualClusterName", "virtual_cluster")
+
+function StreamInfo.dynamicMetadata(self)
+  local st = self_state(self, "StreamInfo", "dynamicMetadata")
+  st.dm = st.dm or new_dynamic_metadata({scope = st.scope, dyn = st.handle.stream.dyn})
+  return st.dm
+end
+
+function StreamInfo.dynamicTypedMetadata(self, ...)
+  local st = self_state(self, "StreamInfo", "dynamicTypedMetadata")
+  local n, name = select("#", ...), ...
+  if type(name) ~= "string" and type(name) ~= "number" then error(argerr(1, "string", "dynamicTypedMetadata", n, name), 2) end
+  return nil
+end
+
+function StreamInfo.downstreamSslConnection(self)
+  local st = self_state(self, "StreamInfo", "downstreamSslConnection")
+  local info = st.handle.stream.ssl
+  if info == nil then return nil end
+  st.ssl = st.ssl or new_ssl({scope = st.scope, info = info})
+  return st.ssl
+end
+
+local FilterState = {}
+function FilterState.get(self, ...)
+  local st = self_state(self, "FilterState", "get")
+  local n, name = select("#", ...), ...
+  if type(name) ~= "string" and type(name) ~= "number" then error(argerr(1, "string", "get", n, name), 2) end
+  return nil
+end
+local new_filter_state = class(FilterState)
+
+function StreamInfo.filterState(self)
+  local st = self_state(self, "StreamInfo", "filterState")
+  st.fs = st.fs or new_filter_state({scope = st.scope})
+  return st.fs
+end
+
+function StreamInfo.drainConnectionUponCompletion(self)
+  local st = self_state(self, "StreamInfo", "drainConnectionUponCompletion")
+  st.handle.stream.drain = true
+end
+
+local new_stream_info = class(StreamInfo)
+
+---------------------------------------------------------------------------------------------------
+-- PublicKey object
+
+local PublicKey = {}
+function PublicKey.get(self)
+  local st = self_state(self, "PublicKey", "get")
+  if st.key == "" then return nil end
+  return st.key
+end
+local new_public_key = class(PublicKey)
+
+---------------------------------------------------------------------------------------------------
+-- Stream handle. h = handle state:
+--   which ("request"|"response"), hs (header store), body (string|nil), chunk, trailers (store|nil),
+--   end_stream, saw_body, buffered_body, headers_continued, state, live, scope, cache, ctx,
+--   stream (per-stream shared table), keys (imported public keys), reply (respond() result)
+
+local RUNNING, WAIT_BODY, WAIT_CHUNK, WAIT_TRAILERS, HTTP_CALL, RESPONDED =
+  "Running", "WaitForBody", "WaitForBodyChunk", "WaitForTrailers", "HttpCall", "Responded"
+
+local Handle = {}
+
+local function handle_state(self, fname)
+  local h = STATE[self]
+  if h == nil then
+    error(sformat("bad argument #1 to '%s' (StreamHandle expected, got %s)", fname, type(self)), 3)
+  end
+  if not h.live then error(DEAD, 3) end
+  return h
+end
+
+-- Envoy kills every object handed out when the coroutine yields (StreamHandleWrapper::onMarkDead).
+local function kill_scope(h)
+  h.scope.live = false
+  h.scope = {live = true}
+  h.cache = {}
+end
+
+local function headers_object(h)
+  local c = h.cache.headers
+  if c then return c end
+  c = new_headermap({store = h.hs, scope = h.scope, modifiable = h.modifiable})
+  h.cache.headers = c
+  return c
+end
+
+function Handle.headers(self)
+  local h = handle_state(self, "headers")
+  return headers_object(h)
+end
+
+local function body_object(h)
+  local c = h.cache.body
+  if c then return c end
+  c = new_buffer({scope = h.scope, headers = h.hs,
+                  get = function() return h.body end,
+                  set = function(data) h.body = data; h.body_dirty = true end})
+  h.cache.body = c
+  return c
+end
+
+-- luaBody after end of stream (also what the body() yield resumes with).
+local function body_result(h, always_wrap)
+  if not h.buffered_body and h.saw_body then
+    return false, "cannot call body() after body has been streamed"
+  end
+  if h.cache.body then return true, h.cache.body end
+  if h.body == nil then
+    if not always_wrap then return true end
+    h.body = ""
+  end
+  return true, body_object(h)
+end
+
+function Handle.body(self, ...)
+  local h = handle_state(self, "body")
+  local n, always = select("#", ...), ...
+  if n >= 1 and type(always) ~= "boolean" then error(argerr(1, "boolean", "body", n, always), 2) end
+  if h.end_stream then
+    local ok, res = body_result(h, always)
+    if not ok then error(res, 2) end
+    return res
+  elseif h.saw_body then
+    error("cannot call body() after body streaming has started", 2)
+  end
+  h.state = WAIT_BODY
+  h.buffered_body = true
+  h.wrap_body = always
+  return co_yield()
+end
+
+function Handle.bodyChunks(self)
+  local h = handle_state(self, "bodyChunks")
+  if h.saw_body then error("cannot call bodyChunks after body processing has begun", 2) end
+  return function()
+    if not h.live then error(DEAD, 2) end
+    if h.end_stream then return end
+    h.state = WAIT_CHUNK
+    return co_yield()
+  end
+end
+
+local function trailers_object(h)
+  local c = h.cache.trailers
+  if c then return c end
+  c = new_headermap({store = h.trailers, scope = h.scope, modifiable = function() return true end})
+  h.cache.trailers = c
+  return c
+end
+
+function Handle.trailers(self)
+  local h = handle_state(self, "trailers")
+  if h.end_stream and h.trailers == nil then return end
+  if h.trailers ~= nil then return trailers_object(h) end
+  h.state = WAIT_TRAILERS
+  return co_yield()
+end
+
+function Handle.metadata(self)
+  local h = handle_state(self, "metadata")
+  local c = h.cache.metadata
+  if c == nil then
+    c = new_metadata({scope = h.scope, fields = h.stream.route_metadata})
+    h.cache.metadata = c
+  end
+  return c
+end
+
+function Handle.filterContext(self)
+  local h = handle_state(self, "filterContext")
+  local c = h.cache.filter_context
+  if c == nil then
+    c = new_metadata({scope = h.scope, fields = h.stream.filter_context})
+    h.cache.filter_context = c
+  end
+  return c
+end
+
+function Handle.streamInfo(self)
+  local h = handle_state(self, "streamInfo")
+  local c = h.cache.stream_info
+  if c == nil then
+    c = new_stream_info({scope = h.scope, handle = h})
+    h.cache.stream_info = c
+  end
+  return c
+end
+
+function Handle.connection(self)
+  local h = handle_state(self, "connection")
+  local c = h.cache.connection
+  if c == nil then
+    c = new_connection({scope = h.scope, handle = h})
+    h.cache.connection = c
+  end
+  return c
+end
+
+-- Logging: luaL_checkstring, then the message as a C string (cut at the first NUL).
+local function logger(level, fname)
+  return function(self, ...)
+    handle_state(self, fname)
+    local n, msg = select("#", ...), ...
+    if type(msg) ~= "string" and type(msg) ~= "number" then error(argerr(1, "string", fname, n, msg), 2) end
+    msg = tostr(msg)
+    local z = sfind(msg, "\0", 1, true)
+    if z then msg = ssub(msg, 1, z - 1) end
+    LOGS[NLOGS + 1] = level
+    LOGS[NLOGS + 2] = msg
+    NLOGS = NLOGS + 2
+  end
+end
+Handle.logTrace = logger("trace", "logTrace")
+Handle.logDebug = logger("debug", "logDebug")
+Handle.logInfo = logger("info", "logInfo")
+Handle.logWarn = logger("warn", "logWarn")
+Handle.logErr = logger("error", "logErr")
+Handle.logCritical = logger("critical", "logCritical")
+
+local function script_log(level, msg)
+  LOGS[NLOGS + 1] = level
+  LOGS[NLOGS + 2] = msg
+  NLOGS = NLOGS + 2
+end
+
+-- buildHeadersFromTable: keys must be strings, values strings/numbers or arrays of them.
+local function headers_from_table(t, inline)
+  local s = store_new(inline)
+  for key, value in rawpairs(t) do
+    if type(key) ~= "string" then return nil, "header key must be a string, got " .. type(key) end
+    local lkey = slower(key)
+    if type(value) == "table" then
+      for _, item in rawpairs(value) do
+        if type(item) ~= "string" and type(item) ~= "number" then
+          return nil, "header value must be a string, got " .. type(item)
+        end
+        store_add(s, lkey, tostr(item))
+      end
+    else
+      if type(value) ~= "string" and type(value) ~= "number" then
+        return nil, "header value must be a string, got " .. type(value)
+      end
+      store_add(s, lkey, tostr(value))
+    end
+  end
+  return s
+end
+
+function Handle.respond(self, ...)
+  local h = handle_state(self, "respond")
+  if h.which == "response" then
+    -- Envoy 1.40's EncoderCallbacks::respond.
+    error("respond not currently supported in the response path", 2)
+  end
+  if h.headers_continued then error("respond() cannot be called if headers have been continued", 2) end
+  local n, headers, body = select("#", ...), ...
+  if type(headers) ~= "table" then error(argerr(1, "table", "respond", n, headers), 2) end
+  if body ~= nil and type(body) ~= "string" and type(body) ~= "number" then
+    error(argerr(2, "string", "respond", n, body), 2)
+  end
+  local s, err = headers_from_table(headers, INLINE_RESPONSE)
+  if not s then error(err, 2) end
+  local status = tonumber(store_first(s, ":status") or "")
+  if status == nil or status ~= floor(status) or status < 200 or status >= 600
+     or not sfind(store_first(s, ":status"), "^%d+$") then
+    error(":status must be between 200-599", 2)
+  end
+  if body ~= nil then
+    body = tostr(body)
+    store_set(s, "content-length", tostring(#body))
+  end
+  h.reply = {status = status, headers = s, body = body}
+  h.state = RESPONDED
+  return co_yield()
+end
+
+local OPTION_KEYS = {asynchronous = true, timeout_ms = true, trace_sampled = true,
+                     return_duplicate_headers = true, send_xff = true}
+
+function Handle.httpCall(self, ...)
+  local h = handle_state(self, "httpCall")
+  local n, cluster, headers, body, timeout, async = select("#", ...), ...
+  local opts = {async = false, timeout = 0, send_xff = true, dup = false}
+  if type(timeout) == "table" then
+    for key, value in rawpairs(timeout) do
+      if type(key) ~= "string" then error("httpCall() options key must be a string, got " .. type(key), 2) end
+      if not OPTION_KEYS[key] then error('"' .. key .. '" is not valid key for httpCall() options', 2) end
+      if key == "timeout_ms" then
+        if tonumber(value) == nil then error("'timeout_ms' option must be a number, got " .. type(value), 2) end
+        opts.timeout = toint(value)
+        if opts.timeout < 0 then error("http call timeout must be >= 0", 2) end
+      elseif key == "asynchronous" then opts.async = value ~= nil and value ~= false
+      elseif key == "send_xff" then opts.send_xff = value ~= nil and value ~= false
+      elseif key == "return_duplicate_headers" then opts.dup = value ~= nil and value ~= false
+      end
+    end
+  else
+    if n >= 5 and type(async) ~= "boolean" then
+      error("http call asynchronous flag must be 'true', 'false', or empty", 2)
+    end
+    if tonumber(timeout) == nil then error(argerr(4, "number", "httpCall", n, timeout), 2) end
+    opts.timeout = toint(timeout)
+    if opts.timeout < 0 then error("http call timeout must be >= 0", 2) end
+    opts.async = async == true
+  end
+  if type(cluster) ~= "string" and type(cluster) ~= "number" then error(argerr(1, "string", "httpCall", n, cluster), 2) end
+  if type(headers) ~= "table" then error(argerr(2, "table", "httpCall", n, headers), 2) end
+  if body ~= nil and type(body) ~= "string" and type(body) ~= "number" then error(argerr(3, "string", "httpCall", n, body), 2) end
+  cluster = tostr(cluster)
+  if not HOST.has_cluster(cluster) then error("http call cluster invalid. Must be configured", 2) end
+  local s, err = headers_from_table(headers, INLINE_REQUEST)
+  if not s then error(err, 2) end
+  if store_first(s, ":path") == nil or store_first(s, ":method") == nil or store_first(s, ":authority") == nil then
+    error("http call headers must include ':path', ':method', and ':authority'", 2)
+  end
+  if body ~= nil then
+    body = tostr(body)
+    store_set(s, "content-length", tostring(#body))
+  end
+  -- What Envoy's async client adds on the way out (observed on the wire).
+  store_set(s, "x-envoy-internal", "true")
+  if opts.send_xff then
+    local xff = store_first(s, "x-forwarded-for")
+    store_set(s, "x-forwarded-for", xff and (xff .. "," .. HOST.local_address) or HOST.local_address)
+  end
+  if opts.timeout > 0 then store_set(s, "x-envoy-expected-rq-timeout-ms", tostring(opts.timeout)) end
+  local status, rblob, rbody = HOST.http_call(h.ctx, cluster, store_blob(s), body, opts.timeout, opts.async)
+  if opts.async then return end
+  -- Build the result table as onSuccess does: a repeated header keeps its last value unless
+  -- return_duplicate_headers asks for arrays.
+  local rs = store_from_blob(rblob, INLINE_NONE)
+  local out = {}
+  for i = 1, rs.n do
+    local k, v = rs.k[i], rs.v[i]
+    if opts.dup and out[k] ~= nil then
+      if type(out[k]) == "table" then out[k][#out[k] + 1] = v else out[k] = {out[k], v} end
+    else
+      out[k] = v
+    end
+  end
+  if rbody == "" then rbody = nil end
+  h.call_result = {out, rbody}
+  h.state = HTTP_CALL
+  return co_yield()
+end
+
+function Handle.base64Escape(self, ...)
+  handle_state(self, "base64Escape")
+  local n, s = select("#", ...), ...
+  if type(s) ~= "string" and type(s) ~= "number" then error(argerr(1, "string", "base64Escape", n, s), 2) end
+  return HOST.b64encode(tostr(s))
+end
+
+function Handle.base64Decode(self, ...)
+  handle_state(self, "base64Decode")
+  local n, s = select("#", ...), ...
+  if type(s) ~= "string" and type(s) ~= "number" then error(argerr(1, "string", "base64Decode", n, s), 2) end
+  return HOST.b64decode(tostr(s))
+end
+
+local function resolution(h, n, unit, fname)
+  if unit ~= nil and type(unit) ~= "string" and type(unit) ~= "number" then
+    error(argerr(1, "string", fname, n, unit), 3)
+  end
+  unit = unit == nil and "" or tostr(unit)
+  if unit == "" then return 0 end
+  if sfind(unit, "^%d+$") then return tonumber(unit) end
+  return -1
+end
+
+function Handle.timestamp(self, ...)
+  local h = handle_state(self, "timestamp")
+  local n, unit = select("#", ...), ...
+  local r = resolution(h, n, unit, "timestamp")
+  if r ~= 0 then error("timestamp format must be MILLISECOND.", 2) end
+  return floor(HOST.now_us() / 1000)
+end
+
+function Handle.timestampString(self, ...)
+  local h = handle_state(self, "timestampString")
+  local n, unit = select("#", ...), ...
+  local r = resolution(h, n, unit, "timestampString")
+  if r == 0 then return sformat("%.0f", floor(HOST.now_us() / 1000)) end
+  if r == 1 then return sformat("%.0f", HOST.now_us()) end
+  error("timestamp format must be MILLISECOND or MICROSECOND.", 2)
+end
+
+function Handle.importPublicKey(self, ...)
+  local h = handle_state(self, "importPublicKey")
+  local n, keyder, len = select("#", ...), ...
+  if type(keyder) ~= "string" and type(keyder) ~= "number" then error(argerr(1, "string", "importPublicKey", n, keyder), 2) end
+  if tonumber(len) == nil then error(argerr(2, "number", "importPublicKey", n, len), 2) end
+  keyder = tostr(keyder)
+  -- Envoy caches the wrapper for the rest of the resume, whatever key is asked for next.
+  local c = h.cache.public_key
+  if c then return c end
+  local der = ssub(keyder, 1, toint(len))
+  local id = HOST.import_public_key(der)
+  if id == nil then
+    c = new_public_key({scope = h.scope, key = ""})
+  else
+    -- Envoy stores the key under the first `len` bytes but hands back the whole string.
+    h.keys[der] = id
+    c = new_public_key({scope = h.scope, key = keyder})
+  end
+  h.cache.public_key = c
+  return c
+end
+
+function Handle.verifySignature(self, ...)
+  local h = handle_state(self, "verifySignature")
+  local n, hash, key, sig, siglen, text, textlen = select("#", ...), ...
+  if type(hash) ~= "string" and type(hash) ~= "number" then error(argerr(1, "string", "verifySignature", n, hash), 2) end
+  if type(key) ~= "string" and type(key) ~= "number" then error(argerr(2, "string", "verifySignature", n, key), 2) end
+  local id = h.keys[tostr(key)]
+  if id == nil then error("invalid public key", 2) end
+  if type(sig) ~= "string" and type(sig) ~= "number" then error(argerr(3, "string", "verifySignature", n, sig), 2) end
+  if tonumber(siglen) == nil then error(argerr(4, "number", "verifySignature", n, siglen), 2) end
+  if type(text) ~= "string" and type(text) ~= "number" then error(argerr(5, "string", "verifySignature", n, text), 2) end
+  if tonumber(textlen) == nil then error(argerr(6, "number", "verifySignature", n, textlen), 2) end
+  local ok, msg = HOST.verify_signature(tostr(hash), id, ssub(tostr(sig), 1, toint(siglen)),
+                                        ssub(tostr(text), 1, toint(textlen)))
+  if ok then return true, nil end
+  return false, msg
+end
+
+function Handle.clearRouteCache(self)
+  local h = handle_state(self, "clearRouteCache")
+  if h.which == "request" then h.clear_route = true end
+end
+
+function Handle.setUpstreamOverrideHost(self, ...)
+  local h = handle_state(self, "setUpstreamOverrideHost")
+  local n, host, strict = select("#", ...), ...
+  if type(host) ~= "string" and type(host) ~= "number" then error(argerr(1, "string", "setUpstreamOverrideHost", n, host), 2) end
+  if not HOST.is_ip_authority(tostr(host)) then error("host is not a valid IP address", 2) end
+  if n >= 2 and type(strict) ~= "boolean" then error(argerr(2, "boolean", "setUpstreamOverrideHost", n, strict), 2) end
+end
+
+local new_handle = class(Handle)
+
+---------------------------------------------------------------------------------------------------
+-- Driving one direction of one stream, as Envoy's Filter / StreamHandleWrapper do:
+-- headers (start), then data, then trailers, then a pending callout completes.
+
+M.functions = {}
+
+local function finish_resume(h, ok, err)
+  h.live = false
+  kill_scope(h)
+  if not ok then
+    h.failed = err
+    return
+  end
+  if co_status(h.co) == "suspended" and h.state == RUNNING then
+    h.failed = "script performed an unexpected yield"
+  end
+end
+
+local function resume(h, ...)
+  h.state = RUNNING
+  h.live = true
+  local ok, err = co_resume(h.co, ...)
+  finish_resume(h, ok, err)
+end
+
+-- The script's error ends both handles of the stream (Filter::scriptError).
+local function script_error(h)
+  M.errors = M.errors + 1
+  script_log("error", tostring(h.failed))
+  h.dead = true
+  if h.stream.request_handle then h.stream.request_handle.dead = true end
+end
+
+local function continue_headers(h)
+  if not h.headers_continued then
+    h.headers_continued = true
+    -- What goes on to the next filter is the map as it is now; setBytes() can still change
+    -- content-length later, but those headers have left.
+    h.sent_headers = h.hs.dirty and store_blob(h.hs) or false
+  end
+end
+
+local function complete_call(h)
+  -- onSuccess: resume with (headers, body); if the script then runs to the end, continue.
+  local res = h.call_result
+  h.call_result = nil
+  resume(h, res[1], res[2])
+  if h.failed then script_error(h) return end
+  if h.state == RUNNING then continue_headers(h) end
+end
+
+-- Returns: sent_headers_blob|false, body|false, trailers_blob|false, reply fields...
+function M.run(fname, ctx, stream, hblob, body, tblob)
+  local fn = M.functions[fname]
+  if fn == nil then return "skip" end
+  local which = fname == "envoy_on_request" and "request" or "response"
+  local h = {
+    which = which, ctx = ctx, stream = stream,
+    hs = store_from_blob(hblob, which == "request" and INLINE_REQUEST or INLINE_RESPONSE),
+    end_stream = body == nil and tblob == nil, saw_body = false, buffered_body = false,
+    headers_continued = false, state = RUNNING, live = false, scope = {live = true}, cache = {},
+    keys = {}, body = nil,
+  }
+  h.modifiable = function()
+    if not h.headers_continued and which == "request" then h.clear_route = true end
+    return not h.headers_continued
+  end
+  if which == "request" then stream.request_handle = h end
+  M.executions = M.executions + 1
+  h.co = co_create(fn)
+  local handle = new_handle(h)
+
+  -- decodeHeaders / encodeHeaders
+  resume(h, handle)
+  if h.failed then script_error(h)
+  elseif h.state ~= WAIT_BODY and h.state ~= HTTP_CALL and h.state ~= RESPONDED then continue_headers(h) end
+
+  -- decodeData / encodeData: the whole body as one chunk.
+  local trailers = tblob and store_from_blob(tblob, which == "request" and INLINE_NONE or INLINE_RESPONSE_TRAILERS)
+  local body_out = body
+  if body ~= nil and not h.dead then
+    h.end_stream = tblob == nil
+    h.saw_body = true
+    if h.state == WAIT_CHUNK then
+      local chunk = body
+      local chunk_dirty = false
+      local c = new_buffer({scope = h.scope, headers = h.hs, get = function() return chunk end,
+                            set = function(d) chunk = d; chunk_dirty = true end})
+      resume(h, c)
+      if chunk_dirty then body_out = chunk end
+    elseif h.state == WAIT_BODY and h.end_stream then
+      h.body = body
+      local wrap = h.wrap_body
+      h.state = RUNNING
+      h.live = true
+      local okb, res = body_result(h, wrap)
+      resume(h, res)
+    elseif h.state == WAIT_TRAILERS and h.end_stream then
+      resume(h)
+    else
+      -- Buffered by the connection manager while the script waits (HttpCall / WaitForBody) or
+      -- simply passed on; body() after a callout then finds it "streamed".
+      h.body = body
+      h.unbuffered = true
+    end
+    if h.failed then script_error(h)
+    elseif h.state ~= HTTP_CALL and h.state ~= WAIT_BODY and h.state ~= RESPONDED then continue_headers(h) end
+  end
+
+  -- decodeTrailers / encodeTrailers
+  if trailers ~= nil and not h.dead then
+    h.end_stream = true
+    h.trailers = trailers
+    if h.state == WAIT_CHUNK then
+      resume(h)
+    elseif h.state == WAIT_BODY then
+      local okb, res = body_result(h, h.wrap_body)
+      h.live = true
+      resume(h, res)
+    end
+    if not h.failed and h.state == WAIT_TRAILERS then
+      h.live = true
+      local t = trailers_object(h)
+      resume(h, t)
+    end
+    if h.failed then script_error(h)
+    elseif h.state ~= HTTP_CALL and h.state ~= RESPONDED then continue_headers(h) end
+  end
+
+  -- A synchronous callout completes after the rest of the stream has arrived.
+  while not h.dead and h.state == HTTP_CALL do complete_call(h) end
+  if not h.dead and h.state == WAIT_BODY and h.end_stream and body == nil then
+    -- Stream ended with headers only while waiting (cannot happen after start; kept for safety).
+    local okb, res = body_result(h, h.wrap_body)
+    resume(h, res)
+    if h.failed then script_error(h) end
+  end
+
+  if not h.headers_continued then continue_headers(h) end
+  if h.body_dirty then body_out = h.body end
+  local reply = h.state == RESPONDED and h.reply or nil
+  return "ran", h.sent_headers, body_out ~= body and body_out or false,
+         trailers and trailers.dirty and store_blob(trailers) or false,
+         reply and reply.status or false, reply and store_blob(reply.headers) or false,
+         reply and reply.body or false, h.clear_route or false, M.take_logs() or false
+end
+
+function M.take_logs()
+  if NLOGS == 0 then return nil end
+  local out = concat(LOGS, "\0", 1, NLOGS)
+  LOGS, NLOGS = {}, 0
+  return out
+end
+
+function M.counters()
+  return M.errors, M.executions
+end
+
+-- A new per-stream table: what both directions of one stream share.
+function M.new_stream(protocol, local_address, remote_address, sni, route_name, route_metadata,
+                      filter_context, ssl)
+  return {
+    protocol = protocol, local_address = local_address, remote_address = remote_address, sni = sni,
+    route_name = route_name, virtual_cluster = "", dyn = {},
+    route_metadata = route_metadata or {}, filter_context = filter_context or {}, ssl = ssl,
+  }
+end
+
+function M.init(host)
+  HOST = host
+end
+
+-- Load the user's script the way Envoy does (luaL_dostring: the chunk is named by its own text),
+-- then read the entry points once, as registerGlobal does at configuration time.
+function M.load(code, G)
+  local chunk, err = loadstring(code, code)
+  if not chunk then return err end
+  setfenv(chunk, G)
+  local ok, rerr = pcall(chunk)
+  if not ok then return tostring(rerr) end
+  M.functions.envoy_on_request = rawget(G, "envoy_on_request")
+  M.functions.envoy_on_response = rawget(G, "envoy_on_response")
+  if type(M.functions.envoy_on_request) ~= "function" then M.functions.envoy_on_request = nil end
+  if type(M.functions.envoy_on_response) ~= "function" then M.functions.envoy_on_response = nil end
+  return nil
+end
+
+return M
