@@ -1,0 +1,201 @@
+"""The Wasm filter host for the emulated Envoy (`envoyext.runners.emulated.FilterHost`).
+
+`WasmFilterHost` loads the plugin as Envoy does (compile, start the VM, root context,
+on_vm_start, on_configure; a failure there is Envoy rejecting the filter), then gives each
+stream a `filter.StreamFlow`. While a stream is paused it runs the event loop: deferred
+wake-ups (on_queue_ready) and HTTP callouts, answered by the scenario's clusters through
+`env.call_cluster` (a test may instead answer them by hand, see `envoyext.wasm.api`).
+
+After a VM failure Envoy 1.40 keeps the failed VM: with fail_open the filter is skipped,
+otherwise every request is answered 503. `failure_policy="reload"` (Envoy's FAIL_RELOAD)
+starts a fresh VM for the next stream instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from envoyext.artifact import Artifact
+from envoyext.errors import EnvoyRejected, UserError
+from envoyext.runners.emulated import CONNECT_FAILURE_BODY, TIMEOUT_BODY, LocalReply
+from envoyext.scenario import LogLine
+from envoyext.wasm.abi import LOG_LEVEL_NAMES
+from envoyext.wasm.context import HttpCall, HttpCallResponse, Plugin, Services, Wasm
+from envoyext.wasm.filter import WAIT, StreamFlow
+from envoyext.wasm.host import LoadError, compile_module
+from envoyext.wasm.imports import make_imports
+from envoyext.wasm.metrics import MetricStore
+from envoyext.wasm.properties import PropertySource
+from envoyext.wasm.shared import SharedState
+
+log = logging.getLogger(__name__)
+
+# Envoy runs a Wasm filter's encoder callbacks for the local reply that filter sent while decoding.
+SEES_OWN_LOCAL_REPLY = True
+
+
+class StreamStalled(UserError):
+    """The filter paused the stream and nothing that could resume it is pending."""
+
+
+def plugin_configuration(config: Any) -> bytes:
+    """The bytes a plugin receives, as the bootstrap generator passes a scenario's config."""
+    if config is None:
+        return b""
+    if isinstance(config, str):
+        return config.encode()
+    return json.dumps(config, separators=(",", ":"), sort_keys=True).encode()
+
+
+class WasmFilterHost:
+    runner = "wasm-emulator"
+
+    def __init__(self, artifact: Artifact, config: Any, env, *, shared: SharedState | None = None,
+                 metrics: MetricStore | None = None, log_level: int = 0, failure_policy: str | None = None,
+                 deadline_ms: int = 2000, memory_limit: int | None = None, auto_answer: bool = True,
+                 vm_configuration: bytes = b"", environment: dict[str, str] | None = None,
+                 allow_on_headers_stop_iteration: bool = False):
+        self.artifact = artifact
+        self.env = env
+        self.plugin = Plugin(name=artifact.name, root_id=artifact.root_id, vm_id=artifact.vm_id,
+                             configuration=plugin_configuration(config), vm_configuration=vm_configuration,
+                             fail_open=artifact.fail_open, environment=dict(environment or {}),
+                             allow_on_headers_stop_iteration=allow_on_headers_stop_iteration)
+        self.failure_policy = failure_policy or ("fail_open" if artifact.fail_open else "fail_closed")
+        self.auto_answer = auto_answer
+        self.logs: list[LogLine] = []
+        self.failures: list[str] = []          # VM failures (trap messages), oldest first
+        self.connections = 0
+        kw = {} if memory_limit is None else {"memory_limit": memory_limit}
+        self.services = Services(now_ns=lambda: env.clock.ns, monotonic_ns=lambda: env.clock.ns,
+                                 log=self._log, shared=shared or SharedState(), metrics=metrics or MetricStore(),
+                                 log_level=log_level, has_cluster=lambda name: name in env.clusters,
+                                 deadline_ms=deadline_ms, **kw)
+        try:
+            self.module = compile_module(artifact.path)
+        except LoadError as e:
+            raise EnvoyRejected(f"Unable to create Wasm HTTP filter {artifact.name}: {e}",
+                                file=artifact.path) from None
+        self.wasm = self._start_vm()
+
+    # -- the VM ----------------------------------------------------------------------------------
+    def _start_vm(self) -> Wasm:
+        try:
+            w = Wasm(self.module, self.plugin, self.services, make_imports,
+                     lambda ctx: PropertySource(ctx, self.env, self.connections))
+            w.start()
+            w.start_plugin()
+        except LoadError as e:
+            raise EnvoyRejected(f"Unable to create Wasm HTTP filter {self.artifact.name}: {e}",
+                                file=self.artifact.path,
+                                fix="see the plugin's log lines; Envoy refuses this filter too") from None
+        return w
+
+    def _log(self, level: int, message: str) -> None:
+        if level < 0:
+            self.failures.append(message)
+            log.warning("%s: %s", self.artifact.name, message)
+            return
+        self.logs.append(LogLine(LOG_LEVEL_NAMES[level], message))
+
+    # -- the event loop while a stream is paused -----------------------------------------------------
+    def pump(self) -> bool:
+        """Deliver one round of pending work; False when there was none."""
+        w = self.wasm
+        if w.run_pending():
+            return True
+        if self.auto_answer and w.http_calls and not w.failed:
+            token = min(w.http_calls)
+            self.answer_from_cluster(w.http_calls[token])
+            return True
+        return False
+
+    def answer_from_cluster(self, call: HttpCall) -> None:
+        """Send the callout to the scenario's cluster and deliver what comes back."""
+        result = self.env.call_cluster(call.cluster, call.headers, call.body, call.timeout_ms or None)
+        if result.response is not None:
+            r = result.response
+            response = HttpCallResponse([(":status", str(r.status))] + list(r.headers), r.body)
+        elif result.failure == "timeout":
+            response = _local_response(504, TIMEOUT_BODY)
+        else:
+            response = _local_response(503, CONNECT_FAILURE_BODY)
+        self.wasm.deliver_http_response(call.token, response)
+
+    def drive(self, flow, *, stall_ok: bool = False):
+        """Run a flow generator to its end, pumping the event loop while it waits."""
+        for step in flow:
+            if step is WAIT:
+                while True:
+                    if self.pump():
+                        break
+                    if stall_ok:
+                        return flow        # the caller resumes it later
+                    raise StreamStalled(
+                        "the filter paused the stream and nothing pending can resume it",
+                        fix="call proxy_continue_stream (e.g. from on_http_call_response), or send a local reply")
+        return None
+
+    # -- FilterHost ------------------------------------------------------------------------------
+    def new_stream(self, stream) -> "WasmStreamFilter":
+        if self.wasm.failed and self.failure_policy == "reload":
+            self.wasm = self._start_vm()
+        self.connections += 1
+        w = self.wasm
+        usable = not w.failed
+        flow = StreamFlow(w if usable else None, stream, fail_open=self.plugin.fail_open)
+        return WasmStreamFilter(self, flow)
+
+    def advance(self, env=None) -> None:
+        """Virtual time moved: fire the ticks now due, then whatever they set in motion."""
+        self.wasm.fire_due_ticks(self.env.clock.ns)
+        while self.pump():
+            pass
+
+    def take_logs(self) -> list[LogLine]:
+        out, self.logs = self.logs, []
+        return out
+
+    def stats(self) -> dict[str, int]:
+        return self.services.metrics.stats()
+
+    def close(self) -> None:
+        self.wasm.shutdown()
+
+
+def _local_response(status: int, body: bytes) -> HttpCallResponse:
+    """What Envoy's async client hands back when its router answers locally."""
+    return HttpCallResponse([(":status", str(status)), ("content-length", str(len(body))),
+                             ("content-type", "text/plain")], body)
+
+
+class WasmStreamFilter:
+    """envoyext.runners.emulated.StreamFilter for one stream."""
+
+    def __init__(self, host: WasmFilterHost, flow: StreamFlow):
+        self.host = host
+        self.flow = flow
+
+    def decode(self, stream) -> LocalReply | None:
+        self.host.drive(self.flow.decode())
+        r = self.flow.reply
+        if r is None:
+            return None
+        stream.local_reply_from_filter = True
+        return LocalReply(r.status, r.body, list(r.headers), r.details)
+
+    def encode(self, stream) -> None:
+        f = self.flow
+        if stream.local_reply and getattr(stream, "local_reply_from_filter", False) and not SEES_OWN_LOCAL_REPLY:
+            return
+        self.host.drive(f.encode())
+        if f.encode_reply is not None:
+            r = f.encode_reply
+            stream.env._set_local_reply(stream, LocalReply(r.status, r.body, list(r.headers), r.details))
+
+    def complete(self, stream) -> None:
+        self.flow.complete()
+        while self.host.pump():
+            pass

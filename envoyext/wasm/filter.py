@@ -1,0 +1,258 @@
+"""One HTTP stream through a Wasm filter, callback by callback, as Envoy's filter manager drives it.
+
+The request and response paths are generators: they yield whenever the filter has paused the
+stream (a StopIteration/Pause status) and Envoy would wait for an event - a callout answer, a
+queue wake-up, a tick - that calls proxy_continue_stream. Whoever drives the generator (the
+emulated Envoy answering callouts from the scenario's clusters, or a test answering them by
+hand) delivers that event and resumes it.
+
+Envoy facts encoded here: StopIteration from on_*_headers means "stop all" (ABI 0.2.x default);
+a body chunk returned with StopIterationAndBuffer is buffered and the next call sees the whole
+buffer; a local reply (from any callback) ends decoding at once; a VM failure answers 503
+(details wasm_fail_stream) unless the plugin fails open, and the filter is skipped afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from envoyext.wasm.abi import (AbiVersion, BufferType, FilterDataStatus, FilterHeadersStatus,
+                               FilterTrailersStatus, MapType, StreamType)
+from envoyext.wasm.context import (Buffer, HttpContext, Wasm, data_status, headers_status,
+                                   trailers_status)
+
+WAIT = object()   # what the flows yield while the stream is paused
+
+
+@dataclass
+class Reply:
+    """A reply generated in the filter chain (the filter's own, or the fail-closed 503)."""
+    status: int
+    body: bytes = b""
+    headers: list = field(default_factory=list)
+    details: str = ""
+    grpc_status: int | None = None
+
+
+class StreamFlow:
+    """The filter's instance for one stream. `ctx` is None when the filter is skipped (fail open
+    after a VM failure) or stands in for a failed VM (fail closed: every callback answers 503)."""
+
+    def __init__(self, wasm: Wasm | None, stream, *, fail_open: bool, body_chunks: list[bytes] | None = None,
+                 response_chunks: list[bytes] | None = None):
+        self.wasm = wasm
+        self.stream = stream
+        self.fail_open = fail_open
+        self.ctx: HttpContext | None = None
+        self.reply: Reply | None = None          # set when decoding ended in a local reply
+        self.encode_reply: Reply | None = None   # set when encoding replaced the response
+        self.failed_reply_sent = False
+        self.skipped = wasm is None and fail_open
+        self.request_chunks = body_chunks
+        self.response_chunks = response_chunks
+        self.calls: list[str] = []                # callbacks delivered, for tests
+        if wasm is not None and not wasm.failed:
+            self.ctx = wasm.new_http_context(stream)
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _call(self, name: str, *args) -> int | None:
+        self.calls.append(name)
+        return self.wasm.call(self.ctx, name, *args)
+
+    def _vm_failed(self) -> bool:
+        """CHECK_FAIL: a failed VM fails the stream once (503) or lets it through (fail open)."""
+        if self.wasm is not None and not self.wasm.failed and self.ctx is not None:
+            return False
+        if self.skipped or self.fail_open:
+            return False
+        if not self.failed_reply_sent:
+            self.failed_reply_sent = True
+            self.reply = Reply(503, details="wasm_fail_stream")
+        return True
+
+    def _passthrough(self) -> bool:
+        return self.skipped or (self.fail_open and (self.wasm is None or self.wasm.failed or self.ctx is None))
+
+    def _local(self) -> bool:
+        lr = self.ctx.local_reply
+        if lr is None:
+            return False
+        status, body, headers, grpc, details = lr
+        self.reply = Reply(status, body, headers, details, grpc if 0 <= grpc <= 16 else None)
+        return True
+
+    def _stopped(self) -> bool:
+        """After a callback: did the stream end (local reply or failure)?"""
+        if self.wasm.failed:
+            return self._vm_failed()
+        return self._local()
+
+    def _wait(self, which: int) -> Iterator:
+        """Yield until proxy_continue_stream(which), a local reply, or a VM failure."""
+        while True:
+            if which in self.ctx.continued:
+                self.ctx.continued.discard(which)
+                return
+            if self.wasm.failed or self.ctx.local_reply is not None:
+                return
+            yield WAIT
+
+    # -- the request path ----------------------------------------------------------------------
+    def decode(self) -> Iterator:
+        s = self.stream
+        if self._passthrough():
+            return
+        if self._vm_failed():
+            return
+        ctx, w = self.ctx, self.wasm
+        self._call("proxy_on_context_create", ctx.id, ctx.root.id)
+        ctx.created_in_vm = True
+        if self._stopped():
+            return
+        chunks = self.request_chunks if self.request_chunks is not None else ([s.request_body] if s.request_body else [])
+        has_trailers = bool(s.request_trailers)
+        eos = not chunks and not has_trailers
+        ctx.maps[MapType.RequestHeaders] = s.request_headers
+        ctx.end_of_stream = eos
+        if w.abi == AbiVersion.V0_1_0:
+            r = self._call("proxy_on_request_headers", ctx.id, len(s.request_headers))
+        else:
+            r = self._call("proxy_on_request_headers", ctx.id, len(s.request_headers), int(eos))
+        if self._stopped():
+            return
+        status = headers_status(w, ctx, r)
+        if status == FilterHeadersStatus.Continue or w.failed:
+            ctx.maps.pop(MapType.RequestHeaders, None)
+        else:
+            yield from self._wait(StreamType.Request)
+            if self._stopped():
+                return
+            # Envoy buffered the body meanwhile; the filter gets it in one piece on resume.
+            if len(chunks) > 1:
+                chunks = [b"".join(chunks)]
+        s.request_body = yield from self._body(chunks, has_trailers, BufferType.HttpRequestBody,
+                                               "proxy_on_request_body", StreamType.Request)
+        if self.reply is not None or (self.ctx.local_reply is not None):
+            return
+        if has_trailers and not self._passthrough():
+            ctx.maps[MapType.RequestTrailers] = s.request_trailers
+            r = self._call("proxy_on_request_trailers", ctx.id, len(s.request_trailers))
+            if self._stopped():
+                return
+            if trailers_status(ctx, r) != FilterTrailersStatus.Continue:
+                yield from self._wait(StreamType.Request)
+                if self._stopped():
+                    return
+            ctx.maps.pop(MapType.RequestTrailers, None)
+
+    def _body(self, chunks, has_trailers, buf_type, callback, stream_type) -> Iterator:
+        """Feed body chunks; return the body as forwarded (buffered data included, as modified)."""
+        out = b""
+        pending = b""
+        ctx = self.ctx
+        for i, chunk in enumerate(chunks):
+            if self._passthrough():
+                out += pending + chunk
+                pending = b""
+                continue
+            eos = i == len(chunks) - 1 and not has_trailers
+            buf = Buffer(pending + chunk, mutable=True)
+            ctx.body[buf_type] = buf
+            ctx.end_of_stream = eos
+            r = self._call(callback, ctx.id, buf.size(), int(eos))
+            if self._stopped():
+                return out
+            status = data_status(ctx, r)
+            if status == FilterDataStatus.Continue or self.wasm.failed:
+                out += buf.data
+                pending = b""
+                ctx.body[buf_type] = None
+            elif eos:
+                yield from self._wait(stream_type)
+                if self._stopped():
+                    return out
+                out += buf.data
+                pending = b""
+                ctx.body[buf_type] = None
+            else:
+                pending = buf.data      # buffered: the next call sees all of it
+        return out + pending
+
+    # -- the response path ---------------------------------------------------------------------
+    def encode(self) -> Iterator:
+        """Response headers/body/trailers. Skipped after the fail-closed 503, as Envoy does."""
+        s = self.stream
+        if self.ctx is None or self.failed_reply_sent or self._passthrough():
+            return
+        ctx, w = self.ctx, self.wasm
+        if w.failed:
+            return
+        ctx.local_reply = None
+        chunks = self.response_chunks if self.response_chunks is not None else (
+            [s.response_body] if s.response_body else [])
+        has_trailers = bool(s.response_trailers)
+        eos = not chunks and not has_trailers
+        ctx.maps[MapType.ResponseHeaders] = s.response_headers
+        ctx.end_of_stream = eos
+        if w.abi == AbiVersion.V0_1_0:
+            r = self._call("proxy_on_response_headers", ctx.id, len(s.response_headers))
+        else:
+            r = self._call("proxy_on_response_headers", ctx.id, len(s.response_headers), int(eos))
+        if self._encode_stopped():
+            return
+        if headers_status(w, ctx, r) == FilterHeadersStatus.Continue:
+            ctx.maps.pop(MapType.ResponseHeaders, None)
+        else:
+            yield from self._wait(StreamType.Response)
+            if self._encode_stopped():
+                return
+            if len(chunks) > 1:
+                chunks = [b"".join(chunks)]
+        s.response_body = yield from self._body(chunks, has_trailers, BufferType.HttpResponseBody,
+                                                "proxy_on_response_body", StreamType.Response)
+        if self._encode_stopped():
+            return
+        if has_trailers:
+            ctx.maps[MapType.ResponseTrailers] = s.response_trailers
+            r = self._call("proxy_on_response_trailers", ctx.id, len(s.response_trailers))
+            if self._encode_stopped():
+                return
+            if trailers_status(ctx, r) != FilterTrailersStatus.Continue:
+                yield from self._wait(StreamType.Response)
+                self._encode_stopped()
+
+    def _encode_stopped(self) -> bool:
+        """A failure or a local reply while encoding replaces the response (headers not sent yet)."""
+        if self.encode_reply is not None:
+            return True
+        if self.wasm.failed:
+            if self.fail_open:
+                return True
+            self.failed_reply_sent = True
+            self.encode_reply = Reply(503, details="wasm_fail_stream")
+            return True
+        lr = self.ctx.local_reply
+        if lr is not None:
+            status, body, headers, grpc, details = lr
+            self.encode_reply = Reply(status, body, headers, details)
+            return True
+        return False
+
+    # -- the end -------------------------------------------------------------------------------
+    def complete(self) -> None:
+        """on_log (access-log phase), then on_done and on_delete, as Envoy destroys the stream."""
+        ctx, w = self.ctx, self.wasm
+        if ctx is None or w is None or w.failed or not ctx.created_in_vm:
+            if ctx is not None and w is not None:
+                w.contexts.pop(ctx.id, None)
+            return
+        ctx.access_log_phase = True
+        self._call("proxy_on_log", ctx.id)
+        ctx.access_log_phase = False
+        if not w.failed:
+            self._call("proxy_on_done", ctx.id)
+        if not w.failed:
+            self._call("proxy_on_delete", ctx.id)
+        ctx.destroyed = True
+        w.contexts.pop(ctx.id, None)

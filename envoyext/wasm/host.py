@@ -1,0 +1,341 @@
+"""The VM: one wasmtime instance, its imports, guest memory access and calls into the guest.
+
+Speed matters here (every header read is a host call), so this module bypasses wasmtime-py's
+generic call path, which costs tens of microseconds a call:
+
+* host functions are defined with `wasmtime_linker_define_func_unchecked`; their trampolines are
+  generated per arity and read the raw argument slots through one `c_uint64` pointer;
+* guest exports are called with `wasmtime_func_call_unchecked` on a preallocated slot array;
+* guest memory is reached through its base address (`ctypes.string_at` / `memmove`), re-read at
+  each access because `memory.grow` may move it.
+
+Robustness: every guest pointer is bounds-checked (a bad one answers InvalidMemoryAccess or the
+WASI FAULT errno, as cpp-host does); a trap becomes `GuestTrap` with wasmtime's message; a guest
+that does not return within `deadline_ms` is interrupted through the engine's epoch; memory
+growth is capped by the store's limits.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import wasmtime
+from wasmtime import _ffi as ffi
+
+from envoyext.wasm.abi import MAX_MEMORY_BYTES
+
+M32 = 0xFFFFFFFF
+M64 = 0xFFFFFFFFFFFFFFFF
+EPOCH_TICK_S = 0.01          # the ticker's period; deadlines are counted in these ticks
+DEFAULT_DEADLINE_MS = 2000   # longest a single guest call may run
+
+
+class GuestTrap(Exception):
+    """The guest trapped, ran out of time, or its VM could not be used. `message` is for users."""
+
+    def __init__(self, function: str, message: str):
+        self.function = function
+        self.message = message
+        super().__init__(f"Function: {function} failed: {message}")
+
+
+class LoadError(Exception):
+    """The module cannot become a VM (Envoy's 'Failed to load Wasm module ...' family)."""
+
+
+# -- raw C entry points with address-typed arguments (fresh handles: wasmtime-py's own stay as they are)
+_dll = ffi.dll
+
+
+def _raw(name: str, restype, *argtypes):
+    fn = _dll[name]
+    fn.restype = restype
+    fn.argtypes = list(argtypes)
+    return fn
+
+
+_vp, _sz = ctypes.c_void_p, ctypes.c_size_t
+_call_unchecked = _raw("wasmtime_func_call_unchecked", _vp, _vp, _vp, _vp, _sz, _vp)
+_mem_data = _raw("wasmtime_memory_data", _vp, _vp, _vp)
+_mem_size = _raw("wasmtime_memory_data_size", _sz, _vp, _vp)
+_set_deadline = _raw("wasmtime_context_set_epoch_deadline", None, _vp, ctypes.c_uint64)
+_caller_context = _raw("wasmtime_caller_context", _vp, _vp)
+_trap_new = _raw("wasmtime_trap_new", _vp, ctypes.c_char_p, _sz)
+_define_unchecked = _raw("wasmtime_linker_define_func_unchecked", _vp, _vp, ctypes.c_char_p, _sz,
+                         ctypes.c_char_p, _sz, _vp, _vp, _vp, _vp)
+_UNCHECKED_CB = ctypes.CFUNCTYPE(ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p,
+                                 ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t)
+
+_string_at = ctypes.string_at
+_memmove = ctypes.memmove
+_u32_at = ctypes.c_uint32.from_address
+_u64_at = ctypes.c_uint64.from_address
+
+
+# -- one engine per process, with an epoch ticker so runaway guests can be interrupted -----------
+_engine: wasmtime.Engine | None = None
+_engine_lock = threading.Lock()
+_modules: dict[tuple, wasmtime.Module] = {}
+
+
+def engine() -> wasmtime.Engine:
+    global _engine
+    with _engine_lock:
+        if _engine is None:
+            cfg = wasmtime.Config()
+            cfg.epoch_interruption = True
+            _engine = wasmtime.Engine(cfg)
+            eng = _engine
+
+            def tick():
+                while True:
+                    time.sleep(EPOCH_TICK_S)
+                    eng.increment_epoch()
+            threading.Thread(target=tick, name="envoyext-wasm-epoch", daemon=True).start()
+        return _engine
+
+
+def compile_module(path: Path | str | None = None, *, code: bytes | None = None) -> wasmtime.Module:
+    """Compile once per file content; VMs (and reloads after a crash) reuse the compiled module."""
+    if code is None:
+        code = Path(path).read_bytes()
+    key = (len(code), hash(code))
+    mod = _modules.get(key)
+    if mod is None:
+        try:
+            mod = wasmtime.Module(engine(), code)
+        except wasmtime.WasmtimeError as e:
+            raise LoadError(f"Failed to load Wasm code: {str(e).splitlines()[0]}") from None
+        _modules[key] = mod
+    return mod
+
+
+@dataclass(frozen=True)
+class HostFunction:
+    """One import the host provides: its wasm signature and the Python implementation.
+
+    `params` / `results` are strings of 'i' (i32) and 'I' (i64). The implementation receives i32s
+    as unsigned ints and i64s as unsigned 64-bit ints, and returns an int (or None for no result)."""
+    params: str
+    results: str
+    impl: Callable
+
+
+_VALTYPE = {"i": wasmtime.ValType.i32, "I": wasmtime.ValType.i64}
+
+
+def _functype(params: str, results: str) -> wasmtime.FuncType:
+    return wasmtime.FuncType([_VALTYPE[c]() for c in params], [_VALTYPE[c]() for c in results])
+
+
+class _Export:
+    """A guest export prepared for the unchecked call path."""
+    __slots__ = ("name", "func", "addr", "nparams", "nresults", "slots", "slots_addr", "nslots")
+
+    def __init__(self, name: str, func: wasmtime.Func, ty: wasmtime.FuncType):
+        self.name = name
+        self.func = func
+        self.addr = ctypes.addressof(func._func)
+        self.nparams = len(ty.params)
+        self.nresults = len(ty.results)
+        self.nslots = max(self.nparams, self.nresults, 1)
+        self.slots = (ctypes.c_uint64 * (2 * self.nslots))()
+        self.slots_addr = ctypes.addressof(self.slots)
+
+
+class WasmVm:
+    """One instantiated module. `imports` maps (module, name) to a HostFunction."""
+
+    def __init__(self, module: wasmtime.Module, imports: dict[tuple[str, str], HostFunction], *,
+                 memory_limit: int = MAX_MEMORY_BYTES, deadline_ms: int = DEFAULT_DEADLINE_MS):
+        self.module = module
+        self.deadline_ticks = max(1, int(deadline_ms / 1000 / EPOCH_TICK_S))
+        self.store = wasmtime.Store(engine())
+        self.store.set_limits(memory_size=memory_limit)
+        self.ctx = ctypes.cast(self.store._context(), ctypes.c_void_p).value
+        self.depth = 0              # guest calls in progress (host calls may re-enter: malloc)
+        self.caller: int | None = None
+        self.host_error: BaseException | None = None
+        self._callbacks = []        # keep the ctypes trampolines alive
+        linker = wasmtime.Linker(self.store.engine)
+        linker_addr = ctypes.cast(linker.ptr(), ctypes.c_void_p).value
+        for imp in module.imports:
+            key = (imp.module, imp.name)
+            fn = imports.get(key)
+            if fn is None or not isinstance(imp.type, wasmtime.FuncType):
+                raise LoadError(f"Failed to load Wasm module due to a missing import: {imp.module}.{imp.name}")
+            want = _functype(fn.params, fn.results)
+            if [str(t) for t in imp.type.params] != [str(t) for t in want.params] or \
+                    [str(t) for t in imp.type.results] != [str(t) for t in want.results]:
+                raise LoadError("Failed to load Wasm module due to an import type mismatch: "
+                                f"{imp.module}.{imp.name}, want: {want}, but host exports: {imp.type}")
+            cb = _UNCHECKED_CB(self._trampoline(fn))
+            self._callbacks.append(cb)
+            m, n = imp.module.encode(), imp.name.encode()
+            err = _define_unchecked(linker_addr, m, len(m), n, len(n),
+                                    ctypes.cast(want.ptr(), ctypes.c_void_p).value,
+                                    ctypes.cast(cb, ctypes.c_void_p).value, None, None)
+            if err:
+                raise LoadError(f"cannot define import {imp.module}.{imp.name}")
+        try:
+            self.instance = linker.instantiate(self.store, module)
+        except wasmtime.Trap as e:
+            raise LoadError(f"Failed to create new Wasm instance: {e.message}") from None
+        except wasmtime.WasmtimeError as e:
+            raise LoadError(f"Failed to create new Wasm instance: {str(e).splitlines()[0]}") from None
+        self.linker = linker
+        exports = self.instance.exports(self.store)
+        self.export_names = [e.name for e in module.exports]
+        self._exports: dict[str, _Export] = {}
+        for e in module.exports:
+            item = exports[e.name]
+            if isinstance(item, wasmtime.Func):
+                self._exports[e.name] = _Export(e.name, item, item.type(self.store))
+        mem = exports.get("memory") if "memory" in self.export_names else None
+        if not isinstance(mem, wasmtime.Memory):
+            raise LoadError("Failed to load Wasm module: it exports no memory")
+        self.memory = mem
+        self.mem_addr = ctypes.addressof(mem._memory)
+        self.malloc = self._exports.get("malloc") or self._exports.get("proxy_on_memory_allocate")
+
+    # -- host functions -------------------------------------------------------------------------
+    def _trampoline(self, fn: HostFunction):
+        """A C callback for `fn`, specialised to its arity so arguments cost one index each."""
+        args = ", ".join(f"a[{2 * i}]" + (" & 0xFFFFFFFF" if c == "i" else "")
+                         for i, c in enumerate(fn.params))
+        store = "a[0] = r & 0xFFFFFFFFFFFFFFFF" if fn.results else "pass"
+        src = (f"def cb(env, caller, a, n):\n"
+               f"    vm.caller = caller\n"
+               f"    try:\n"
+               f"        r = impl({args})\n"
+               f"        {store}\n"
+               f"        return 0\n"
+               f"    except BaseException as e:\n"
+               f"        return vm._trap_for(e)\n")
+        scope = {"vm": self, "impl": fn.impl}
+        exec(src, scope)
+        return scope["cb"]
+
+    def _trap_for(self, e: BaseException) -> int:
+        """A host function raised: trap the guest. GuestExit/GuestAbort carry their own message;
+        anything else is a host bug, kept to be re-raised once the guest call unwinds."""
+        if isinstance(e, (GuestAbort, GuestTrap)):
+            msg = e.message
+        else:
+            self.host_error = e
+            msg = f"host error: {type(e).__name__}: {e}"
+        b = msg.encode()
+        return _trap_new(b, len(b)) or 0
+
+    # -- memory -----------------------------------------------------------------------------
+    def _base(self, ptr: int, size: int) -> int | None:
+        """Base address if [ptr, ptr+size) lies inside linear memory, else None."""
+        if ptr + size > _mem_size(self.ctx, self.mem_addr):
+            return None
+        return _mem_data(self.ctx, self.mem_addr)
+
+    def get_memory(self, ptr: int, size: int) -> bytes | None:
+        base = self._base(ptr, size)
+        if base is None:
+            return None
+        return _string_at(base + ptr, size) if size else b""
+
+    def set_memory(self, ptr: int, data: bytes) -> bool:
+        base = self._base(ptr, len(data))
+        if base is None:
+            return False
+        _memmove(base + ptr, data, len(data))
+        return True
+
+    def set_word(self, ptr: int, value: int) -> bool:
+        base = self._base(ptr, 4)
+        if base is None:
+            return False
+        _u32_at(base + ptr).value = value & M32
+        return True
+
+    def set_u64(self, ptr: int, value: int) -> bool:
+        base = self._base(ptr, 8)
+        if base is None:
+            return False
+        _u64_at(base + ptr).value = value & M64
+        return True
+
+    def get_word(self, ptr: int) -> int | None:
+        base = self._base(ptr, 4)
+        return None if base is None else _u32_at(base + ptr).value
+
+    def alloc(self, size: int) -> int | None:
+        """Guest memory from the module's malloc (or proxy_on_memory_allocate); None on failure."""
+        if self.malloc is None:
+            return None
+        ptr = self.call(self.malloc, size)
+        if not ptr or self._base(ptr, size) is None:
+            return None
+        return ptr
+
+    def copy_to_pointer_size(self, data: bytes, ptr_ptr: int, size_ptr: int) -> bool:
+        """cpp-host's copyToPointerSize: malloc in the guest, copy, write (pointer, size)."""
+        ptr = 0
+        if data:
+            ptr = self.alloc(len(data))
+            if ptr is None:
+                return False
+            self.set_memory(ptr, data)
+        return self.set_word(ptr_ptr, ptr) and self.set_word(size_ptr, len(data))
+
+    def memory_size(self) -> int:
+        return _mem_size(self.ctx, self.mem_addr)
+
+    # -- calls into the guest -----------------------------------------------------------------
+    def export(self, name: str) -> _Export | None:
+        return self._exports.get(name)
+
+    def call(self, fn: _Export, *args: int) -> int | None:
+        """Call a guest export with integer arguments; its one result (i32 as unsigned) or None."""
+        slots = fn.slots
+        i = 0
+        for a in args:
+            slots[i] = a & M64
+            i += 2
+        top = self.depth == 0
+        ctx = self.ctx if top else (_caller_context(self.caller) if self.caller else self.ctx)
+        if top:
+            _set_deadline(self.ctx, self.deadline_ticks)
+        trap = ctypes.c_void_p()
+        self.depth += 1
+        try:
+            err = _call_unchecked(ctx, fn.addr, fn.slots_addr, fn.nslots, ctypes.addressof(trap))
+        finally:
+            self.depth -= 1
+        if err or trap.value:
+            self._raise_trap(fn.name, err, trap.value)
+        return slots[0] & M32 if fn.nresults else None
+
+    def _raise_trap(self, name: str, err: int | None, trap: int | None) -> None:
+        if self.host_error is not None and self.depth == 0:
+            e, self.host_error = self.host_error, None
+            raise e
+        if trap:
+            t = wasmtime.Trap._from_ptr(ctypes.cast(trap, ctypes.POINTER(ffi.wasm_trap_t)))
+            msg = t.message
+            code = t.trap_code
+            if code == wasmtime.TrapCode.INTERRUPT:
+                msg = f"the guest ran past the {self.deadline_ticks * EPOCH_TICK_S * 1000:.0f} ms deadline " \
+                      f"(an endless loop?)\n{msg}"
+        else:
+            msg = str(wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, ctypes.POINTER(ffi.wasmtime_error_t))))
+        raise GuestTrap(name, msg)
+
+
+class GuestAbort(Exception):
+    """Raised by a host function to trap the guest with `message` (proc_exit, restricted calls)."""
+
+    def __init__(self, message: str):
+        self.message = message
+        super().__init__(message)

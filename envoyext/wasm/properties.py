@@ -1,0 +1,267 @@
+"""proxy_get_property / proxy_set_property: Envoy's attributes and their byte encodings.
+
+Paths arrive as NUL-separated segments ("request\\0headers\\0x-a"). Envoy resolves the first
+segment to a CEL value (its StreamActivation plus the Wasm-specific plugin_* and connection_id)
+and walks maps by key; the result is serialized natively: strings and bytes as is, int64/uint64,
+timestamps and durations (ns) as 8 little-endian bytes, bools as one byte, maps as serialized
+pairs, messages as protobuf bytes. A value set with proxy_set_property is kept in the stream's
+filter state under "wasm.<path>" and read back by the same path.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING, Any, Callable
+
+from envoyext.wasm import headers as H
+from envoyext.wasm.abi import WasmResult, serialize_pairs
+
+if TYPE_CHECKING:
+    from envoyext.wasm.context import Context
+
+
+class Str(str):
+    pass
+
+
+def i64(v: int) -> bytes:
+    return struct.pack("<q", v)
+
+
+def u64(v: int) -> bytes:
+    return struct.pack("<Q", v)
+
+
+def _proto_string(field: int, value: str) -> bytes:
+    data = value.encode()
+    out = bytes([(field << 3) | 2])
+    n = len(data)
+    while n >= 0x80:
+        out += bytes([(n & 0x7F) | 0x80])
+        n >>= 7
+    return out + bytes([n]) + data
+
+
+def _split_host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host, int(port or 0)
+
+
+def encode(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, bool):
+        return b"\x01" if value else b"\x00"
+    if isinstance(value, int):
+        return i64(value)
+    if isinstance(value, str):
+        return H.raw(value)
+    if isinstance(value, dict):
+        return serialize_pairs([(H.raw(str(k)), encode(v)) for k, v in value.items()])
+    if isinstance(value, (list, tuple)):
+        return serialize_pairs([(encode(v), b"") for v in value])
+    raise TypeError(type(value))
+
+
+class Lazy:
+    """A map-valued attribute whose keys are resolved on demand (Envoy's CEL wrappers)."""
+
+    def __init__(self, lookup: Callable[[str], Any], items: Callable[[], dict] | None = None):
+        self.lookup = lookup
+        self.items = items
+
+    def get(self, key: str):
+        return self.lookup(key)
+
+    def whole(self):
+        return self.items() if self.items else None
+
+
+class PropertySource:
+    """The attributes one context can see. `env` is the emulated Envoy around the stream."""
+
+    def __init__(self, ctx: "Context", env: Any = None, connection_id: int = 0):
+        self.ctx = ctx
+        self.env = env
+        self.connection_id = connection_id
+        self.stream = getattr(ctx, "stream", None)
+
+    # -- the top level --------------------------------------------------------------------------
+    def top(self, name: str):
+        plugin = self.ctx.wasm.plugin
+        if name == "plugin_name":
+            return plugin.name
+        if name == "plugin_root_id":
+            return plugin.root_id
+        if name == "plugin_vm_id":
+            return plugin.vm_id
+        if name == "node":
+            return Lazy({"id": "envoyext", "cluster": "envoyext"}.get,
+                        lambda: _proto_string(1, "envoyext") + _proto_string(2, "envoyext"))
+        s = self.stream
+        if s is None:
+            return None
+        if name == "connection_id":
+            return ("u64", self.connection_id)
+        if name == "request":
+            return Lazy(self._request)
+        if name == "response":
+            return Lazy(self._response)
+        if name == "source":
+            return Lazy(lambda k: self._peer(s.downstream_address, k))
+        if name == "destination":
+            return Lazy(lambda k: self._peer(s.downstream_local_address, k))
+        if name == "connection":
+            return Lazy(self._connection)
+        if name == "upstream":
+            return Lazy(self._upstream)
+        if name == "xds":
+            return Lazy(self._xds)
+        state = getattr(s, "filter_state", {}).get("wasm." + name)
+        return state
+
+    def _headers_map(self, headers) -> Lazy:
+        def lookup(k):
+            return H.get(headers, k)
+
+        def whole():
+            merged: dict[str, str] = {}
+            for k, v in headers:
+                merged[k] = merged[k] + "," + v if k in merged else v
+            return merged
+        return Lazy(lookup, whole)
+
+    def _request(self, k: str):
+        s = self.stream
+        rh = s.request_headers
+
+        def hdr(name):
+            return H.get(rh, name)
+        if k == "headers":
+            return self._headers_map(rh)
+        if k == "time":
+            return ("i64", s.start_ns)
+        if k == "protocol":
+            return "HTTP/1.1"
+        if k == "size":
+            cl = hdr("content-length")
+            if cl is not None:
+                return int(cl) if cl.isdigit() else None
+            return len(s.request_body)
+        if k == "total_size":
+            return len(s.request_body) + H.byte_size(rh)
+        if k == "duration":
+            return None
+        if k == "path":
+            return hdr(":path")
+        if k == "url_path":
+            p = hdr(":path") or ""
+            return p.split("?", 1)[0]
+        if k == "query":
+            p = hdr(":path") or ""
+            return p.split("?", 1)[1] if "?" in p else ""
+        if k == "host":
+            return hdr(":authority")
+        if k == "scheme":
+            return hdr(":scheme")
+        if k == "method":
+            return hdr(":method")
+        if k == "referer":
+            return hdr("referer")
+        if k == "useragent":
+            return hdr("user-agent")
+        if k == "id":
+            return hdr("x-request-id")
+        return None
+
+    def _response(self, k: str):
+        s = self.stream
+        rh = s.response_headers
+        if k == "headers":
+            return self._headers_map([(a, b) for a, b in rh])
+        if k == "trailers":
+            return self._headers_map(s.response_trailers)
+        if k == "code":
+            st = H.get(rh, ":status")
+            return int(st) if st else None
+        if k == "size":
+            return len(s.response_body)
+        if k == "total_size":
+            return len(s.response_body) + H.byte_size(rh)
+        if k == "flags":
+            return 0
+        if k == "code_details":
+            return getattr(s, "response_code_details", None) or None
+        return None
+
+    @staticmethod
+    def _peer(address: str | None, k: str):
+        if not address:
+            return None
+        if k == "address":
+            return address
+        if k == "port":
+            return _split_host_port(address)[1]
+        return None
+
+    def _connection(self, k: str):
+        if k == "mtls":
+            return False
+        if k == "requested_server_name":
+            return ""
+        if k == "id":
+            return ("u64", self.connection_id)
+        return None      # TLS fields exist only on TLS connections
+
+    def _upstream(self, k: str):
+        addr = self.stream.upstream_address
+        if k in ("address", "port"):
+            return self._peer(addr, k)
+        return None
+
+    def _xds(self, k: str):
+        s = self.stream
+        if k == "route_name":
+            r = s.route
+            return r.name if r is not None else None
+        if k == "cluster_name":
+            return s.cluster_name
+        if k == "node":
+            return self.top("node")
+        return None
+
+    # -- the ABI ----------------------------------------------------------------------------------
+    def get(self, path: bytes) -> tuple[WasmResult, bytes]:
+        parts = [H.text(p) for p in path.split(b"\0")]
+        if path.endswith(b"\0"):
+            parts = parts[:-1]
+        if not parts or not parts[0]:
+            return WasmResult.NotFound, b""
+        value = self.top(parts[0])
+        for part in parts[1:]:
+            if value is None:
+                return WasmResult.NotFound, b""
+            if isinstance(value, Lazy):
+                value = value.get(part)
+            elif isinstance(value, dict):
+                value = value.get(part)
+            else:
+                return WasmResult.NotFound, b""
+        if value is None:
+            return WasmResult.NotFound, b""
+        if isinstance(value, Lazy):
+            value = value.whole()
+            if value is None:
+                return WasmResult.SerializationFailure, b""
+        if isinstance(value, tuple):
+            kind, v = value
+            return WasmResult.Ok, (u64(v) if kind == "u64" else i64(v))
+        return WasmResult.Ok, encode(value)
+
+    def set(self, path: bytes, value: bytes) -> WasmResult:
+        s = self.stream
+        if s is None:
+            return WasmResult.NotFound
+        state = s.__dict__.setdefault("filter_state", {})
+        state["wasm." + H.text(path)] = value
+        return WasmResult.Ok
