@@ -1,0 +1,140 @@
+"""The command line as a user meets it: scaffold, build, test, and every kind of bad input
+answered with one line, exit code 2, no traceback."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ENVOYEXT, envoy_pids, run_cli
+
+
+def scaffold(tmp_path: Path, lang: str, kind: str = "blank", name: str | None = None) -> Path:
+    name = name or f"t-{lang}"
+    r = run_cli("new", kind, name, "--lang", lang, "--dir", tmp_path / name)
+    assert r.returncode == 0, r.stderr
+    return tmp_path / name
+
+
+def assert_one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, r.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("lang", ["lua", "c"])
+def test_blank_filter_passes_live_and_emulated(tmp_path, lang):
+    project = scaffold(tmp_path, lang)
+    r = run_cli("test", project, "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    results = json.loads(r.stdout)["results"]
+    assert results and all(x["passed"] for x in results)
+    assert all(set(x["observations"]) == {"emulated", "live"} for x in results)
+
+
+def test_failing_expectation_exits_1_with_a_diff(tmp_path):
+    project = scaffold(tmp_path, "lua")
+    (project / "scenarios" / "bad.yaml").write_text(
+        "cases: [{name: wrong status, request: {path: /}, expect: {status: 418}}]\n")
+    r = run_cli("test", project, "--only", "live")
+    assert r.returncode == 1
+    assert "FAIL bad › wrong status" in r.stdout and "expected: 418" in r.stdout and "got:      200" in r.stdout
+
+
+def test_lua_syntax_error(tmp_path):
+    project = scaffold(tmp_path, "lua")
+    (project / "filter.lua").write_text("function envoy_on_request(h)\n  h:headers(:add('x')\nend\n")
+    assert_one_line_error(run_cli("test", project), "filter.lua:2")
+
+
+def test_c_compile_error(tmp_path):
+    project = scaffold(tmp_path, "c")
+    src = project / "filter.c"
+    src.write_text(src.read_text().replace("return PW_CONTINUE;", "return PW_CONTINUE", 1))
+    r = run_cli("build", project)
+    assert_one_line_error(r, "filter.c:")
+    assert not (project / "build" / "t-c.wasm").exists()  # nothing half-written
+
+
+def test_wrong_field_in_filter_yaml(tmp_path):
+    project = scaffold(tmp_path, "lua")
+    spec = project / "filter.yaml"
+    spec.write_text(spec.read_text().replace("lang: lua", "lang: lua\nsoruces: [x.lua]"))
+    assert_one_line_error(run_cli("test", project), "filter.yaml", "soruces", "unknown field")
+
+
+def test_config_envoy_rejects(tmp_path):
+    # The C template rejects a configuration without 'header'/'value' (on_configure returns false);
+    # Envoy then refuses the plugin, and that refusal is what the user sees.
+    project = scaffold(tmp_path, "c")
+    (project / "scenarios" / "config.yaml").write_text("config: {nope: 1}\ncases: [{name: a}]\n")
+    assert_one_line_error(run_cli("test", project, "--only", "live"), "envoy config", "Wasm")
+
+
+def test_lua_script_envoy_rejects_at_load(tmp_path):
+    project = scaffold(tmp_path, "lua")
+    (project / "filter.lua").write_text("error('not today')\n")
+    assert_one_line_error(run_cli("test", project, "--only", "live"), "not today")
+
+
+def test_unknown_kind_and_existing_target(tmp_path):
+    assert_one_line_error(run_cli("new", "nosuch", "x", "--dir", tmp_path / "x"), "unknown filter kind", "blank")
+    scaffold(tmp_path, "lua", name="dup")
+    assert_one_line_error(run_cli("new", "blank", "dup", "--dir", tmp_path / "dup"), "already exists")
+
+
+def test_sigint_mid_run_leaves_no_envoy(tmp_path):
+    project = scaffold(tmp_path, "lua")
+    (project / "scenarios" / "slow.yaml").write_text(
+        "cases:\n  - {name: first, request: {path: /}}\n  - {name: slow, wait_ms: 20000, request: {path: /}}\n")
+    before = envoy_pids()
+    proc = subprocess.Popen([*ENVOYEXT, "test", str(project), "--only", "live"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "NO_COLOR": "1"})
+    try:
+        deadline = time.monotonic() + 60
+        while not (envoy_pids() - before) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        started = envoy_pids() - before
+        assert started, "Envoy never started"
+        time.sleep(0.5)  # inside the slow case now
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert not (started & envoy_pids())
+
+
+def test_doctor_reports_every_part():
+    r = run_cli("doctor")
+    assert r.returncode == 0, r.stdout
+    for part in ("envoy: 1.40.0", "envoy Lua filter: loads", "envoy V8 Wasm runtime: loads", "LuaJIT", "zig"):
+        assert part in r.stdout
+
+
+def test_run_serves_until_interrupted(tmp_path):
+    project = scaffold(tmp_path, "lua")
+    proc = subprocess.Popen([*ENVOYEXT, "run", str(project)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "NO_COLOR": "1"})
+    try:
+        line = proc.stdout.readline()
+        assert "listening on http://127.0.0.1:" in line
+        url = line.split("listening on ")[1].strip()
+        import urllib.request
+        with urllib.request.urlopen(url + "/x") as resp:
+            assert resp.headers["x-t-lua"] == "hello"
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
