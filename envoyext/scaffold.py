@@ -23,7 +23,7 @@ NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$")
 
 
 def _dirs(root: Path) -> set[str]:
-    return {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))}
+    return {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".", "build"))}
 
 
 def kinds() -> list[str]:
