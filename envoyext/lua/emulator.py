@@ -1,13 +1,14 @@
 """The Lua filter host for the emulated Envoy (`envoyext.runners.emulated`).
 
 `LuaFilterHost` is one `envoy.filters.http.lua` filter configuration: the default script (the
-artifact), named `source_codes`, and the per-route `LuaPerRoute` configs of the scenario's routes,
-each in its own LuaJIT state. `LuaStreamFilter` runs one stream through it as Envoy's Lua filter
-does: envoy_on_request over the request, envoy_on_response over the response (local replies
-included), script errors counted and logged and the stream let through.
+artifact, with the scenario's JSON config appended as `envoyext_config = ...`, exactly as the live
+bootstrap inlines it), named `source_codes`, and the per-route `LuaPerRoute` configs of the
+scenario's routes, each in its own LuaJIT state. `LuaStreamFilter` runs one stream through it as
+Envoy's Lua filter does: envoy_on_request over the request, envoy_on_response over the response
+(local replies included), script errors counted and logged and the stream let through.
 
-The scenario's `config`, unused by Envoy for Lua, may carry the rest of the Lua filter's proto:
-`source_codes` ({name: {inline_string|filename}}), `stat_prefix`, `clear_route_cache`.
+The rest of the Lua filter proto (`source_codes`, `stat_prefix`, `clear_route_cache`) has no place
+in a scenario yet; `lua_config` takes it for tests and the Python API.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from envoyext.artifact import Artifact
+from envoyext.artifact import Artifact, lua_code
 from envoyext.errors import UserError
 from envoyext.lua.host import Callouts, LuaScript
 from envoyext.runners.emulated import LocalReply, Stream
@@ -54,21 +55,13 @@ def read_source(spec: Any, base: Path | None, where: str) -> str:
     raise UserError("expected a DataSource with inline_string or filename", field=where)
 
 
-def filter_metadata(metadata: dict | None) -> dict:
-    """A route's `metadata` is Envoy's Metadata ({filter_metadata: {...}}); a bare mapping is
-    taken as the filter_metadata itself."""
-    if not metadata:
-        return {}
-    return metadata.get("filter_metadata", metadata) if isinstance(metadata, dict) else {}
-
-
 class LuaFilterHost:
     runner = "lua-emulator"
 
-    def __init__(self, artifact: Artifact, config: Any, env):
+    def __init__(self, artifact: Artifact, config: Any, env, lua_config: dict | None = None):
         self.env = env
         self.filter_name = artifact.filter_name
-        cfg = config if isinstance(config, dict) else {}
+        cfg = lua_config or {}
         stat_prefix = cfg.get("stat_prefix") or ""
         self.stat_prefix = f"http.{HCM_STAT_PREFIX}.lua." + (f"{stat_prefix}." if stat_prefix else "")
         self.clear_route_cache = cfg.get("clear_route_cache", True)
@@ -76,7 +69,7 @@ class LuaFilterHost:
         self.logs: list[LogLine] = []
         self.scripts: list[LuaScript] = []
         path = Path(artifact.path)
-        self.default = self._load(path.read_text(), str(path))
+        self.default = self._load(lua_code(path.read_text(), config), str(path))
         base = Path(getattr(env.scenario, "path", ".")).parent
         self.named = {name: self._load(read_source(spec, base, f"config.source_codes.{name}"), name)
                       for name, spec in (cfg.get("source_codes") or {}).items()}
@@ -152,12 +145,14 @@ class LuaFilterHost:
         return self.default, {}
 
     def route_metadata(self, script: LuaScript, route) -> Any:
+        """handle:metadata(): a scenario route's `metadata` is what the bootstrap puts under
+        filter_metadata[<filter name>] (Envoy falls back to "envoy.filters.http.lua", which a
+        scenario cannot fill)."""
         if route is None:
             return None
         key = (id(script), route.name)
         if key not in self._route_md:
-            fm = filter_metadata(route.metadata)
-            md = fm.get(self.filter_name, fm.get(CANONICAL_NAME))
+            md = route.metadata
             self._route_md[key] = script.to_lua(md) if md else None
         return self._route_md[key]
 
@@ -226,8 +221,10 @@ class LuaStreamFilter:
             # On a local reply the connection manager adds date and server after the filters.
             tail = [(k, v) for k, v in headers if k in ("date", "server")]
             headers = [(k, v) for k, v in headers if k not in ("date", "server")]
+        # A local reply's body is one chunk; an upstream's comes through the HTTP/1 codec.
         res = self.script.run("envoy_on_response", self, self.lstream, headers,
-                              stream.response_body or None, stream.response_trailers or None)
+                              stream.response_body or None, stream.response_trailers or None,
+                              not stream.local_reply)
         if res is None:
             return
         self._logs(res)

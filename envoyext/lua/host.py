@@ -200,12 +200,13 @@ class LuaScript:
         return self._new_stream(protocol, local_address, remote_address, sni, route_name,
                                 route_metadata, filter_context, ssl)
 
-    def run(self, function: str, ctx, stream, headers, body: bytes | None, trailers):
-        """Run envoy_on_request / envoy_on_response over a whole message. Returns None when the
-        script does not define the function, else RunResult."""
+    def run(self, function: str, ctx, stream, headers, body: bytes | None, trailers, split: bool = True):
+        """Run envoy_on_request / envoy_on_response over a whole message. `split`: the body
+        arrives as an HTTP/1 codec delivers it (the data, then an empty end-of-stream chunk).
+        Returns None when the script does not define the function, else RunResult."""
         res = self._run(function, ctx, stream, headers_blob(headers),
                         None if body is None else body.decode("latin-1"),
-                        None if trailers is None else headers_blob(trailers))
+                        None if trailers is None else headers_blob(trailers), split)
         if res == "skip" or (isinstance(res, tuple) and res[0] == "skip"):
             return None
         return RunResult(*res[1:])

@@ -706,6 +706,7 @@ function Handle.body(self, ...)
   if h.end_stream then
     local ok, res = body_result(h, always)
     if not ok then error(res, 2) end
+    if res == nil then return end  -- luaBody returns zero values, not nil
     return res
   elseif h.saw_body then
     error("cannot call body() after body streaming has started", 2)
@@ -1077,8 +1078,42 @@ local function complete_call(h)
   if h.state == RUNNING then continue_headers(h) end
 end
 
+-- One data frame. Chunks that go on are appended to `passed`; while the filter stops iteration
+-- the connection manager buffers them (that buffer is what body() returns, and what goes on
+-- when iteration continues).
+local function on_data(h, data, end_stream, passed)
+  h.end_stream = end_stream
+  h.saw_body = true
+  if h.state == WAIT_CHUNK then
+    local chunk = data
+    local c = new_buffer({scope = h.scope, headers = h.hs, get = function() return chunk end,
+                          set = function(d) chunk = d end})
+    resume(h, c)
+    data = chunk
+  elseif h.state == WAIT_BODY and end_stream then
+    h.body = (h.body or "") .. data  -- callbacks_.addData(data)
+    local okb, res = body_result(h, h.wrap_body)
+    if res == nil then resume(h) else resume(h, res) end
+    data = nil
+  elseif h.state == WAIT_TRAILERS and end_stream then
+    resume(h)
+  end
+  if h.failed then
+    script_error(h)
+    if data ~= nil then passed[#passed + 1] = data end
+    return
+  end
+  if data == nil then return end
+  if h.state == HTTP_CALL or h.state == WAIT_BODY then
+    h.body = (h.body or "") .. data
+  elseif h.state ~= RESPONDED then
+    continue_headers(h)
+    passed[#passed + 1] = data
+  end
+end
+
 -- Returns: sent_headers_blob|false, body|false, trailers_blob|false, reply fields...
-function M.run(fname, ctx, stream, hblob, body, tblob)
+function M.run(fname, ctx, stream, hblob, body, tblob, split)
   local fn = M.functions[fname]
   if fn == nil then return "skip" end
   local which = fname == "envoy_on_request" and "request" or "response"
@@ -1103,36 +1138,20 @@ function M.run(fname, ctx, stream, hblob, body, tblob)
   if h.failed then script_error(h)
   elseif h.state ~= WAIT_BODY and h.state ~= HTTP_CALL and h.state ~= RESPONDED then continue_headers(h) end
 
-  -- decodeData / encodeData: the whole body as one chunk.
+  -- decodeData / encodeData. Envoy's HTTP/1 codecs deliver a body and then, at the end of the
+  -- message, an empty chunk with end_stream (observed: bodyChunks() sees two chunks); with
+  -- trailers, or for a local reply, the body is one chunk.
   local trailers = tblob and store_from_blob(tblob, which == "request" and INLINE_NONE or INLINE_RESPONSE_TRAILERS)
-  local body_out = body
+  local passed = {}
   if body ~= nil and not h.dead then
-    h.end_stream = tblob == nil
-    h.saw_body = true
-    if h.state == WAIT_CHUNK then
-      local chunk = body
-      local chunk_dirty = false
-      local c = new_buffer({scope = h.scope, headers = h.hs, get = function() return chunk end,
-                            set = function(d) chunk = d; chunk_dirty = true end})
-      resume(h, c)
-      if chunk_dirty then body_out = chunk end
-    elseif h.state == WAIT_BODY and h.end_stream then
-      h.body = body
-      local wrap = h.wrap_body
-      h.state = RUNNING
-      h.live = true
-      local okb, res = body_result(h, wrap)
-      resume(h, res)
-    elseif h.state == WAIT_TRAILERS and h.end_stream then
-      resume(h)
+    if split and tblob == nil then
+      on_data(h, body, false, passed)
+      if not h.dead then on_data(h, "", true, passed) else passed[#passed + 1] = "" end
     else
-      -- Buffered by the connection manager while the script waits (HttpCall / WaitForBody) or
-      -- simply passed on; body() after a callout then finds it "streamed".
-      h.body = body
-      h.unbuffered = true
+      on_data(h, body, tblob == nil, passed)
     end
-    if h.failed then script_error(h)
-    elseif h.state ~= HTTP_CALL and h.state ~= WAIT_BODY and h.state ~= RESPONDED then continue_headers(h) end
+  elseif body ~= nil then
+    passed[1] = body
   end
 
   -- decodeTrailers / encodeTrailers
@@ -1143,8 +1162,7 @@ function M.run(fname, ctx, stream, hblob, body, tblob)
       resume(h)
     elseif h.state == WAIT_BODY then
       local okb, res = body_result(h, h.wrap_body)
-      h.live = true
-      resume(h, res)
+      if res == nil then resume(h) else resume(h, res) end
     end
     if not h.failed and h.state == WAIT_TRAILERS then
       h.live = true
@@ -1160,12 +1178,16 @@ function M.run(fname, ctx, stream, hblob, body, tblob)
   if not h.dead and h.state == WAIT_BODY and h.end_stream and body == nil then
     -- Stream ended with headers only while waiting (cannot happen after start; kept for safety).
     local okb, res = body_result(h, h.wrap_body)
-    resume(h, res)
+    if res == nil then resume(h) else resume(h, res) end
     if h.failed then script_error(h) end
   end
 
   if not h.headers_continued then continue_headers(h) end
-  if h.body_dirty then body_out = h.body end
+  local body_out = body
+  if body ~= nil or h.body ~= nil then
+    body_out = concat(passed) .. (h.body or "")
+    if body_out == body then body_out = body end
+  end
   local reply = h.state == RESPONDED and h.reply or nil
   return "ran", h.sent_headers, body_out ~= body and body_out or false,
          trailers and trailers.dirty and store_blob(trailers) or false,
