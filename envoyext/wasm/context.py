@@ -187,8 +187,7 @@ class HttpContext(Context):
         self.route_cache_cleared = 0
 
     def mutable_map(self, t: int) -> Headers | None:
-        if self.access_log_phase:
-            return None
+        # Envoy's getMap returns whatever the stream still holds, even while logging.
         return self.maps.get(t)
 
     def const_map(self, t: int) -> Headers | None:

@@ -1,7 +1,8 @@
 """The Wasm filter host for the emulated Envoy (`envoyext.runners.emulated.FilterHost`).
 
 `WasmFilterHost` loads the plugin as Envoy does (compile, start the VM, root context,
-on_vm_start, on_configure; a failure there is Envoy rejecting the filter), then gives each
+on_vm_start, on_configure; a failure there is Envoy rejecting the filter) - once per Envoy
+thread, since each thread's VM ticks - then gives each
 stream a `filter.StreamFlow`. While a stream is paused it runs the event loop: deferred
 wake-ups (on_queue_ready) and HTTP callouts, answered by the scenario's clusters through
 `env.call_cluster` (a test may instead answer them by hand, see `envoyext.wasm.api`).
@@ -56,7 +57,7 @@ class WasmFilterHost:
                  metrics: MetricStore | None = None, log_level: int = 0, failure_policy: str | None = None,
                  deadline_ms: int = 2000, memory_limit: int | None = None, auto_answer: bool = True,
                  vm_configuration: bytes = b"", environment: dict[str, str] | None = None,
-                 allow_on_headers_stop_iteration: bool = False):
+                 allow_on_headers_stop_iteration: bool = False, idle_vms: int = 2):
         self.artifact = artifact
         self.env = env
         self.plugin = Plugin(name=artifact.name, root_id=artifact.root_id, vm_id=artifact.vm_id,
@@ -78,6 +79,9 @@ class WasmFilterHost:
         except LoadError as e:
             raise EnvoyRejected(f"Unable to create Wasm HTTP filter {artifact.name}: {e}",
                                 file=artifact.path) from None
+        # Envoy runs one VM per thread: the main thread's and each worker's tick (and may be woken
+        # by queues) though only one serves our streams. The live runner runs 2 workers.
+        self.idle = [self._start_vm() for _ in range(idle_vms)]
         self.wasm = self._start_vm()
 
     # -- the VM ----------------------------------------------------------------------------------
@@ -104,7 +108,7 @@ class WasmFilterHost:
     def pump(self) -> bool:
         """Deliver one round of pending work; False when there was none."""
         w = self.wasm
-        if w.run_pending():
+        if w.run_pending() + sum(v.run_pending() for v in self.idle):
             return True
         if self.auto_answer and w.http_calls and not w.failed:
             token = min(w.http_calls)
@@ -117,7 +121,10 @@ class WasmFilterHost:
         result = self.env.call_cluster(call.cluster, call.headers, call.body, call.timeout_ms or None)
         if result.response is not None:
             r = result.response
-            response = HttpCallResponse([(":status", str(r.status))] + list(r.headers), r.body)
+            # The router adds its service-time header; the upstream's own server header stays.
+            response = HttpCallResponse([(":status", str(r.status))] + list(r.headers)
+                                        + [("server", "envoyext-upstream"), ("x-envoy-upstream-service-time", "0")],
+                                        r.body)
         elif result.failure == "timeout":
             response = _local_response(504, TIMEOUT_BODY)
         else:
@@ -150,7 +157,8 @@ class WasmFilterHost:
 
     def advance(self, env=None) -> None:
         """Virtual time moved: fire the ticks now due, then whatever they set in motion."""
-        self.wasm.fire_due_ticks(self.env.clock.ns)
+        for vm in [*self.idle, self.wasm]:
+            vm.fire_due_ticks(self.env.clock.ns)
         while self.pump():
             pass
 
@@ -162,7 +170,8 @@ class WasmFilterHost:
         return self.services.metrics.stats()
 
     def close(self) -> None:
-        self.wasm.shutdown()
+        for vm in [self.wasm, *self.idle]:
+            vm.shutdown()
 
 
 def _local_response(status: int, body: bytes) -> HttpCallResponse:

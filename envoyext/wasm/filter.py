@@ -25,6 +25,12 @@ from envoyext.wasm.context import (Buffer, HttpContext, Wasm, data_status, heade
 WAIT = object()   # what the flows yield while the stream is paused
 
 
+def http1_chunks(body: bytes) -> list[bytes]:
+    """How Envoy's HTTP/1 codec hands a message body to filters: the data (end_stream false),
+    then an empty end_stream chunk. A local reply's body comes in one end_stream chunk."""
+    return [body, b""] if body else []
+
+
 @dataclass
 class Reply:
     """A reply generated in the filter chain (the filter's own, or the fail-closed 503)."""
@@ -110,7 +116,7 @@ class StreamFlow:
         ctx.created_in_vm = True
         if self._stopped():
             return
-        chunks = self.request_chunks if self.request_chunks is not None else ([s.request_body] if s.request_body else [])
+        chunks = self.request_chunks if self.request_chunks is not None else http1_chunks(s.request_body)
         has_trailers = bool(s.request_trailers)
         eos = not chunks and not has_trailers
         ctx.maps[MapType.RequestHeaders] = s.request_headers
@@ -190,7 +196,8 @@ class StreamFlow:
             return
         ctx.local_reply = None
         chunks = self.response_chunks if self.response_chunks is not None else (
-            [s.response_body] if s.response_body else [])
+            ([s.response_body] if s.response_body else []) if getattr(s, "local_reply", False)
+            else http1_chunks(s.response_body))
         has_trailers = bool(s.response_trailers)
         eos = not chunks and not has_trailers
         ctx.maps[MapType.ResponseHeaders] = s.response_headers

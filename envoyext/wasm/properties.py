@@ -95,7 +95,9 @@ class PropertySource:
             return plugin.root_id
         if name == "plugin_vm_id":
             return plugin.vm_id
-        if name == "node":
+        if name == "node":   # Envoy 1.40 answers NotFound for the bare name; xds.node has it
+            return None
+        if name == "xds_node":
             return Lazy({"id": "envoyext", "cluster": "envoyext"}.get,
                         lambda: _proto_string(1, "envoyext") + _proto_string(2, "envoyext"))
         s = self.stream
@@ -227,7 +229,7 @@ class PropertySource:
         if k == "cluster_name":
             return s.cluster_name
         if k == "node":
-            return self.top("node")
+            return self.top("xds_node")
         return None
 
     # -- the ABI ----------------------------------------------------------------------------------
