@@ -811,22 +811,30 @@ local function script_log(level, msg)
   NLOGS = NLOGS + 2
 end
 
--- buildHeadersFromTable: keys must be strings, values strings/numbers or arrays of them.
-local function headers_from_table(t, inline)
+-- buildHeadersFromTable as Envoy 1.40 has it: luaL_checkstring on the key and value slots of a
+-- lua_next() walk. A number key is converted in place, which breaks lua_next: "invalid key to
+-- 'next'", raised with no position (observed). Other wrong types are argument errors numbered by
+-- absolute stack slot: the call's arguments, one slot more, then key and value (observed: #5 for
+-- a respond() header value, #6 for an httpCall() header key). Called from the API method, so
+-- level 3 is the user's line.
+local function headers_from_table(t, inline, nargs, fname)
   local s = store_new(inline)
   for key, value in rawpairs(t) do
-    if type(key) ~= "string" then return nil, "header key must be a string, got " .. type(key) end
+    if type(key) == "number" then error("invalid key to 'next'", 0) end
+    if type(key) ~= "string" then
+      error(sformat("bad argument #%d to '%s' (string expected, got %s)", nargs + 1, fname, type(key)), 3)
+    end
     local lkey = slower(key)
     if type(value) == "table" then
       for _, item in rawpairs(value) do
         if type(item) ~= "string" and type(item) ~= "number" then
-          return nil, "header value must be a string, got " .. type(item)
+          error(sformat("bad argument #%d to '%s' (string expected, got %s)", nargs + 4, fname, type(item)), 3)
         end
         store_add(s, lkey, tostr(item))
       end
     else
       if type(value) ~= "string" and type(value) ~= "number" then
-        return nil, "header value must be a string, got " .. type(value)
+        error(sformat("bad argument #%d to '%s' (string expected, got %s)", nargs + 2, fname, type(value)), 3)
       end
       store_add(s, lkey, tostr(value))
     end
@@ -846,8 +854,7 @@ function Handle.respond(self, ...)
   if body ~= nil and type(body) ~= "string" and type(body) ~= "number" then
     error(argerr(2, "string", "respond", n, body), 2)
   end
-  local s, err = headers_from_table(headers, INLINE_RESPONSE)
-  if not s then error(err, 2) end
+  local s = headers_from_table(headers, INLINE_RESPONSE, n + 1, "respond")
   local status = tonumber(store_first(s, ":status") or "")
   if status == nil or status ~= floor(status) or status < 200 or status >= 600
      or not sfind(store_first(s, ":status"), "^%d+$") then
@@ -896,8 +903,7 @@ function Handle.httpCall(self, ...)
   if body ~= nil and type(body) ~= "string" and type(body) ~= "number" then error(argerr(3, "string", "httpCall", n, body), 2) end
   cluster = tostr(cluster)
   if not HOST.has_cluster(cluster) then error("http call cluster invalid. Must be configured", 2) end
-  local s, err = headers_from_table(headers, INLINE_REQUEST)
-  if not s then error(err, 2) end
+  local s = headers_from_table(headers, INLINE_REQUEST, n + 1, "httpCall")
   if store_first(s, ":path") == nil or store_first(s, ":method") == nil or store_first(s, ":authority") == nil then
     error("http call headers must include ':path', ':method', and ':authority'", 2)
   end
@@ -1049,6 +1055,10 @@ local function resume(h, ...)
   h.state = RUNNING
   h.live = true
   local ok, err = co_resume(h.co, ...)
+  if not ok and type(err) ~= "string" then
+    -- Envoy reads the error with lua_tostring: numbers convert, anything else is unnamed.
+    err = type(err) == "number" and tostr(err) or "unspecified lua error"
+  end
   finish_resume(h, ok, err)
 end
 
