@@ -1,0 +1,103 @@
+-- custom-metrics: a request counter and a latency histogram, labelled from request and response
+-- attributes chosen in the configuration (the global `envoyext_config`, see ../schema.json).
+--
+-- Labels are encoded in the stat name the way Istio encodes istio_requests_total's:
+--   envoyext_requests_total.method=.=GET;.;response_code=.=200;.;
+-- and filter.yaml's stats_tags (Envoy's stats_config) cut every `name=.=value;.;` out of the name
+-- into a real tag, so /stats/prometheus shows envoy_http_lua_envoyext_requests_total{method="GET",...}.
+-- Envoy's Lua stats API puts every stat in the Lua filter's scope (http.<hcm prefix>.lua.), hence
+-- the envoy_http_lua_ Prometheus prefix; the Wasm version's metrics have no prefix.
+--
+-- Everything is recorded once per request, when the response headers pass: the response code is
+-- known then, and the duration is the time to response headers.
+
+local METHODS = {GET = true, HEAD = true, POST = true, PUT = true, DELETE = true, CONNECT = true,
+                 OPTIONS = true, TRACE = true, PATCH = true}
+local MAX_VALUE = 64
+local META = "envoyext.custom_metrics"
+
+-- Label values end up inside a stat name: keep them to characters that cannot break the
+-- `name=.=value;.;` encoding or Envoy's name parsing, and bounded in length.
+local function clean(v)
+  v = string.sub(v, 1, MAX_VALUE)
+  return (string.gsub(v, "[^%w_%-/:@+]", "_"))
+end
+
+local function path_prefix(path, label)
+  path = string.match(path or "", "^[^?#]*") or ""
+  if label.prefixes then
+    for _, p in ipairs(label.prefixes) do
+      if string.sub(path, 1, #p) == p then return p end
+    end
+    return "other"
+  end
+  local out, n = "", 0
+  for seg in string.gmatch(path, "/[^/]*") do
+    if n == (label.depth or 1) or seg == "/" then break end
+    out, n = out .. seg, n + 1
+  end
+  return out == "" and "/" or out
+end
+
+local function header_value(value, label)
+  if value == nil then return "unknown" end
+  if label.values then
+    for _, allowed in ipairs(label.values) do
+      if value == allowed then return value end
+    end
+    return "other"
+  end
+  return value
+end
+
+local function label_value(label, req, status, route)
+  local from = label.from
+  if from == "method" then
+    local m = req:get(":method") or ""
+    return METHODS[m] and m or "OTHER"
+  elseif from == "path_prefix" then
+    return path_prefix(req:get(":path"), label)
+  elseif from == "route" then
+    return (route ~= nil and route ~= "") and route or "unknown"
+  elseif from == "response_code" then
+    return status
+  elseif from == "response_code_class" then
+    return string.sub(status, 1, 1) .. "xx"
+  elseif from == "header" then
+    return header_value(req:get(label.header), label)
+  end
+  -- upstream_cluster: Envoy's Lua API has no accessor for the upstream cluster.
+  return "unknown"
+end
+
+local function tags(req, status, route)
+  local cfg = envoyext_config or {}
+  local parts, seen = {}, {}
+  for _, label in ipairs(cfg.labels or {}) do
+    if not seen[label.name] then  -- a repeated name would make two tags of one name
+      seen[label.name] = true
+      parts[#parts + 1] = label.name .. "=.=" .. clean(label_value(label, req, status, route)) .. ";.;"
+    end
+  end
+  return table.concat(parts)
+end
+
+function envoy_on_request(handle)
+  handle:streamInfo():dynamicMetadata():set(META, "start_ms", handle:timestamp())
+end
+
+function envoy_on_response(handle)
+  local cfg = envoyext_config or {}
+  local prefix = cfg.prefix or "envoyext"
+  local info = handle:streamInfo()
+  local status = handle:headers():get(":status") or "0"
+  local suffix = tags(handle:requestHeaders(), status, info:routeName())
+  local sep = suffix ~= "" and "." or ""
+  local stats = handle:stats()
+  stats:counter(prefix .. "_requests_total" .. sep .. suffix):inc()
+  local meta = info:dynamicMetadata():get(META)
+  if meta and meta.start_ms then
+    local ms = handle:timestamp() - meta.start_ms
+    stats:histogram(prefix .. "_request_duration_milliseconds" .. sep .. suffix):recordValue(ms)
+  end
+end
