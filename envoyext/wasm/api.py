@@ -57,6 +57,7 @@ class Exchange:
         self.stream = stream
         self.flow = flow
         self._gen = None
+        self._local_encoded = False
         self.finished = False
 
     # request side
@@ -92,6 +93,13 @@ class Exchange:
 
     def _run(self, gen) -> None:
         self._gen = self.plugin.host.drive(gen, stall_ok=True)
+        r = self.flow.reply
+        if self._gen is None and r is not None and not self._local_encoded:
+            # Envoy encodes a local reply at once, through this filter's encoder callbacks too.
+            self._local_encoded = True
+            from envoyext.runners.emulated import LocalReply
+            self.plugin.env._set_local_reply(self.stream, LocalReply(r.status, r.body, list(r.headers), r.details))
+            self._gen = self.plugin.host.drive(self.flow.encode(), stall_ok=True)
 
     def resume(self) -> None:
         if self._gen is not None:
@@ -208,6 +216,10 @@ class WasmPlugin:
     def logs(self, level: str | None = None) -> list[str]:
         """Messages logged so far (all, or of one level: trace debug info warn error critical)."""
         return [l.message for l in self.host.logs if level is None or l.level == level]
+
+    def clear_logs(self) -> None:
+        """Forget what was logged so far (e.g. the on_configure lines of every thread's VM)."""
+        self.host.take_logs()
 
     @property
     def log_lines(self) -> list[LogLine]:

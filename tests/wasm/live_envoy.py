@@ -92,7 +92,13 @@ class LiveEnvoy:
                 time.sleep(0.05)
             self.admin = "http://" + admin_path.read_text().strip()
             while True:
-                listeners = json.loads(self._get("/listeners?format=json"))
+                try:
+                    listeners = json.loads(self._get("/listeners?format=json"))
+                except OSError:
+                    if self.proc.poll() is not None or time.time() > deadline:
+                        raise RuntimeError("envoy exited: " + self.read_log()[-3000:]) from None
+                    time.sleep(0.05)
+                    continue
                 addr = listeners["listener_statuses"][0].get("local_address", {}).get("socket_address", {})
                 if addr.get("port_value"):
                     self.port = addr["port_value"]
@@ -107,9 +113,14 @@ class LiveEnvoy:
         return self
 
     def wait_ready(self, deadline) -> None:
-        while "LIVE" not in self._get("/server_info"):
-            if time.time() > deadline:
-                raise RuntimeError("envoy not live")
+        while True:
+            try:
+                if "LIVE" in self._get("/server_info"):
+                    return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError("envoy not live: " + self.read_log()[-3000:])
             time.sleep(0.05)
 
     def __exit__(self, *exc) -> None:

@@ -246,7 +246,11 @@ EXPORT(proxy_on_request_headers) uint32_t on_request_headers(uint32_t id, uint32
     volatile int x = 1;
     while (x) {}
   } else if (is(id, "grow")) {
-    for (int i = 0; i < 100000; i++) if (!malloc(1 << 20)) { logf_(LOG_INFO, "malloc failed at %d MiB", i); break; }
+    for (int i = 0; i < 100000; i++) {
+      char *volatile m = malloc(1 << 20);
+      if (!m) { logf_(LOG_INFO, "malloc failed at %d MiB", i); break; }
+      m[0] = 1;
+    }
   } else if (is(id, "pause")) {
     return 1;
   }
