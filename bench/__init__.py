@@ -1,0 +1,1 @@
+"""Benchmarks: `make bench`. Figures are printed as ratios measured side by side in one run."""
