@@ -140,6 +140,35 @@ def emulate(artifact, scenario_file, config_text, root_id, as_json):
 @main.command()
 @click.argument("path", required=False, type=click.Path(path_type=Path))
 @click.option("--scenario", "scenario_file", type=click.Path(path_type=Path), default=None,
+              help="Take config, clusters and routes from this scenario.")
+@user_errors
+def config(path, scenario_file):
+    """Print the Envoy bootstrap the filter is tested in (YAML; upstream ports are placeholders)."""
+    import yaml
+
+    from envoyext import project as proj
+    from envoyext.envoy import bootstrap
+    p = proj.load(path)
+    artifact = proj.build(p)
+    sc = _scenario_or_default(p, scenario_file)
+    addresses = {name: ("127.0.0.1", 0) for name in sc.all_clusters()}
+    click.echo(yaml.safe_dump(bootstrap.build(artifact, sc, addresses, stats_config=p.stats_config),
+                              sort_keys=False), nl=False)
+
+
+def _scenario_or_default(p, scenario_file):
+    from envoyext import scenario as scenario_mod
+    if scenario_file:
+        sc = scenario_mod.load(scenario_file, default_config=p.config)
+    else:
+        sc = scenario_mod.from_dict({"cases": [{"name": "-"}]}, p.file, default_config=p.config)
+    p.check_config(sc.config, sc.path)
+    return sc
+
+
+@main.command()
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+@click.option("--scenario", "scenario_file", type=click.Path(path_type=Path), default=None,
               help="Take upstreams, clusters and routes from this scenario.")
 @user_errors
 def run(path, scenario_file):
@@ -147,14 +176,10 @@ def run(path, scenario_file):
     import time
 
     from envoyext import project as proj
-    from envoyext import scenario as scenario_mod
     from envoyext.runners import live
     p = proj.load(path)
     artifact = proj.build(p)
-    if scenario_file:
-        sc = scenario_mod.load(scenario_file, default_config=p.config)
-    else:
-        sc = scenario_mod.from_dict({"cases": [{"name": "-"}]}, p.file, default_config=p.config)
+    sc = _scenario_or_default(p, scenario_file)
     with live.started(artifact, sc, stats_config=p.stats_config) as (envoy, _):
         click.echo(f"filter {p.name} listening on {envoy.url}")
         click.echo(f"admin: {envoy.admin.url}   log: {envoy.log_path}")
