@@ -25,10 +25,13 @@ local function compile(raw)
     headers = raw.headers or {},
     delay_cluster = raw.delay_cluster or "fault-delay",
   }
-  for _, fault in ipairs({ cfg.delay, cfg.abort }) do
-    if fault and fault.percentage == nil then
-      fault.percentage = 100 -- Istio's default: fault every matching request
-    end
+  -- Istio's default: fault every matching request. (Not a loop over {delay, abort}: ipairs
+  -- would stop at a missing delay.)
+  if cfg.delay and cfg.delay.percentage == nil then
+    cfg.delay.percentage = 100
+  end
+  if cfg.abort and cfg.abort.percentage == nil then
+    cfg.abort.percentage = 100
   end
   return cfg
 end
