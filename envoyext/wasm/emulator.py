@@ -118,7 +118,11 @@ class WasmFilterHost:
 
     def answer_from_cluster(self, call: HttpCall) -> None:
         """Send the callout to the scenario's cluster and deliver what comes back."""
-        result = self.env.call_cluster(call.cluster, call.headers, call.body, call.timeout_ms or None)
+        # Envoy's async client marks callouts internal, and its router states the timeout.
+        headers = list(call.headers) + [("x-envoy-internal", "true")]
+        if call.timeout_ms:
+            headers.append(("x-envoy-expected-rq-timeout-ms", str(call.timeout_ms)))
+        result = self.env.call_cluster(call.cluster, headers, call.body, call.timeout_ms or None)
         if result.response is not None:
             r = result.response
             # The router adds its service-time header; the upstream's own server header stays.
@@ -180,6 +184,15 @@ def _local_response(status: int, body: bytes) -> HttpCallResponse:
                              ("content-type", "text/plain")], body)
 
 
+def _with_length(r) -> list:
+    """Envoy sends content-length: 0 with an empty local reply; EmulatedEnvoy adds the header
+    only for a body (proposed upstream: add it always)."""
+    headers = list(r.headers)
+    if not r.body and not any(k == "content-length" for k, _ in headers):
+        headers.append(("content-length", "0"))
+    return headers
+
+
 class WasmStreamFilter:
     """envoyext.runners.emulated.StreamFilter for one stream."""
 
@@ -193,7 +206,7 @@ class WasmStreamFilter:
         if r is None:
             return None
         stream.local_reply_from_filter = True
-        return LocalReply(r.status, r.body, list(r.headers), r.details)
+        return LocalReply(r.status, r.body, _with_length(r), r.details)
 
     def encode(self, stream) -> None:
         f = self.flow
@@ -202,7 +215,7 @@ class WasmStreamFilter:
         self.host.drive(f.encode())
         if f.encode_reply is not None:
             r = f.encode_reply
-            stream.env._set_local_reply(stream, LocalReply(r.status, r.body, list(r.headers), r.details))
+            stream.env._set_local_reply(stream, LocalReply(r.status, r.body, _with_length(r), r.details))
 
     def complete(self, stream) -> None:
         self.flow.complete()

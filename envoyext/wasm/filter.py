@@ -25,9 +25,12 @@ from envoyext.wasm.context import (Buffer, HttpContext, Wasm, data_status, heade
 WAIT = object()   # what the flows yield while the stream is paused
 
 
-def http1_chunks(body: bytes) -> list[bytes]:
+def http1_chunks(body: bytes, trailers: bool = False) -> list[bytes]:
     """How Envoy's HTTP/1 codec hands a message body to filters: the data (end_stream false),
-    then an empty end_stream chunk. A local reply's body comes in one end_stream chunk."""
+    then an empty end_stream chunk; with trailers, the data and then the trailers end it.
+    A local reply's body comes in one end_stream chunk."""
+    if trailers:
+        return [body] if body else []
     return [body, b""] if body else []
 
 
@@ -116,8 +119,8 @@ class StreamFlow:
         ctx.created_in_vm = True
         if self._stopped():
             return
-        chunks = self.request_chunks if self.request_chunks is not None else http1_chunks(s.request_body)
         has_trailers = bool(s.request_trailers)
+        chunks = self.request_chunks if self.request_chunks is not None else http1_chunks(s.request_body, has_trailers)
         eos = not chunks and not has_trailers
         ctx.maps[MapType.RequestHeaders] = s.request_headers
         ctx.end_of_stream = eos
@@ -195,10 +198,10 @@ class StreamFlow:
         if w.failed:
             return
         ctx.local_reply = None
+        has_trailers = bool(s.response_trailers)
         chunks = self.response_chunks if self.response_chunks is not None else (
             ([s.response_body] if s.response_body else []) if getattr(s, "local_reply", False)
-            else http1_chunks(s.response_body))
-        has_trailers = bool(s.response_trailers)
+            else http1_chunks(s.response_body, has_trailers))
         eos = not chunks and not has_trailers
         ctx.maps[MapType.ResponseHeaders] = s.response_headers
         ctx.end_of_stream = eos

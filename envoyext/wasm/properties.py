@@ -226,8 +226,11 @@ class PropertySource:
         if k == "route_name":
             r = s.route
             return r.name if r is not None else None
-        if k == "cluster_name":
-            return s.cluster_name
+        if k == "cluster_name":   # known once the route is: already in on_request_headers
+            if s.cluster_name:
+                return s.cluster_name
+            r = s.route
+            return r.cluster if r is not None else None
         if k == "node":
             return self.top("xds_node")
         return None

@@ -274,3 +274,11 @@ def test_missing_import_is_rejected(tmp_path):
 def test_configure_returning_false_is_rejected(probe):
     with pytest.raises(EnvoyRejected, match="Failed to configure"):
         probe("reject")
+
+
+def test_request_with_trailers_gets_body_then_trailers(probe):
+    # Envoy 1.40 over HTTP/1 chunked: body (end_stream false), then trailers; no empty chunk.
+    p = probe()
+    p.request({"x-probe": "none", ":method": "POST"}, b"abc", trailers={"x-t": "1"})
+    assert p.logs() == ["request headers path=/ eos=0 cmd=none", "request body size=3 eos=0",
+                        "request trailers n=1"]

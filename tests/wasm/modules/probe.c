@@ -176,7 +176,7 @@ static void pairs(uint32_t id) {
   char *data = p + 4 + 8 * count;
   for (uint32_t i = 0; i < count; i++) {
     uint32_t ks = ((uint32_t *)(p + 4))[2 * i], vs = ((uint32_t *)(p + 4))[2 * i + 1];
-    if (data[0] != 'x' || data[1] != '-') { data += ks + vs + 2; continue; }   /* only x- headers */
+    if (data[0] != 'x' || data[1] != '-' || !strcmp(data, "x-request-id")) { data += ks + vs + 2; continue; }
     j += snprintf(out + j, sizeof out - j, "%.*s=%.*s;", (int)ks, data, (int)vs, data + ks + 1);
     data += ks + vs + 2;
   }
