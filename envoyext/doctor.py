@@ -73,8 +73,21 @@ def run_checks() -> list[Check]:
     except Exception as e:  # an import or tool failure is exactly what doctor reports
         checks.append(Check("toolchain", False, str(e).splitlines()[0], fix="pip install -e . (make demo does it)"))
 
+    checks.append(_istio_schemas())
     checks.append(_docker())
     return checks
+
+
+ISTIO_VERSION = "1.30.3"
+
+
+def _istio_schemas() -> Check:
+    from envoyext.paths import PACKAGE
+    bundle = PACKAGE / "schemas" / "istio" / "crd-all.gen.yaml"
+    if not bundle.is_file():
+        return Check("Istio CRD schemas", False, "missing from this installation", fix="reinstall envoyext")
+    kinds = sum(line == "kind: CustomResourceDefinition" for line in bundle.read_text().splitlines())
+    return Check("Istio CRD schemas", True, f"Istio {ISTIO_VERSION}, {kinds} CRDs ({bundle.name})")
 
 
 def _validates(name: str, config: dict) -> Check:

@@ -117,7 +117,8 @@ def test_sigint_mid_run_leaves_no_envoy(tmp_path):
 def test_doctor_reports_every_part():
     r = run_cli("doctor")
     assert r.returncode == 0, r.stdout
-    for part in ("envoy: 1.40.0", "envoy Lua filter: loads", "envoy V8 Wasm runtime: loads", "LuaJIT", "zig"):
+    for part in ("envoy: 1.40.0", "envoy Lua filter: loads", "envoy V8 Wasm runtime: loads", "LuaJIT", "zig",
+                 "Istio CRD schemas: Istio 1.30.3, 15 CRDs"):
         assert part in r.stdout
 
 
