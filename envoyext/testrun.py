@@ -7,11 +7,13 @@ scenario names a native `oracle`, the filter's live run is compared with the nat
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Callable
 
 from envoyext import scenario as scenario_mod
 from envoyext.artifact import Artifact
+from envoyext.errors import UserError
 from envoyext.project import Project
 from envoyext.scenario import Mismatch, Observation, Scenario
 
@@ -48,14 +50,14 @@ def run_scenario(artifact: Artifact, sc: Scenario, *, runners: tuple[str, ...] =
     native: dict[str, Observation] = {}
     if EMULATED in runners:
         from envoyext.runners import emulated
-        by_runner[EMULATED] = {o.case: o for o in emulated.run_scenario(artifact, sc)}
+        by_runner[EMULATED] = _guarded(EMULATED, sc, lambda: emulated.run_scenario(artifact, sc))
     if LIVE in runners:
         from envoyext.runners import live
-        by_runner[LIVE] = {o.case: o for o in live.run_scenario(artifact, sc, stats_config=stats_config,
-                                                                 runtime=runtime)}
-        native = ({o.case: o for o in live.run_scenario(None, sc, oracle=True, stats_config=stats_config,
-                                                         runtime=runtime)}
-                  if sc.oracle else {})
+        by_runner[LIVE] = _guarded(LIVE, sc, lambda: live.run_scenario(
+            artifact, sc, stats_config=stats_config, runtime=runtime))
+        if sc.oracle:
+            native = _guarded("native", sc, lambda: live.run_scenario(
+                None, sc, oracle=True, stats_config=stats_config, runtime=runtime))
     results = []
     for case in sc.cases:
         r = CaseResult(sc.name, case.name)
@@ -70,6 +72,20 @@ def run_scenario(artifact: Artifact, sc: Scenario, *, runners: tuple[str, ...] =
             r.oracle = scenario_mod.compare(native[case.name], r.observations[LIVE], parts=sc.oracle.compare)
         results.append(r)
     return results
+
+
+def _guarded(runner: str, sc: Scenario, run: Callable[[], list[Observation]]) -> dict[str, Observation]:
+    """A runner that breaks (a bug, not bad input) fails its cases with the reason; it does not
+    abort the whole test run with a traceback. ENVOYEXT_DEBUG=1 lets it raise."""
+    try:
+        return {o.case: o for o in run()}
+    except UserError:
+        raise
+    except Exception as e:
+        if os.environ.get("ENVOYEXT_DEBUG"):
+            raise
+        reason = f"{runner} runner failed: {type(e).__name__}: {e}"
+        return {c.name: Observation(case=c.name, runner=runner, error=reason) for c in sc.cases}
 
 
 def run_project(project: Project, artifact: Artifact, *, runners: tuple[str, ...] = (EMULATED, LIVE),
