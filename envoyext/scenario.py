@@ -352,6 +352,8 @@ def compare(a: Observation, b: Observation, parts=("status", "headers", "body", 
 
     Stats are compared for the names `a` reports, so an emulator (which knows only the filter's
     own stats) can be held against live Envoy (which knows them all)."""
+    if a.error or b.error:
+        return [Mismatch("run", a.error or "ran", b.error or "ran")]
     out: list[Mismatch] = []
     ra, rb = a.response, b.response
     if (ra is None) != (rb is None):

@@ -39,14 +39,17 @@ def text(s: str) -> str:
 
 
 def headers_blob(headers) -> str:
-    return "\0".join(f"{wire(k)}\0{wire(v)}" for k, v in headers)
+    blob = "\0".join(map("\0".join, headers))
+    return blob if blob.isascii() else blob.encode("utf-8").decode("latin-1")
 
 
 def headers_from_blob(blob: str | None) -> list[tuple[str, str]]:
     if not blob:
         return []
+    if not blob.isascii():
+        blob = blob.encode("latin-1").decode("utf-8", "replace")
     parts = blob.split("\0")
-    return [(text(parts[i]), text(parts[i + 1])) for i in range(0, len(parts), 2)]
+    return list(zip(parts[::2], parts[1::2]))
 
 
 def logs_from_blob(blob: str | None) -> list[tuple[str, str]]:
