@@ -21,7 +21,8 @@
  * connection, and calls the pw_on_* hooks below. Every hook is optional: the
  * SDK has a weak default for each (continue, succeed, do nothing), so you
  * define only the ones you need, with exactly the signatures declared here.
- * Do not define proxy_on_* functions yourself.
+ * Do not define proxy_on_* functions yourself; names starting with pw__ are
+ * the SDK's own.
  *
  * CONTEXTS
  *
@@ -225,7 +226,9 @@ void pw_on_upstream_connection_close(pw_ctx *ctx, pw_peer_type peer);           
  * it, or NULL if the call was made from the plugin context or the stream has
  * since been deleted. num_headers == 0 means the call failed (spec,
  * proxy_on_http_call_response). Read the response with
- * PW_MAP_HTTP_CALL_RESPONSE_HEADERS/_TRAILERS and PW_BUFFER_HTTP_CALL_RESPONSE_BODY. */
+ * PW_MAP_HTTP_CALL_RESPONSE_HEADERS/_TRAILERS and PW_BUFFER_HTTP_CALL_RESPONSE_BODY
+ * (Envoy serves those from the plugin context, so they stay readable after the
+ * switch); pw_get_status() gives the failure reason. */
 void pw_on_http_call_response(pw_root *root, pw_ctx *ctx, uint32_t token, uint32_t num_headers,
                               size_t body_size, uint32_t num_trailers);                        /* [] */
 void pw_on_grpc_receive_initial_metadata(pw_root *root, pw_ctx *ctx, uint32_t token,
