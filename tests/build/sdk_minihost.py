@@ -78,6 +78,7 @@ class MiniHost:
         self.effective_sets: list[int] = []
         self.tick_period = None
         self.contexts: set[int] = set()
+        self.parents: dict[int, int] = {}  # stream context -> plugin context
         self.current = 0
 
         linker = wasmtime.Linker(self.engine)
@@ -152,6 +153,7 @@ class MiniHost:
 
     def request(self, ctx_id: int, root_id: int, headers: list[tuple[bytes, bytes]], *, eos=True) -> int:
         self.contexts.add(ctx_id)
+        self.parents[ctx_id] = root_id
         self.on("context_create", ctx_id, root_id)
         self.maps[(ctx_id, 0)] = list(headers)
         return self.on("request_headers", ctx_id, len(headers), int(eos))
@@ -191,8 +193,15 @@ class MiniHost:
         self.write(ptr, struct.pack("<Q", 1_700_000_000_000_000_000))
         return OK
 
+    # Call and gRPC responses live on the plugin context; Envoy's getMap/getBuffer read them
+    # through rootContext(), so they stay readable after proxy_set_effective_context(stream).
+    ROOT_BUFFERS, ROOT_MAPS = {4, 5}, {4, 5, 6, 7}
+
+    def _owner(self, t, root_types):
+        return self.parents.get(self.current, self.current) if t in root_types else self.current
+
     def _buffer(self, t):
-        return self.buffers.get((self.current, t))
+        return self.buffers.get((self._owner(t, self.ROOT_BUFFERS), t))
 
     def proxy_get_buffer_status(self, t, size_ptr, flags_ptr):
         buf = self._buffer(t)
@@ -217,15 +226,15 @@ class MiniHost:
             return NOT_FOUND
         data = self.read(ptr, length)
         if start == 0:  # Envoy: drain `size`, prepend
-            self.buffers[(self.current, t)] = data + buf[size:]
+            self.buffers[(self._owner(t, self.ROOT_BUFFERS), t)] = data + buf[size:]
         elif start >= len(buf):  # append
-            self.buffers[(self.current, t)] = buf + data
+            self.buffers[(self._owner(t, self.ROOT_BUFFERS), t)] = buf + data
         else:
             return BAD_ARGUMENT
         return OK
 
     def _map(self, t):
-        return self.maps.setdefault((self.current, t), [])
+        return self.maps.setdefault((self._owner(t, self.ROOT_MAPS), t), [])
 
     def proxy_get_header_map_value(self, t, kp, ks, vpp, vsp):
         key = self.read(kp, ks).lower()
@@ -241,19 +250,19 @@ class MiniHost:
     def proxy_replace_header_map_value(self, t, kp, ks, vp, vs):
         key, val = self.read(kp, ks).lower(), self.read(vp, vs)
         m = [(k, v) for k, v in self._map(t) if k != key]
-        self.maps[(self.current, t)] = m + [(key, val)]
+        self.maps[(self._owner(t, self.ROOT_MAPS), t)] = m + [(key, val)]
         return OK
 
     def proxy_remove_header_map_value(self, t, kp, ks):
         key = self.read(kp, ks).lower()
-        self.maps[(self.current, t)] = [(k, v) for k, v in self._map(t) if k != key]
+        self.maps[(self._owner(t, self.ROOT_MAPS), t)] = [(k, v) for k, v in self._map(t) if k != key]
         return OK
 
     def proxy_get_header_map_pairs(self, t, pp, sp):
         return self.give(serialize_pairs(self._map(t)), pp, sp)
 
     def proxy_set_header_map_pairs(self, t, ptr, size):
-        self.maps[(self.current, t)] = parse_pairs(self.read(ptr, size))
+        self.maps[(self._owner(t, self.ROOT_MAPS), t)] = parse_pairs(self.read(ptr, size))
         return OK
 
     def proxy_get_header_map_size(self, t, sp):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import http.client
+import http.server
 import json
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 
 from tests.build.sdk_minihost import free_port
 
-CONFIG = {"header": "x-sdk", "value": "hello", "deny_path": "/deny"}
+CONFIG = {"header": "x-sdk", "value": "hello", "deny_path": "/deny", "auth_path": "/auth", "auth_cluster": "authz"}
 _base_ids = iter(range(1000))
 
 
@@ -26,10 +28,15 @@ def envoy_binary() -> str:
     return str(path)
 
 
-def bootstrap(wasm: Path, port: int, admin_port: int, configuration: str) -> dict:
-    """Listener -> HCM -> [wasm filter, router] -> direct_response; admin on loopback."""
+def bootstrap(wasm: Path, port: int, admin_port: int, configuration: str, authz_port: int) -> dict:
+    """Listener -> HCM -> [wasm filter, router] -> direct_response; cluster `authz` for the
+    filter's HTTP call; admin on loopback."""
     return {
-        "static_resources": {"listeners": [{
+        "static_resources": {"clusters": [{
+            "name": "authz", "type": "STATIC", "connect_timeout": "2s",
+            "load_assignment": {"cluster_name": "authz", "endpoints": [{"lb_endpoints": [{"endpoint": {
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": authz_port}}}}]}]},
+        }], "listeners": [{
             "name": "sdk",
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
             "filter_chains": [{"filters": [{
@@ -45,7 +52,8 @@ def bootstrap(wasm: Path, port: int, admin_port: int, configuration: str) -> dic
                             "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}},
                             # Echo a request header the filter added, to see request mutation.
                             "response_headers_to_add": [
-                                {"header": {"key": "x-echo-request", "value": "%REQ(x-sdk-request)%"}}],
+                                {"header": {"key": "x-echo-request", "value": "%REQ(x-sdk-request)%"}},
+                                {"header": {"key": "x-echo-auth", "value": "%REQ(x-auth-status)% %REQ(x-auth-body)%"}}],
                         }],
                     }]},
                     "http_filters": [
@@ -73,10 +81,11 @@ def base_id() -> str:
     return str((os.getpid() % 100_000) * 1000 + next(_base_ids))
 
 
-def write_config(tmp_path: Path, wasm: Path, configuration: str = json.dumps(CONFIG)) -> tuple[Path, int, int]:
+def write_config(tmp_path: Path, wasm: Path, configuration: str = json.dumps(CONFIG),
+                 authz_port: int = 9) -> tuple[Path, int, int]:
     port, admin = free_port(), free_port()
     cfg = tmp_path / "envoy.json"  # JSON is YAML to Envoy
-    cfg.write_text(json.dumps(bootstrap(wasm, port, admin, configuration)))
+    cfg.write_text(json.dumps(bootstrap(wasm, port, admin, configuration, authz_port)))
     return cfg, port, admin
 
 
@@ -126,8 +135,32 @@ def wait_ready(proc: subprocess.Popen, admin: int, log: Path, timeout: float = 6
     pytest.fail(f"Envoy not ready after {timeout} s: {log.read_text()[-2000:]}")
 
 
-def test_envoy_runs_the_filter(smoke_wasm, tmp_path):
-    cfg, port, admin = write_config(tmp_path, smoke_wasm)
+class _Authz(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802
+        body = b"allowed" if self.path == "/check" else b"wrong path"
+        self.send_response(200 if self.path == "/check" else 404)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def authz_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Authz)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_envoy_runs_the_filter(smoke_wasm, tmp_path, authz_server):
+    cfg, port, admin = write_config(tmp_path, smoke_wasm, authz_port=authz_server)
     log = tmp_path / "envoy.log"
     with open(log, "w") as logf:
         proc = subprocess.Popen([envoy_binary(), "-c", str(cfg), "--base-id", base_id(), "--concurrency", "1",
@@ -145,8 +178,14 @@ def test_envoy_runs_the_filter(smoke_wasm, tmp_path):
         assert (status, body) == (403, b"denied by sdk_smoke\n")
         assert headers["x-denied-by"] == "sdk_smoke"
 
+        # The paused request resumes after the filter's HTTP call answers; the answer was
+        # read in the response hook after the SDK made the stream the effective context.
+        status, headers, body = get(port, "/auth")
+        assert (status, body) == (200, b"ok\n")
+        assert headers["x-echo-auth"] == "200 allowed"
+
         stats = get(admin, "/stats?filter=sdk_smoke")[2].decode()
-        assert "wasmcustom.sdk_smoke_requests: 2" in stats, stats
+        assert "wasmcustom.sdk_smoke_requests: 3" in stats, stats
         assert "wasm log sdk_smoke: sdk_smoke: configured x-sdk=hello" in log.read_text()
     finally:
         proc.terminate()
