@@ -31,7 +31,7 @@ from envoyext.wasm.abi import MAX_MEMORY_BYTES
 
 M32 = 0xFFFFFFFF
 M64 = 0xFFFFFFFFFFFFFFFF
-EPOCH_TICK_S = 0.01          # the ticker's period; deadlines are counted in these ticks
+EPOCH_TICK_S = 0.05          # the ticker's period; deadlines are counted in these ticks
 DEFAULT_DEADLINE_MS = 2000   # longest a single guest call may run
 
 
@@ -79,6 +79,7 @@ _u64_at = ctypes.c_uint64.from_address
 
 # -- one engine per process, with an epoch ticker so runaway guests can be interrupted -----------
 _engine: wasmtime.Engine | None = None
+epoch = 0   # the ticker's count, mirrored so re-arming a deadline costs no FFI call when fresh
 _engine_lock = threading.Lock()
 _modules: dict[tuple, wasmtime.Module] = {}
 
@@ -93,9 +94,11 @@ def engine() -> wasmtime.Engine:
             eng = _engine
 
             def tick():
+                global epoch
                 while True:
                     time.sleep(EPOCH_TICK_S)
                     eng.increment_epoch()
+                    epoch += 1
             threading.Thread(target=tick, name="envoyext-wasm-epoch", daemon=True).start()
         return _engine
 
@@ -135,7 +138,8 @@ def _functype(params: str, results: str) -> wasmtime.FuncType:
 
 class _Export:
     """A guest export prepared for the unchecked call path."""
-    __slots__ = ("name", "func", "addr", "nparams", "nresults", "slots", "slots_addr", "nslots")
+    __slots__ = ("name", "func", "addr", "nparams", "nresults", "slots", "slots_addr", "nslots", "trap",
+                 "trap_addr")
 
     def __init__(self, name: str, func: wasmtime.Func, ty: wasmtime.FuncType):
         self.name = name
@@ -146,6 +150,8 @@ class _Export:
         self.nslots = max(self.nparams, self.nresults, 1)
         self.slots = (ctypes.c_uint64 * (2 * self.nslots))()
         self.slots_addr = ctypes.addressof(self.slots)
+        self.trap = ctypes.c_void_p()
+        self.trap_addr = ctypes.addressof(self.trap)
 
 
 class WasmVm:
@@ -159,6 +165,7 @@ class WasmVm:
         self.store.set_limits(memory_size=memory_limit)
         self.ctx = ctypes.cast(self.store._context(), ctypes.c_void_p).value
         self.depth = 0              # guest calls in progress (host calls may re-enter: malloc)
+        self.armed_at = -(1 << 60)  # ticker count when the epoch deadline was last set
         self.caller: int | None = None
         self.host_error: BaseException | None = None
         self._callbacks = []        # keep the ctypes trampolines alive
@@ -303,14 +310,20 @@ class WasmVm:
         for a in args:
             slots[i] = a & M64
             i += 2
-        top = self.depth == 0
-        ctx = self.ctx if top else (_caller_context(self.caller) if self.caller else self.ctx)
-        if top:
-            _set_deadline(self.ctx, self.deadline_ticks)
-        trap = ctypes.c_void_p()
+        if self.depth == 0:
+            ctx = self.ctx
+            # The deadline counts from when it is set; re-arm once a quarter of it has passed
+            # (so a call always gets at least 3/4 of it) rather than paying an FFI call each time.
+            if epoch - self.armed_at > self.deadline_ticks >> 2:
+                _set_deadline(ctx, self.deadline_ticks)
+                self.armed_at = epoch
+        else:
+            ctx = _caller_context(self.caller) if self.caller else self.ctx
+        trap = fn.trap
+        trap.value = None
         self.depth += 1
         try:
-            err = _call_unchecked(ctx, fn.addr, fn.slots_addr, fn.nslots, ctypes.addressof(trap))
+            err = _call_unchecked(ctx, fn.addr, fn.slots_addr, fn.nslots, fn.trap_addr)
         finally:
             self.depth -= 1
         if err or trap.value:
