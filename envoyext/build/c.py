@@ -9,6 +9,7 @@ Envoy calls once before anything else, and has no `main`.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 import os
 import re
@@ -62,6 +63,8 @@ def compile_wasm(sources: Sequence[Path | str], out: Path | str, *, include_dirs
     for s in srcs:
         if not s.is_file():
             raise BuildError("C source not found", file=s, fix="check the path")
+    if importlib.util.find_spec("ziglang") is None:
+        raise UserError("the C compiler (zig) is not installed", fix="pip install ziglang (envoyext requires it)")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -81,8 +84,6 @@ def compile_wasm(sources: Sequence[Path | str], out: Path | str, *, include_dirs
         try:
             proc = subprocess.run([*cmd, "-o", str(tmp)], capture_output=True, text=True,
                                   errors="replace", timeout=TIMEOUT_S, stdin=subprocess.DEVNULL)
-        except FileNotFoundError:
-            raise UserError("cannot run the C compiler", fix="pip install ziglang (envoyext requires it)") from None
         except subprocess.TimeoutExpired:
             raise BuildError(f"the C compiler did not finish in {TIMEOUT_S} s", file=srcs[0]) from None
         output = (proc.stderr or "") + (proc.stdout or "")
@@ -155,6 +156,8 @@ def _first_use(symbol: str, sources: Sequence[Path]) -> tuple[Path | None, int |
 @functools.lru_cache(maxsize=1)
 def compiler_version() -> str:
     """"zig 0.x.y (clang a.b.c)", for `envoyext doctor`; raises UserError if zig cannot run."""
+    if importlib.util.find_spec("ziglang") is None:
+        raise UserError("the C compiler (zig) is not installed", fix="pip install ziglang")
     try:
         zig = subprocess.run([*_zig(), "version"], capture_output=True, text=True, timeout=60)
         cc = subprocess.run([*_zig(), "cc", "--version"], capture_output=True, text=True, timeout=60)
