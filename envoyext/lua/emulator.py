@@ -171,18 +171,18 @@ class LuaStreamFilter:
         if self.resolved:
             return
         self.resolved = True
-        route = stream.route
-        script, context = self.host.script_for(route)
-        self.script = script
-        if script is None:
-            return
-        self.lstream = script.new_stream(
-            "HTTP/1.1", stream.downstream_local_address, stream.downstream_address, "",
-            route.name if route is not None else "", self.host.route_metadata(script, route),
-            script.to_lua(context) if context else None, None)
+        self.route = stream.route
+        self.script, self.context = self.host.script_for(self.route)
+
+    def stream_facts(self, script: LuaScript):
+        """What streamInfo(), metadata() and connection() report, asked for once per stream."""
+        route, stream = self.route, self.stream
+        return ("HTTP/1.1", stream.downstream_local_address, stream.downstream_address, "",
+                route.name if route is not None else "", self.host.route_metadata(script, route),
+                script.to_lua(self.context) if self.context else None, None)
 
     def _logs(self, res) -> None:
-        if res is not None and res.logs:
+        if res.logs:
             self.host.logs.extend(LogLine(level, msg) for level, msg in res.logs)
 
     def decode(self, stream: Stream) -> LocalReply | None:
@@ -193,6 +193,7 @@ class LuaStreamFilter:
                               stream.request_body or None, stream.request_trailers or None)
         if res is None:
             return None
+        self.lstream = res.stream
         self._logs(res)
         if res.headers is not None:
             stream.request_headers = res.headers
@@ -227,6 +228,7 @@ class LuaStreamFilter:
                               not stream.local_reply)
         if res is None:
             return
+        self.lstream = res.stream
         self._logs(res)
         if res.headers is not None:
             headers = res.headers

@@ -164,13 +164,13 @@ class LuaScript:
             "has_cluster": c.has_cluster, "http_call": c.http_call, "local_address": ASYNC_CLIENT_ADDRESS,
             "b64encode": c.b64encode, "b64decode": c.b64decode, "now_us": c.now_us,
             "import_public_key": c.import_public_key, "verify_signature": c.verify_signature,
-            "is_ip_authority": c.is_ip_authority}))
+            "is_ip_authority": c.is_ip_authority,
+            "stream_facts": lambda ctx: ctx.stream_facts(self)}))
         err = rt.load(wire(code), g)
         if err is not None:
             raise ScriptLoadError(f"script load error: {text(err)}", file=source)
         self.rt = rt
         self._run = rt.run
-        self._new_stream = rt.new_stream
         self.null = rt.NULL
         self.has_request = rt.functions.envoy_on_request is not None
         self.has_response = rt.functions.envoy_on_response is not None
@@ -198,34 +198,38 @@ class LuaScript:
             return t
         return wire(str(value))
 
-    def new_stream(self, protocol, local_address, remote_address, sni, route_name,
-                   route_metadata=None, filter_context=None, ssl=None):
-        return self._new_stream(protocol, local_address, remote_address, sni, route_name,
-                                route_metadata, filter_context, ssl)
-
     def run(self, function: str, ctx, stream, headers, body: bytes | None, trailers, split: bool = True):
-        """Run envoy_on_request / envoy_on_response over a whole message. `split`: the body
+        """Run envoy_on_request / envoy_on_response over a whole message.
+
+        `ctx` answers stream_facts() when the script first asks about the stream; `stream` is
+        the previous direction's RunResult.stream (None for a new stream). `split`: the body
         arrives as an HTTP/1 codec delivers it (the data, then an empty end-of-stream chunk).
-        Returns None when the script does not define the function, else RunResult."""
+        Returns None when the script does not define the function."""
         res = self._run(function, ctx, stream, headers_blob(headers),
                         None if body is None else body.decode("latin-1"),
                         None if trailers is None else headers_blob(trailers), split)
-        if res == "skip" or (isinstance(res, tuple) and res[0] == "skip"):
+        if res is None:
             return None
-        return RunResult(*res[1:])
+        return RunResult(*res)
 
 
 class RunResult:
     """What one direction changed. Each field is None when unchanged."""
-    __slots__ = ("headers", "body", "trailers", "reply_status", "reply_headers", "reply_body",
+    __slots__ = ("stream", "headers", "body", "trailers", "reply_status", "reply_headers", "reply_body",
                  "clear_route", "logs")
 
-    def __init__(self, headers, body, trailers, reply_status, reply_headers, reply_body, clear_route, logs):
+    def __init__(self, stream, headers, body, clear_route, extra):
+        self.stream = stream
         self.headers = headers_from_blob(headers) if headers is not False else None
         self.body = body.encode("latin-1") if body is not False else None
-        self.trailers = headers_from_blob(trailers) if trailers is not False else None
-        self.reply_status = int(reply_status) if reply_status is not False else None
-        self.reply_headers = headers_from_blob(reply_headers) if reply_headers is not False else []
-        self.reply_body = reply_body.encode("latin-1") if isinstance(reply_body, str) else None
-        self.clear_route = bool(clear_route)
-        self.logs = logs_from_blob(logs) if logs is not False else []
+        self.clear_route = clear_route
+        if extra is False:
+            self.trailers = self.reply_status = self.reply_body = None
+            self.reply_headers, self.logs = [], []
+            return
+        t, status, rbody = extra["trailers"], extra["reply_status"], extra["reply_body"]
+        self.trailers = headers_from_blob(t) if t is not None else None
+        self.reply_status = int(status) if status is not None else None
+        self.reply_headers = headers_from_blob(extra["reply_headers"])
+        self.reply_body = rbody.encode("latin-1") if rbody is not None else None
+        self.logs = logs_from_blob(extra["logs"])

@@ -22,7 +22,11 @@ local concat, floor, huge = table.concat, math.floor, math.huge
 local sfind, ssub, slower, sformat = string.find, string.sub, string.lower, string.format
 
 local HOST          -- Python callbacks, set by M.init
-local STATE = setmetatable({}, {__mode = "k"})  -- proxy -> state table
+-- proxy -> state table. Not weak (inserting into a weak table made it the hottest line): every
+-- proxy made during a run is listed in CREATED and dropped when the run ends, after which a
+-- proxy kept by the script (in a global, say) has no state and counts as dead, which it is.
+local STATE = {}
+local CREATED, NCREATED = {}, 0
 local LOGS, NLOGS = {}, 0
 M.errors, M.executions = 0, 0
 
@@ -80,6 +84,8 @@ local function class(methods, meta)
   return function(st)
     local p = newproxy(proto)
     STATE[p] = st
+    NCREATED = NCREATED + 1
+    CREATED[NCREATED] = p
     return p
   end
 end
@@ -91,6 +97,7 @@ local DEAD = "object used outside of proper scope"
 local function self_state(self, kind, fname)
   local st = STATE[self]
   if st == nil then
+    if type(self) == "userdata" then error(DEAD, 3) end
     error(sformat("bad argument #1 to '%s' (%s expected, got %s)", fname, kind, type(self)), 3)
   end
   if not st.scope.live then error(DEAD, 3) end
@@ -302,6 +309,7 @@ end
 
 local function header_pairs(self)
   local st = STATE[self]
+  if st == nil and type(self) == "userdata" then error(DEAD, 2) end
   -- Reached through pairs() by a tail call, so level 2 is the user's line.
   if st == nil then error("bad argument #1 to '__pairs' (HeaderMap expected, got " .. type(self) .. ")", 2) end
   if not st.scope.live then error(DEAD, 2) end
@@ -553,10 +561,23 @@ end
 
 local new_ssl = class(Ssl)
 
+-- What the stream is (addresses, route, TLS) comes from the host once, when a script first asks.
+local function facts(stream)
+  if not stream.facts then
+    stream.protocol, stream.local_address, stream.remote_address, stream.sni, stream.route_name,
+      stream.route_metadata, stream.filter_context, stream.ssl = HOST.stream_facts(stream.ctx)
+    stream.route_metadata = stream.route_metadata or {}
+    stream.filter_context = stream.filter_context or {}
+    stream.virtual_cluster = ""
+    stream.facts = true
+  end
+  return stream
+end
+
 local Connection = {}
 function Connection.ssl(self)
   local st = self_state(self, "Connection", "ssl")
-  local info = st.handle.stream.ssl
+  local info = facts(st.handle.stream).ssl
   if info == nil then return nil end
   st.ssl = st.ssl or new_ssl({scope = st.scope, info = info})
   return st.ssl
@@ -570,7 +591,7 @@ local StreamInfo = {}
 local function info_field(name, field)
   StreamInfo[name] = function(self)
     local st = self_state(self, "StreamInfo", name)
-    return st.handle.stream[field]
+    return facts(st.handle.stream)[field]
   end
 end
 info_field("protocol", "protocol")
@@ -597,7 +618,7 @@ end
 
 function StreamInfo.downstreamSslConnection(self)
   local st = self_state(self, "StreamInfo", "downstreamSslConnection")
-  local info = st.handle.stream.ssl
+  local info = facts(st.handle.stream).ssl
   if info == nil then return nil end
   st.ssl = st.ssl or new_ssl({scope = st.scope, info = info})
   return st.ssl
@@ -650,6 +671,7 @@ local Handle = {}
 local function handle_state(self, fname)
   local h = STATE[self]
   if h == nil then
+    if type(self) == "userdata" then error(DEAD, 3) end
     error(sformat("bad argument #1 to '%s' (StreamHandle expected, got %s)", fname, type(self)), 3)
   end
   if not h.live then error(DEAD, 3) end
@@ -748,7 +770,7 @@ function Handle.metadata(self)
   local h = handle_state(self, "metadata")
   local c = h.cache.metadata
   if c == nil then
-    c = new_metadata({scope = h.scope, fields = h.stream.route_metadata})
+    c = new_metadata({scope = h.scope, fields = facts(h.stream).route_metadata})
     h.cache.metadata = c
   end
   return c
@@ -758,7 +780,7 @@ function Handle.filterContext(self)
   local h = handle_state(self, "filterContext")
   local c = h.cache.filter_context
   if c == nil then
-    c = new_metadata({scope = h.scope, fields = h.stream.filter_context})
+    c = new_metadata({scope = h.scope, fields = facts(h.stream).filter_context})
     h.cache.filter_context = c
   end
   return c
@@ -1122,10 +1144,14 @@ local function on_data(h, data, end_stream, passed)
   end
 end
 
--- Returns: sent_headers_blob|false, body|false, trailers_blob|false, reply fields...
+-- One direction of a stream. `stream` is what both directions share (nil: a new stream).
+-- Returns nil when the script has no such function, else
+--   stream, sent headers|false, body|false, clear_route, extra|false
+-- where extra (rare: trailers, a local reply, log lines) is a table.
 function M.run(fname, ctx, stream, hblob, body, tblob, split)
   local fn = M.functions[fname]
-  if fn == nil then return "skip" end
+  if fn == nil then return nil end
+  if stream == nil then stream = {ctx = ctx, dyn = {}, facts = false} end
   local which = fname == "envoy_on_request" and "request" or "response"
   local h = {
     which = which, ctx = ctx, stream = stream,
@@ -1198,11 +1224,19 @@ function M.run(fname, ctx, stream, hblob, body, tblob, split)
     body_out = concat(passed) .. (h.body or "")
     if body_out == body then body_out = body end
   end
+  -- Every object of this run is dead from here on.
+  for i = 1, NCREATED do STATE[CREATED[i]] = nil; CREATED[i] = nil end
+  NCREATED = 0
   local reply = h.state == RESPONDED and h.reply or nil
-  return "ran", h.sent_headers, body_out ~= body and body_out or false,
-         trailers and trailers.dirty and store_blob(trailers) or false,
-         reply and reply.status or false, reply and store_blob(reply.headers) or false,
-         reply and reply.body or false, h.clear_route or false, M.take_logs() or false
+  local extra = false
+  local tdirty = trailers and trailers.dirty
+  if reply or tdirty or NLOGS > 0 then
+    extra = {trailers = tdirty and store_blob(trailers) or nil, logs = M.take_logs()}
+    if reply then
+      extra.reply_status, extra.reply_headers, extra.reply_body = reply.status, store_blob(reply.headers), reply.body
+    end
+  end
+  return stream, h.sent_headers, body_out ~= body and body_out or false, h.clear_route or false, extra
 end
 
 function M.take_logs()
@@ -1214,16 +1248,6 @@ end
 
 function M.counters()
   return M.errors, M.executions
-end
-
--- A new per-stream table: what both directions of one stream share.
-function M.new_stream(protocol, local_address, remote_address, sni, route_name, route_metadata,
-                      filter_context, ssl)
-  return {
-    protocol = protocol, local_address = local_address, remote_address = remote_address, sni = sni,
-    route_name = route_name, virtual_cluster = "", dyn = {},
-    route_metadata = route_metadata or {}, filter_context = filter_context or {}, ssl = ssl,
-  }
 end
 
 function M.init(host)
