@@ -50,54 +50,65 @@ local function header_value(value, label)
   return value
 end
 
-local function label_value(label, req, status, route)
+-- Request-side values are taken while the request headers pass and kept for the response in the
+-- stream's dynamic metadata (Lua has no per-stream variables; its globals are per worker).
+local function request_value(label, req)
   local from = label.from
   if from == "method" then
     local m = req:get(":method") or ""
     return METHODS[m] and m or "OTHER"
   elseif from == "path_prefix" then
     return path_prefix(req:get(":path"), label)
-  elseif from == "route" then
+  elseif from == "header" then
+    return header_value(req:get(label.header), label)
+  end
+  return nil
+end
+
+local function response_value(label, status, route)
+  local from = label.from
+  if from == "route" then
     return (route ~= nil and route ~= "") and route or "unknown"
   elseif from == "response_code" then
     return status
   elseif from == "response_code_class" then
     return string.sub(status, 1, 1) .. "xx"
-  elseif from == "header" then
-    return header_value(req:get(label.header), label)
   end
   -- upstream_cluster: Envoy's Lua API has no accessor for the upstream cluster.
   return "unknown"
 end
 
-local function tags(req, status, route)
-  local cfg = envoyext_config or {}
-  local parts, seen = {}, {}
-  for _, label in ipairs(cfg.labels or {}) do
-    if not seen[label.name] then  -- a repeated name would make two tags of one name
-      seen[label.name] = true
-      parts[#parts + 1] = label.name .. "=.=" .. clean(label_value(label, req, status, route)) .. ";.;"
-    end
-  end
-  return table.concat(parts)
-end
-
 function envoy_on_request(handle)
-  handle:streamInfo():dynamicMetadata():set(META, "start_ms", handle:timestamp())
+  local cfg = envoyext_config or {}
+  local meta = handle:streamInfo():dynamicMetadata()
+  local req = handle:headers()
+  for i, label in ipairs(cfg.labels or {}) do
+    local v = request_value(label, req)
+    if v ~= nil then meta:set(META, tostring(i), v) end
+  end
+  meta:set(META, "start_ms", handle:timestamp())
 end
 
 function envoy_on_response(handle)
   local cfg = envoyext_config or {}
   local prefix = cfg.prefix or "envoyext"
   local info = handle:streamInfo()
+  local meta = info:dynamicMetadata():get(META) or {}
   local status = handle:headers():get(":status") or "0"
-  local suffix = tags(handle:requestHeaders(), status, info:routeName())
-  local sep = suffix ~= "" and "." or ""
+  local route = info:routeName()
+  local parts, seen = {}, {}
+  for i, label in ipairs(cfg.labels or {}) do
+    if not seen[label.name] then  -- a repeated name would make two tags of one name
+      seen[label.name] = true
+      local v = meta[tostring(i)] or response_value(label, status, route)
+      parts[#parts + 1] = label.name .. "=.=" .. clean(v) .. ";.;"
+    end
+  end
+  local suffix = #parts > 0 and ("." .. table.concat(parts)) or ""
   local stats = handle:stats()
-  stats:counter(prefix .. "_requests_total" .. sep .. suffix):inc()
-  local meta = info:dynamicMetadata():get(META)
-  if meta and meta.start_ms then
+  stats:counter(prefix .. "_requests_total" .. suffix):inc()
+  if meta.start_ms then
     local ms = handle:timestamp() - meta.start_ms
-    stats:histogram(prefix .. "_request_duration_milliseconds" .. sep .. suffix):recordValue(ms)
+    stats:histogram(prefix .. "_request_duration_milliseconds" .. suffix):recordValue(ms)
   end
 end
