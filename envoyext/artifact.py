@@ -15,7 +15,13 @@ class Artifact:
     root_id: str = ""          # Wasm: root context id the plugin is configured under
     vm_id: str = ""            # Wasm: VMs with the same vm_id share shared data and queues
     config: Any = None         # default JSON configuration (a scenario's `config` overrides it)
-    fail_open: bool = False    # Wasm: on a VM failure let traffic through instead of 503
+    # Wasm: what a VM failure does to traffic: fail_closed (503), fail_open (skip the filter) or
+    # reload (a fresh VM). Envoy's PluginConfig.failure_policy; Istio's WasmPlugin failStrategy.
+    failure_policy: str = "fail_closed"
+
+    @property
+    def fail_open(self) -> bool:
+        return self.failure_policy == "fail_open"
 
     @property
     def filter_name(self) -> str:

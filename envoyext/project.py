@@ -26,7 +26,7 @@ class Project:
     module: Path | None = None
     root_id: str = ""
     vm_id: str = ""
-    fail_open: bool = False
+    failure_policy: str = "fail_closed"
     config: Any = None
     attach: dict = field(default_factory=lambda: {"position": "before", "filter": ROUTER})
     scenario_files: list[Path] = field(default_factory=list)
@@ -104,7 +104,7 @@ def load(path: Path | str | None = None) -> Project:
     attach = {"position": "before", "filter": ROUTER, **data.get("attach", {})}
     return Project(root=root, name=data["name"], lang=lang, sources=sources, module=module,
                    root_id=data.get("root_id", ""), vm_id=data.get("vm_id", ""),
-                   fail_open=data.get("fail_open", False), config=config, attach=attach,
+                   failure_policy=data.get("failure_policy", "fail_closed"), config=config, attach=attach,
                    scenario_files=scenario_files, stats_tags=data.get("stats_tags", []),
                    config_schema=config_schema)
 
@@ -153,5 +153,5 @@ def build(project: Project, *, force: bool = False) -> Artifact:
         out = project.module
         kind = "wasm"
     return Artifact(kind=kind, path=out.resolve(), name=project.name, root_id=project.root_id,
-                    vm_id=project.vm_id, config=project.config, fail_open=project.fail_open)
+                    vm_id=project.vm_id, config=project.config, failure_policy=project.failure_policy)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import subprocess
 import sys
@@ -18,13 +19,40 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subpro
                           timeout=timeout, env={**os.environ, "NO_COLOR": "1"})
 
 
+# Make this test process a child subreaper (prctl PR_SET_CHILD_SUBREAPER = 36): an Envoy orphaned
+# by a CLI subprocess is re-parented to us, not to init, so it still counts as ours below and
+# the leak check sees it. Other engineers' and other runs' Envoys on the machine do not count.
+ctypes.CDLL(None).prctl(36, 1)
+
+
+def _parent(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("PPid:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _descends_from_us(pid: int) -> bool:
+    me = os.getpid()
+    while pid > 1:
+        pid = _parent(pid)
+        if pid == me:
+            return True
+    return False
+
+
 def envoy_pids() -> set[int]:
-    """PIDs of every running envoy process on this machine."""
+    """PIDs of running envoy processes that this test process started, directly or not."""
     out = set()
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
-                if (d / "comm").read_text().strip() == "envoy":
+                stat = (d / "stat").read_text()
+                name, state = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2]
+                if name == "envoy" and state != "Z" and _descends_from_us(int(d.name)):
                     out.add(int(d.name))
             except OSError:
                 pass

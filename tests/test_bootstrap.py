@@ -28,7 +28,7 @@ SCENARIO = {
 }
 CASES = {
     "lua": Artifact("lua", GOLDEN / "f.lua", "my-lua"),
-    "wasm": Artifact("wasm", Path("/filters/f.wasm"), "my-wasm", root_id="root", vm_id="vm", fail_open=True),
+    "wasm": Artifact("wasm", Path("/filters/f.wasm"), "my-wasm", root_id="root", vm_id="vm", failure_policy="fail_open"),
 }
 
 

@@ -22,6 +22,7 @@ WASM = T + "envoy.extensions.filters.http.wasm.v3.Wasm"
 ROUTER = T + "envoy.extensions.filters.http.router.v3.Router"
 STRING_VALUE = T + "google.protobuf.StringValue"
 WASM_RUNTIME = "envoy.wasm.runtime.v8"
+FAILURE_POLICY = {"fail_closed": "FAIL_CLOSED", "fail_open": "FAIL_OPEN", "reload": "FAIL_RELOAD"}
 
 
 def plugin_configuration(config: Any) -> dict | None:
@@ -45,7 +46,7 @@ def filter_config(artifact: Artifact, config: Any, lua_source: str | None = None
         "root_id": artifact.root_id,
         "vm_config": {"vm_id": artifact.vm_id, "runtime": WASM_RUNTIME,
                       "code": {"local": {"filename": str(artifact.path)}}},
-        "fail_open": artifact.fail_open,
+        "failure_policy": FAILURE_POLICY[artifact.failure_policy],
     }
     cfg = plugin_configuration(config)
     if cfg is not None:

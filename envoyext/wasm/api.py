@@ -146,7 +146,8 @@ class WasmPlugin:
                             clusters={k: UpstreamSpec.from_dict(v) for k, v in (clusters or {}).items()},
                             routes=default_routes(), cases=[])
         env = emulated.EmulatedEnvoy(scenario)
-        art = Artifact("wasm", Path(path), name, root_id=root_id, vm_id=vm_id, fail_open=fail_open)
+        policy = options.pop("failure_policy", None) or ("fail_open" if fail_open else "fail_closed")
+        art = Artifact("wasm", Path(path), name, root_id=root_id, vm_id=vm_id, failure_policy=policy)
         return cls(WasmFilterHost(art, config, env, auto_answer=auto_answer, **options), env)
 
     # -- streams ---------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ class WasmFilterHost:
                              configuration=plugin_configuration(config), vm_configuration=vm_configuration,
                              fail_open=artifact.fail_open, environment=dict(environment or {}),
                              allow_on_headers_stop_iteration=allow_on_headers_stop_iteration)
-        self.failure_policy = failure_policy or ("fail_open" if artifact.fail_open else "fail_closed")
+        self.failure_policy = failure_policy or artifact.failure_policy
         self.auto_answer = auto_answer
         self.logs: list[LogLine] = []
         self.failures: list[str] = []          # VM failures (trap messages), oldest first
