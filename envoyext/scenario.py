@@ -189,7 +189,7 @@ class Response:
 
 @dataclass
 class LogLine:
-    level: str  # trace | debug | info | warn | error | critical
+    level: str  # trace | debug | info | warn | error | critical (Envoy's, with spdlog's "warning" as "warn")
     message: str
 
 

@@ -160,7 +160,10 @@ class EmulatedEnvoy:
         headers: Headers = [(":authority", rq.authority), (":path", rq.path), (":method", rq.method),
                             (":scheme", "http")]
         headers += [(k, v) for k, v in rq.headers if k != "host"]
-        if rq.body and first(headers, "content-length") is None:
+        # As the live client sends it: a body with trailers is chunked, else it has a length.
+        if rq.trailers:
+            headers.append(("transfer-encoding", "chunked"))
+        elif (rq.body or rq.method in ("POST", "PUT", "PATCH")) and first(headers, "content-length") is None:
             headers.append(("content-length", str(len(rq.body))))
         # The connection manager adds these before any filter runs (edge, use_remote_address false).
         headers.append(("x-forwarded-proto", "http"))
@@ -181,9 +184,9 @@ class EmulatedEnvoy:
 
     def _set_local_reply(self, stream: Stream, local: LocalReply) -> None:
         headers = [(":status", str(local.status))] + list(local.headers)
-        if local.body:
-            if first(headers, "content-type") is None:
-                headers.append(("content-type", "text/plain"))
+        if local.body and first(headers, "content-type") is None:
+            headers.append(("content-type", "text/plain"))
+        if first(headers, "content-length") is None:  # Envoy sends it even for an empty body
             headers.append(("content-length", str(len(local.body))))
         headers += [("date", "-"), ("server", "envoy")]
         stream.response_headers, stream.response_body, stream.local_reply = headers, local.body, True

@@ -17,6 +17,8 @@ from envoyext.upstreams import UpstreamServers
 RUNNER = "live"
 ORACLE = "native"
 
+# Observations use the emulators' level names; spdlog spells one of them out.
+_LEVEL = {"warning": "warn"}
 _LINE = re.compile(r"^\[[^\]]*\]\[\d+\]\[(\w+)\]\[(\w+)\] (.*)$")
 # Guest log lines: Wasm `wasm log <plugin> <root_id> <vm_id>: msg`, Lua `script log: msg`.
 _WASM = re.compile(r"^wasm log[^:]*: (.*)$", re.S)
@@ -40,7 +42,7 @@ def filter_logs(text: str) -> list[LogLine]:
         g = (_WASM if component == "wasm" else _LUA if component == "lua" else None)
         gm = g.match(message) if g else None
         if gm:
-            current = [level, gm.group(1)]
+            current = [_LEVEL.get(level, level), gm.group(1)]
     if current is not None:
         out.append(LogLine(*current))
     return out

@@ -184,15 +184,6 @@ def _local_response(status: int, body: bytes) -> HttpCallResponse:
                              ("content-type", "text/plain")], body)
 
 
-def _with_length(r) -> list:
-    """Envoy sends content-length: 0 with an empty local reply; EmulatedEnvoy adds the header
-    only for a body (proposed upstream: add it always)."""
-    headers = list(r.headers)
-    if not r.body and not any(k == "content-length" for k, _ in headers):
-        headers.append(("content-length", "0"))
-    return headers
-
-
 class WasmStreamFilter:
     """envoyext.runners.emulated.StreamFilter for one stream."""
 
@@ -206,7 +197,7 @@ class WasmStreamFilter:
         if r is None:
             return None
         stream.local_reply_from_filter = True
-        return LocalReply(r.status, r.body, _with_length(r), r.details)
+        return LocalReply(r.status, r.body, list(r.headers), r.details)
 
     def encode(self, stream) -> None:
         f = self.flow
@@ -215,7 +206,7 @@ class WasmStreamFilter:
         self.host.drive(f.encode())
         if f.encode_reply is not None:
             r = f.encode_reply
-            stream.env._set_local_reply(stream, LocalReply(r.status, r.body, _with_length(r), r.details))
+            stream.env._set_local_reply(stream, LocalReply(r.status, r.body, list(r.headers), r.details))
 
     def complete(self, stream) -> None:
         self.flow.complete()

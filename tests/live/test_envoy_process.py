@@ -56,5 +56,7 @@ def test_rejected_config_is_one_line_with_envoys_reason(tmp_path):
 def test_filter_logs_are_parsed_by_level():
     text = ("[2026-01-01 00:00:00.000][1][info][lua] script log: hello\n"
             "[2026-01-01 00:00:00.000][1][debug][wasm] wasm log p r vm: two\nlines\n"
-            "[2026-01-01 00:00:00.000][1][info][main] unrelated\n")
-    assert [(l.level, l.message) for l in live.filter_logs(text)] == [("info", "hello"), ("debug", "two\nlines")]
+            "[2026-01-01 00:00:00.000][1][info][main] unrelated\n"
+            "[2026-01-01 00:00:00.000][1][warning][lua] script log: careful\n")
+    assert [(l.level, l.message) for l in live.filter_logs(text)] == [
+        ("info", "hello"), ("debug", "two\nlines"), ("warn", "careful")]

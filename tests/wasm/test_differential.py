@@ -15,7 +15,7 @@ import pytest
 
 from envoyext.artifact import Artifact
 from envoyext.runners import emulated, live
-from envoyext.scenario import LogLine, check, compare, load
+from envoyext.scenario import check, compare, load
 
 from .conftest import build
 
@@ -33,18 +33,11 @@ def artifact(path: Path) -> Artifact:
     return Artifact("wasm", build(path.stem), path.stem, root_id="r", vm_id="v")
 
 
-def _levels(obs):
-    # spdlog says "warning"; observations say "warn".
-    for o in obs:
-        o.logs = [LogLine("warn" if l.level == "warning" else l.level, l.message) for l in o.logs]
-    return obs
-
-
 @lru_cache(maxsize=None)
 def observations(path: Path):
     scenario = load(path)
     emu = {o.case: o for o in emulated.run_scenario(artifact(path), scenario)}
-    real = {o.case: o for o in _levels(live.run_scenario(artifact(path), load(path)))}
+    real = {o.case: o for o in live.run_scenario(artifact(path), load(path))}
     return scenario, emu, real
 
 
