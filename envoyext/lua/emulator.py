@@ -58,7 +58,8 @@ def read_source(spec: Any, base: Path | None, where: str) -> str:
 class LuaFilterHost:
     runner = "lua-emulator"
 
-    def __init__(self, artifact: Artifact, config: Any, env, lua_config: dict | None = None):
+    def __init__(self, artifact: Artifact, config: Any, env, lua_config: dict | None = None,
+                 source: str | None = None):
         self.env = env
         self.filter_name = artifact.filter_name
         cfg = lua_config or {}
@@ -69,7 +70,8 @@ class LuaFilterHost:
         self.logs: list[LogLine] = []
         self.scripts: list[LuaScript] = []
         path = Path(artifact.path)
-        self.default = self._load(lua_code(path.read_text(), config), str(path))
+        code = source if source is not None else path.read_text()
+        self.default = self._load(lua_code(code, config), str(path))
         base = Path(getattr(env.scenario, "path", ".")).parent
         self.named = {name: self._load(read_source(spec, base, f"config.source_codes.{name}"), name)
                       for name, spec in (cfg.get("source_codes") or {}).items()}

@@ -15,8 +15,9 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+from collections.abc import Callable
 from importlib import resources
-from typing import Any, Callable
+from typing import Any
 
 import lupa.luajit21 as lupa
 

@@ -7,7 +7,7 @@ case must satisfy its own expectations under both, and the two observations must
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -38,7 +38,7 @@ def _levels(obs):
     return obs
 
 
-@lru_cache(maxsize=None)
+@cache
 def observations(path: Path):
     scenario = load(path)
     emu = {o.case: o for o in emulated.run_scenario(artifact(path), scenario)}

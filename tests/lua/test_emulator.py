@@ -1,0 +1,132 @@
+"""The Lua emulator on its own: configuration, the Python API, and what scenarios cannot reach
+(named source_codes, trailers, TLS, load errors). Behaviour shared with Envoy is held against live
+Envoy in test_differential.py; facts here were observed there or on Envoy 1.40 by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from envoyext.lua.api import LuaFilter
+from envoyext.lua.host import ScriptLoadError
+
+ECHO_HEADERS = """
+function envoy_on_request(h)
+  h:headers():add("x-script", "%s")
+end
+"""
+
+
+def test_api_request_headers_logs_and_stats():
+    with LuaFilter(code='function envoy_on_request(h) h:headers():add("x-a", h:headers():get("x-b") .. "!") '
+                        'h:logInfo("seen") end\n'
+                        'function envoy_on_response(h) h:headers():add("x-r", "1") end') as f:
+        r = f.request("GET", "/x", headers={"x-b": "2"})
+        assert (r.status, r.upstream_header("x-a"), r.header("x-r")) == (200, "2!", "1")
+        assert [(l.level, l.message) for l in r.logs] == [("info", "seen")]
+        assert r.stats == {"http.ingress_http.lua.executions": 2}
+        assert f.stats() == {"http.ingress_http.lua.errors": 0, "http.ingress_http.lua.executions": 2}
+
+
+def test_script_load_error_is_envoys_message():
+    with pytest.raises(ScriptLoadError) as e:
+        LuaFilter(code="function envoy_on_request(h)\n  x = = 1\nend\n")
+    assert 'script load error: [string "function envoy_on_request(h)..."]:2:' in str(e.value)
+
+
+def test_chunk_name_is_the_first_line_even_for_a_file(tmp_path):
+    script = tmp_path / "f.lua"
+    script.write_text("-- my filter\nfunction envoy_on_request(h)\n  error('boom')\nend\n")
+    with LuaFilter(script) as f:
+        r = f.request()
+    assert r.logs[-1].message == '[string "-- my filter..."]:3: boom'
+    assert r.stats == {"http.ingress_http.lua.errors": 1, "http.ingress_http.lua.executions": 1}
+
+
+def test_named_source_codes_and_unknown_name_runs_nothing():
+    routes = [{"name": "a", "match": {"prefix": "/a"}, "per_filter_config": {"name": "alpha"}},
+              {"name": "b", "match": {"prefix": "/b"}, "per_filter_config": {"name": "nope"}},
+              {"name": "d", "match": {"prefix": "/"}}]
+    lua_config = {"source_codes": {"alpha": {"inline_string": ECHO_HEADERS % "alpha"}}, "stat_prefix": "mine"}
+    with LuaFilter(code=ECHO_HEADERS % "default", routes=routes, lua_config=lua_config) as f:
+        assert f.request(path="/a").upstream_header("x-script") == "alpha"
+        r = f.request(path="/b")
+        assert r.upstream_header("x-script") is None and r.stats == {}
+        r = f.request(path="/other")
+        assert r.upstream_header("x-script") == "default"
+        assert r.stats == {"http.ingress_http.lua.mine.executions": 1}
+
+
+def test_config_is_visible_as_envoyext_config():
+    with LuaFilter(code='function envoy_on_request(h) h:headers():add("x-c", envoyext_config.limit) end',
+                   config={"limit": 3}) as f:
+        assert f.request().upstream_header("x-c") == "3"
+
+
+def test_trailers_are_read_and_modified():
+    code = """
+function envoy_on_request(h)
+  local n = 0
+  for chunk in h:bodyChunks() do n = n + 1 end
+  local t = h:trailers()
+  t:add("x-chunks", n)
+  h:logInfo("trailer " .. t:get("x-t") .. " chunks " .. t:get("x-chunks"))
+end
+"""
+    with LuaFilter(code=code) as f:
+        r = f.request("POST", "/", body=b"abc", trailers={"x-t": "tv"})
+    # With trailers the body is one chunk and no empty end-of-stream chunk follows.
+    assert [l.message for l in r.logs] == ["trailer tv chunks 1"]
+    assert r.stats == {"http.ingress_http.lua.executions": 1}
+
+
+def test_dead_handle_used_by_a_later_stream():
+    code = """
+saved = nil
+function envoy_on_request(h)
+  if saved then saved:headers() end
+  saved = h
+end
+"""
+    with LuaFilter(code=code) as f:
+        assert f.request().stats == {"http.ingress_http.lua.executions": 1}
+        r = f.request()
+    assert r.logs[-1].message.endswith(":4: object used outside of proper scope")
+
+
+def test_wrong_receiver_is_an_argument_error():
+    with LuaFilter(code="function envoy_on_request(h) h.headers() end") as f:
+        r = f.request()
+    assert ":1: bad argument #1 to 'headers' (" in r.logs[-1].message
+
+
+def test_callout_to_a_cluster_records_what_it_received():
+    code = """
+function envoy_on_request(h)
+  local rh, rb = h:httpCall("auth", {[":method"]="GET", [":path"]="/check", [":authority"]="auth"}, nil, 250)
+  h:headers():add("x-auth", rh[":status"] .. " " .. rb)
+end
+"""
+    with LuaFilter(code=code, clusters={"auth": {"status": 201, "body": "ok"}}) as f:
+        r = f.request()
+    assert r.upstream_header("x-auth") == "201 ok"
+    got = r.clusters["auth"][0]
+    assert (got.method, got.path) == ("GET", "/check")
+    assert ("x-envoy-expected-rq-timeout-ms", "250") in got.headers
+    assert ("x-envoy-internal", "true") in got.headers
+
+
+def test_respond_sends_a_local_reply_that_the_response_script_sees():
+    code = """
+function envoy_on_request(h)
+  h:respond({[":status"] = "401", ["www-authenticate"] = "Bearer"}, "who are you")
+  h:logInfo("not reached")
+end
+function envoy_on_response(h)
+  h:headers():add("x-status-seen", h:headers():get(":status"))
+end
+"""
+    with LuaFilter(code=code) as f:
+        r = f.request()
+    assert (r.status, r.body, r.header("www-authenticate"), r.header("x-status-seen")) == \
+        (401, b"who are you", "Bearer", "401")
+    assert r.upstream == [] and r.logs == []
