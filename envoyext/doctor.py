@@ -32,9 +32,9 @@ class Check:
 
 
 def _tiny_config(filter_entry: dict) -> dict:
+    from envoyext.artifact import Artifact
     from envoyext.envoy import bootstrap
     from envoyext.scenario import from_dict
-    from envoyext.artifact import Artifact
     sc = from_dict({"cases": [{"name": "-"}]}, Path("doctor"))
     config = bootstrap.build(Artifact("lua", Path("/dev/null"), "doctor"), sc, {"upstream": ("127.0.0.1", 9)})
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]

@@ -61,7 +61,8 @@ def find_root(path: Path | str | None) -> Path:
         return p.parent
     if (p / FILE).is_file():
         return p
-    raise UserError(f"no {FILE} here", file=p, fix="run inside a filter project, or create one with 'envoyext new blank NAME'")
+    raise UserError(f"no {FILE} here", file=p,
+                    fix="run inside a filter project, or create one with 'envoyext new blank NAME'")
 
 
 def load(path: Path | str | None = None) -> Project:
@@ -118,7 +119,7 @@ def validate_config(config: Any, schema_file: Path, file: Path, field_name: str)
     import jsonschema
     err = jsonschema.exceptions.best_match(jsonschema.validators.validator_for(doc)(doc).iter_errors(config))
     if err is not None:
-        where = schemas.field_path([field_name, *err.absolute_path]) if field_name else schemas.field_path(err.absolute_path)
+        where = schemas.field_path([field_name, *err.absolute_path])
         raise UserError(err.message, file=file, field=where, fix=f"see {schema_file.name} for the allowed values")
 
 

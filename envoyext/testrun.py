@@ -8,8 +8,8 @@ scenario names a native `oracle`, the filter's live run is compared with the nat
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from envoyext import scenario as scenario_mod
 from envoyext.artifact import Artifact

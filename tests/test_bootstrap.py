@@ -28,7 +28,8 @@ SCENARIO = {
 }
 CASES = {
     "lua": Artifact("lua", GOLDEN / "f.lua", "my-lua"),
-    "wasm": Artifact("wasm", Path("/filters/f.wasm"), "my-wasm", root_id="root", vm_id="vm", failure_policy="fail_open"),
+    "wasm": Artifact("wasm", Path("/filters/f.wasm"), "my-wasm", root_id="root", vm_id="vm",
+                     failure_policy="fail_open"),
 }
 
 

@@ -16,8 +16,8 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from envoyext.errors import BuildError, UserError
 

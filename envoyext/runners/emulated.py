@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from envoyext.artifact import Artifact
-from envoyext.scenario import (UPSTREAM, Case, Headers, LogLine, Observation, Received, Response, Route,
-                               Scenario, first)
+from envoyext.scenario import UPSTREAM, Case, Headers, LogLine, Observation, Received, Response, Route, Scenario, first
 from envoyext.upstreams import Reply, UpstreamSpec
 
 # What Envoy's router sends when it has no route, when a cluster refuses, and when it times out.

@@ -5,8 +5,8 @@ from __future__ import annotations
 import http.client
 import re
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from envoyext.artifact import Artifact
 from envoyext.envoy import bootstrap

@@ -11,12 +11,21 @@ stream's header maps and buffers to the host functions only while Envoy would.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from envoyext.wasm import abi
-from envoyext.wasm.abi import (AbiVersion, BufferType, FilterDataStatus, FilterHeadersStatus,
-                               FilterTrailersStatus, MapType, StreamType, WasmResult)
+from envoyext.wasm.abi import (
+    AbiVersion,
+    BufferType,
+    FilterDataStatus,
+    FilterHeadersStatus,
+    FilterTrailersStatus,
+    MapType,
+    StreamType,
+    WasmResult,
+)
 from envoyext.wasm.host import GuestTrap, LoadError, WasmVm
 from envoyext.wasm.metrics import MetricStore, VmMetrics
 from envoyext.wasm.shared import SharedState

@@ -14,13 +14,19 @@ buffer; a local reply (from any callback) ends decoding at once; a VM failure an
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
-from envoyext.wasm.abi import (AbiVersion, BufferType, FilterDataStatus, FilterHeadersStatus,
-                               FilterTrailersStatus, MapType, StreamType)
-from envoyext.wasm.context import (Buffer, HttpContext, Wasm, data_status, headers_status,
-                                   trailers_status)
+from envoyext.wasm.abi import (
+    AbiVersion,
+    BufferType,
+    FilterDataStatus,
+    FilterHeadersStatus,
+    FilterTrailersStatus,
+    MapType,
+    StreamType,
+)
+from envoyext.wasm.context import Buffer, HttpContext, Wasm, data_status, headers_status, trailers_status
 
 WAIT = object()   # what the flows yield while the stream is paused
 

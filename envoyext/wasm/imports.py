@@ -7,13 +7,20 @@ same status for the same mistake. Which functions exist depends on the module's 
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 from envoyext.wasm import headers as H
 from envoyext.wasm import wasi
-from envoyext.wasm.abi import (AbiVersion, BufferType, LogLevel, MapType, StreamType, WasmResult,
-                               deserialize_pairs, serialize_pairs)
+from envoyext.wasm.abi import (
+    AbiVersion,
+    BufferType,
+    LogLevel,
+    MapType,
+    StreamType,
+    WasmResult,
+    deserialize_pairs,
+    serialize_pairs,
+)
 from envoyext.wasm.host import GuestAbort, HostFunction
 
 if TYPE_CHECKING:
@@ -32,7 +39,6 @@ def _pairs(data: bytes):
 
 
 def make_imports(w: "Wasm") -> dict:
-    vm = None  # bound lazily: the VM is built from this table
 
     def mem(ptr, size):
         return w.vm.get_memory(ptr, size)
@@ -368,7 +374,7 @@ def make_imports(w: "Wasm") -> dict:
     def pthread_equal(a, b):
         return 1 if a == b else 0
 
-    i, I = "i", "I"
+    i = "i"
     table = {
         "proxy_log": ("iii", i, proxy_log),
         "proxy_get_current_time_nanoseconds": ("i", i, proxy_get_current_time_nanoseconds),

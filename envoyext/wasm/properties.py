@@ -11,7 +11,8 @@ filter state under "wasm.<path>" and read back by the same path.
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from envoyext.wasm import headers as H
 from envoyext.wasm.abi import WasmResult, serialize_pairs

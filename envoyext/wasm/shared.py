@@ -7,8 +7,8 @@ uses the same instance sees the same keys and queues, scoped by vm_id as in cpp-
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from envoyext.wasm.abi import WasmResult
 

@@ -11,7 +11,7 @@ import os
 import struct
 from typing import TYPE_CHECKING
 
-from envoyext.wasm.abi import RANDOM_GET_MAX_BYTES, Errno, LogLevel, WasmResult
+from envoyext.wasm.abi import RANDOM_GET_MAX_BYTES, Errno, LogLevel
 from envoyext.wasm.host import GuestAbort, HostFunction
 
 if TYPE_CHECKING:

@@ -18,7 +18,6 @@ import urllib.request
 from pathlib import Path
 
 import envoy
-
 from envoyext.upstreams import UpstreamServers, UpstreamSpec
 
 _base_ids = itertools.count(int(os.getpid() % 5000) * 10 + 40000)

@@ -8,7 +8,7 @@ its own expectations under both, and the two observations must agree field by fi
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -33,7 +33,7 @@ def artifact(path: Path) -> Artifact:
     return Artifact("wasm", build(path.stem), path.stem, root_id="r", vm_id="v")
 
 
-@lru_cache(maxsize=None)
+@cache
 def observations(path: Path):
     scenario = load(path)
     emu = {o.case: o for o in emulated.run_scenario(artifact(path), scenario)}
