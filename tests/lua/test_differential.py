@@ -14,7 +14,7 @@ import pytest
 
 from envoyext.artifact import Artifact
 from envoyext.runners import emulated, live
-from envoyext.scenario import LogLine, check, compare, load
+from envoyext.scenario import check, compare, load
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 FILES = sorted(SCENARIOS.glob("*.yaml"))
@@ -30,19 +30,11 @@ def artifact(path: Path) -> Artifact:
     return Artifact("lua", path.with_suffix(".lua"), "envoyext.lua")
 
 
-def _levels(obs):
-    # live.filter_logs reports spdlog's "warning"; the Observation contract (and the emulators)
-    # say "warn". Normalised here until live.py maps it (proposed to the lead).
-    for o in obs:
-        o.logs = [LogLine("warn" if l.level == "warning" else l.level, l.message) for l in o.logs]
-    return obs
-
-
 @cache
 def observations(path: Path):
     scenario = load(path)
     emu = {o.case: o for o in emulated.run_scenario(artifact(path), scenario)}
-    real = {o.case: o for o in _levels(live.run_scenario(artifact(path), load(path)))}
+    real = {o.case: o for o in live.run_scenario(artifact(path), load(path))}
     return scenario, emu, real
 
 
