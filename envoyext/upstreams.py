@@ -201,9 +201,12 @@ class UpstreamServers:
             for k, v in reply.headers:
                 resp.headers.add(k, v)
             resp.content_length = len(reply.body)
-            await resp.prepare(request)
-            await resp.write(reply.body)
-            await resp.write_eof()
+            try:
+                await resp.prepare(request)
+                await resp.write(reply.body)
+                await resp.write_eof()
+            except ConnectionResetError:
+                pass  # the client gave up (a callout timeout shorter than delay_ms): expected
             return resp
 
         return handle
