@@ -18,6 +18,9 @@ class Artifact:
     # Wasm: what a VM failure does to traffic: fail_closed (503), fail_open (skip the filter) or
     # reload (a fresh VM). Envoy's PluginConfig.failure_policy; Istio's WasmPlugin failStrategy.
     failure_policy: str = "fail_closed"
+    # Lua: the rest of Envoy's Lua filter config, in its proto's shape: stat_prefix,
+    # clear_route_cache, source_codes {name: {"filename": absolute path}}.
+    lua_options: dict | None = None
 
     @property
     def fail_open(self) -> bool:

@@ -32,6 +32,7 @@ class Project:
     scenario_files: list[Path] = field(default_factory=list)
     stats_tags: list[dict] = field(default_factory=list)
     config_schema: Path | None = None
+    lua_options: dict | None = None
 
     def check_config(self, config: Any, file: Path, field_name: str = "config") -> None:
         """Validate a filter configuration (filter.yaml's or a scenario's) against config_schema."""
@@ -103,11 +104,24 @@ def load(path: Path | str | None = None) -> Project:
         hits = sorted(Path(p) for p in glob.glob(str(root / pattern)))
         scenario_files += [h for h in hits if h not in scenario_files]
     attach = {"position": "before", "filter": ROUTER, **data.get("attach", {})}
+    lua_options = None
+    if "lua" in data:
+        if lang != "lua":
+            raise UserError("'lua' options belong to a Lua filter", file=file, field="lua", fix="remove them")
+        lua_options = {k: v for k, v in data["lua"].items() if k != "source_codes"}
+        named = {}
+        for name, rel in data["lua"].get("source_codes", {}).items():
+            if not (root / rel).is_file():
+                raise UserError("source file not found", file=file, field=f"lua.source_codes.{name}",
+                                fix="create it or correct the path")
+            named[name] = {"filename": str((root / rel).resolve())}
+        if named:
+            lua_options["source_codes"] = named
     return Project(root=root, name=data["name"], lang=lang, sources=sources, module=module,
                    root_id=data.get("root_id", ""), vm_id=data.get("vm_id", ""),
                    failure_policy=data.get("failure_policy", "fail_closed"), config=config, attach=attach,
                    scenario_files=scenario_files, stats_tags=data.get("stats_tags", []),
-                   config_schema=config_schema)
+                   config_schema=config_schema, lua_options=lua_options)
 
 
 def validate_config(config: Any, schema_file: Path, file: Path, field_name: str) -> None:
@@ -138,6 +152,8 @@ def build(project: Project, *, force: bool = False) -> Artifact:
     if project.lang == "lua":
         src = project.sources[0]
         lua.check_lua(src)
+        for named in (project.lua_options or {}).get("source_codes", {}).values():
+            lua.check_lua(Path(named["filename"]))
         out = project.build_dir / f"{project.name}.lua"
         if force or _stale(out, [src]):
             tmp = out.with_suffix(".lua.tmp")
@@ -154,5 +170,6 @@ def build(project: Project, *, force: bool = False) -> Artifact:
         out = project.module
         kind = "wasm"
     return Artifact(kind=kind, path=out.resolve(), name=project.name, root_id=project.root_id,
-                    vm_id=project.vm_id, config=project.config, failure_policy=project.failure_policy)
+                    vm_id=project.vm_id, config=project.config, failure_policy=project.failure_policy,
+                    lua_options=project.lua_options)
 

@@ -27,7 +27,9 @@ SCENARIO = {
     "cases": [{"name": "-"}],
 }
 CASES = {
-    "lua": Artifact("lua", GOLDEN / "f.lua", "my-lua"),
+    "lua": Artifact("lua", GOLDEN / "f.lua", "my-lua", lua_options={
+        "stat_prefix": "mine", "clear_route_cache": False,
+        "source_codes": {"alt": {"filename": str(GOLDEN / "noop.lua")}}}),
     "wasm": Artifact("wasm", Path("/filters/f.wasm"), "my-wasm", root_id="root", vm_id="vm",
                      failure_policy="fail_open"),
 }
@@ -40,7 +42,7 @@ def config_for(kind: str, per_route=None) -> dict:
     return bootstrap.build(CASES[kind], from_dict(doc, Path("golden.yaml")), ADDRESSES)
 
 
-@pytest.mark.parametrize("kind,per_route", [("lua", {"disabled": True}), ("wasm", None)])
+@pytest.mark.parametrize("kind,per_route", [("lua", {"name": "alt"}), ("wasm", None)])
 def test_matches_golden(kind, per_route):
     got = json.dumps(config_for(kind, per_route), indent=1, sort_keys=True) + "\n"
     path = GOLDEN / f"bootstrap_{kind}.json"
@@ -57,7 +59,7 @@ def test_wasm_configuration_is_json_string():
 
 
 def test_real_envoy_accepts_the_lua_bootstrap():
-    validate(config_for("lua", {"disabled": True}))
+    validate(config_for("lua", {"name": "alt"}))
 
 
 def test_lua_config_is_appended_as_lua_data():

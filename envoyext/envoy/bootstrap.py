@@ -8,6 +8,7 @@ scenario's name (`upstream` for the default). Nothing here touches files, socket
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from envoyext.artifact import Artifact, lua_code
@@ -39,8 +40,14 @@ def filter_config(artifact: Artifact, config: Any, lua_source: str | None = None
     A Lua filter is inlined, as Istio's EnvoyFilter carries it, with its config appended."""
     if artifact.kind == "lua":
         code = lua_code(lua_source if lua_source is not None else artifact.path.read_text(), config)
-        return {"name": artifact.filter_name, "typed_config": {
-            "@type": LUA, "default_source_code": {"inline_string": code}}}
+        typed: dict[str, Any] = {"@type": LUA, "default_source_code": {"inline_string": code}}
+        options = dict(artifact.lua_options or {})
+        named = options.pop("source_codes", None)
+        typed.update(options)
+        if named:  # every script gets the same config, whichever one a route selects
+            typed["source_codes"] = {name: {"inline_string": lua_code(Path(ds["filename"]).read_text(), config)}
+                                     for name, ds in named.items()}
+        return {"name": artifact.filter_name, "typed_config": typed}
     plugin = {
         "name": artifact.name,
         "root_id": artifact.root_id,
