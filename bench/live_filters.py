@@ -45,13 +45,13 @@ def oracle_scenario(kind_dir: Path) -> tuple[Path, dict] | None:
     return None
 
 
-def measure(artifact, doc: dict, path: Path, *, oracle: Oracle | None, stats_config=None) -> float:
+def measure(artifact, doc: dict, path: Path, *, oracle: Oracle | None) -> float:
     data = {k: v for k, v in doc.items() if k != "oracle"}
     data["routes"] = DIRECT
     sc = from_dict(data, path, default_config=artifact.config if artifact else None)
     sc.oracle = oracle
     case = sc.cases[0]
-    with live.started(artifact, sc, oracle=oracle is not None, concurrency=1, stats_config=stats_config) as (envoy, _):
+    with live.started(artifact, sc, oracle=oracle is not None, concurrency=1) as (envoy, _):
         url = f"{envoy.url}{case.request.path}"
         headers = [("host", case.request.authority), *case.request.headers]
         return wrk(url, headers, case.request.method)
@@ -76,8 +76,8 @@ def main() -> int:
         none = measure(lua_a, doc, path, oracle=Oracle([], {}, []))
         native = measure(lua_a, doc, path, oracle=Oracle(o.get("http_filters", []),
                                                          o.get("typed_per_filter_config", {}), []))
-        lua = measure(lua_a, doc, path, oracle=None, stats_config=lua_p.stats_config)
-        c = measure(c_a, doc, path, oracle=None, stats_config=c_p.stats_config)
+        lua = measure(lua_a, doc, path, oracle=None)
+        c = measure(c_a, doc, path, oracle=None)
         size = c_a.path.stat().st_size / 1024
         print(f"{kind_dir.name:<16}{none:>9.0f}{native:>9.0f}{lua:>9.0f}{c:>9.0f}{lua / none:>10.2f}"
               f"{c / none:>8.2f}{lua / native:>9.2f}{c / native:>7.2f}{size:>10.1f}")

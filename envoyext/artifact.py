@@ -21,6 +21,8 @@ class Artifact:
     # Lua: the rest of Envoy's Lua filter config, in its proto's shape: stat_prefix,
     # clear_route_cache, source_codes {name: {"filename": absolute path}}.
     lua_options: dict | None = None
+    # Envoy stats_config.stats_tags: which parts of the filter's stat names become Prometheus labels.
+    stats_tags: tuple = ()
 
     @property
     def fail_open(self) -> bool:

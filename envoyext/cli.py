@@ -152,7 +152,7 @@ def config(path, scenario_file):
     artifact = proj.build(p)
     sc = _scenario_or_default(p, scenario_file)
     addresses = {name: ("127.0.0.1", 0) for name in sc.all_clusters()}
-    click.echo(yaml.safe_dump(bootstrap.build(artifact, sc, addresses, stats_config=p.stats_config),
+    click.echo(yaml.safe_dump(bootstrap.build(artifact, sc, addresses),
                               sort_keys=False), nl=False)
 
 
@@ -180,7 +180,7 @@ def run(path, scenario_file):
     p = proj.load(path)
     artifact = proj.build(p)
     sc = _scenario_or_default(p, scenario_file)
-    with live.started(artifact, sc, stats_config=p.stats_config) as (envoy, _):
+    with live.started(artifact, sc) as (envoy, _):
         click.echo(f"filter {p.name} listening on {envoy.url}")
         click.echo(f"admin: {envoy.admin.url}   log: {envoy.log_path}")
         click.echo("Ctrl-C to stop")

@@ -51,10 +51,6 @@ class Project:
     def filter_name(self) -> str:
         return self.name
 
-    @property
-    def stats_config(self) -> dict | None:
-        return {"stats_tags": self.stats_tags, "use_all_default_tags": True} if self.stats_tags else None
-
 
 def find_root(path: Path | str | None) -> Path:
     p = Path(path or ".").resolve()
@@ -171,5 +167,5 @@ def build(project: Project, *, force: bool = False) -> Artifact:
         kind = "wasm"
     return Artifact(kind=kind, path=out.resolve(), name=project.name, root_id=project.root_id,
                     vm_id=project.vm_id, config=project.config, failure_policy=project.failure_policy,
-                    lua_options=project.lua_options)
+                    lua_options=project.lua_options, stats_tags=tuple(project.stats_tags))
 

@@ -53,12 +53,11 @@ class LiveFilter:
         return self.admin.stats()
 
 
-def _artifact(target: Any) -> tuple[Artifact, dict | None]:
+def _artifact(target: Any) -> Artifact:
     if isinstance(target, Artifact):
-        return target, None
+        return target
     from envoyext import project as proj
-    p = proj.load(Path(target))
-    return proj.build(p), p.stats_config
+    return proj.build(proj.load(Path(target)))
 
 
 @pytest.fixture
@@ -68,13 +67,13 @@ def envoy_filter():
     with ExitStack() as stack:
         def start(target, *, config: Any = None, upstream: dict | None = None,
                   clusters: dict | None = None, routes: list | None = None) -> LiveFilter:
-            artifact, stats_config = _artifact(target)
+            artifact = _artifact(target)
             doc = {"cases": [{"name": "-"}], "upstream": upstream or {}, "clusters": clusters or {}}
             if routes:
                 doc["routes"] = routes
             sc = scenario_mod.from_dict(doc, Path("pytest"), default_config=config if config is not None
                                         else artifact.config)
-            envoy, ups = stack.enter_context(live.started(artifact, sc, stats_config=stats_config))
+            envoy, ups = stack.enter_context(live.started(artifact, sc))
             return LiveFilter(envoy, ups)
         yield start
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from envoyext import schemas
+from envoyext import prometheus, schemas
 from envoyext.upstreams import UpstreamSpec
 
 Headers = list[tuple[str, str]]
@@ -204,6 +204,9 @@ class Observation:
     clusters: dict[str, list[Received]] = field(default_factory=dict)
     logs: list[LogLine] = field(default_factory=list)  # the filter's own log lines
     stats: dict[str, int] = field(default_factory=dict)  # deltas over the case
+    # Series at /stats/prometheus that changed over the case, (sample, labels) -> delta; gathered
+    # only for cases that expect some (None otherwise), see envoyext.prometheus.
+    prometheus: dict | None = None
     error: str | None = None                    # the runner could not run the case
 
     def to_json(self) -> dict:
@@ -218,6 +221,9 @@ class Observation:
             "clusters": {k: [rx(r) for r in v] for k, v in self.clusters.items()},
             "logs": [f"{l.level}: {l.message}" for l in self.logs],
             "stats": self.stats,
+            "prometheus": None if self.prometheus is None else [
+                {"sample": name, "labels": dict(sorted(labels)), "delta": v}
+                for (name, labels), v in sorted(self.prometheus.items(), key=lambda kv: kv[0][0])],
         }
 
 
@@ -323,6 +329,12 @@ def check(case: Case, obs: Observation) -> list[Mismatch]:
         got = obs.stats.get(name, 0)
         if got != delta:
             out.append(Mismatch(f"stats.{name}", delta, got))
+    for sample, wanted in (e.get("prometheus") or {}).items():
+        for want in wanted:
+            got = prometheus.matching(obs.prometheus or {}, sample, want.get("labels") or {})
+            if got != want["value"]:
+                labels = ",".join(f'{k}="{v}"' for k, v in (want.get("labels") or {}).items())
+                out.append(Mismatch(f"prometheus.{sample}{{{labels}}}", want["value"], got))
     return out
 
 
@@ -389,4 +401,9 @@ def compare(a: Observation, b: Observation, parts=("status", "headers", "body", 
         for name, v in a.stats.items():
             if b.stats.get(name, 0) != v:
                 out.append(Mismatch(f"stats.{name}", v, b.stats.get(name, 0)))
+        if a.prometheus is not None and b.prometheus is not None:
+            for (sample, labels), v in a.prometheus.items():
+                if b.prometheus.get((sample, labels), 0) != v:
+                    out.append(Mismatch(f"prometheus.{sample}{dict(sorted(labels))}", v,
+                                        b.prometheus.get((sample, labels), 0)))
     return out

