@@ -138,6 +138,25 @@ PAIRS_MAX_COUNT = 1024
 RANDOM_GET_MAX_BYTES = 64 * 1024
 MAX_MEMORY_BYTES = 1024 * 1024 * 1024
 
+# cpp-host's restricted phases: only these imports may be called (others trap "restricted_callback").
+_WASI = ("wasi_snapshot_preview1", "wasi_unstable")
+# startVm: _initialize (+ main / __main_void) or _start. All of WASI but path_open, fd_read,
+# fd_seek, fd_close, sched_yield and proc_exit.
+STARTUP_ALLOWED = frozenset(
+    ["env.emscripten_notify_memory_growth", "env.proxy_log"]
+    + [f"{m}.{n}" for m in _WASI for n in """
+fd_write args_sizes_get args_get environ_sizes_get environ_get clock_time_get clock_res_get
+random_get poll_oneoff fd_fdstat_get fd_fdstat_set_flags fd_advise fd_allocate fd_datasync
+fd_fdstat_set_rights fd_filestat_get fd_filestat_set_size fd_filestat_set_times fd_pread
+fd_prestat_dir_name fd_prestat_get fd_pwrite fd_readdir fd_renumber fd_sync fd_tell
+path_create_directory path_filestat_get path_filestat_set_times path_link path_readlink
+path_remove_directory path_rename path_symlink path_unlink_file sock_accept sock_recv sock_send
+sock_shutdown""".split()])
+# allocMemory: the module's malloc / proxy_on_memory_allocate, when the host copies data in
+# (Go's allocator may log, read the clock or sleep for its GC). Afterwards nothing is restricted.
+MALLOC_ALLOWED = frozenset(["env.proxy_log"] + [f"{m}.{n}" for m in _WASI
+                                               for n in ("fd_write", "clock_time_get", "poll_oneoff")])
+
 _U32 = struct.Struct("<I")
 
 

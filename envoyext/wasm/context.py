@@ -284,7 +284,6 @@ class Wasm:
         self.tick_period_ms = 0
         self.next_tick_ns: int | None = None
         self.failure: GuestTrap | None = None
-        self.restricted = False
         self.vm = WasmVm(module, imports_factory(self), memory_limit=services.memory_limit,
                          deadline_ms=services.deadline_ms)
         self._fn = {name: self.vm.export(name) for name in self.vm.export_names}
@@ -346,11 +345,9 @@ class Wasm:
         return cid
 
     # -- VM start, plugin start and configure (cpp-host's initialize/startVm/start/configure) -------
-    RESTRICTED_OK = frozenset()  # filled by imports: names callable during _initialize/_start
-
     def start(self) -> None:
         """_initialize (+ main / __main_void) or _start, with only the WASI and logging calls allowed."""
-        self.restricted = True
+        self.vm.allowed = abi.STARTUP_ALLOWED
         try:
             if self.has("_initialize"):
                 self.call(self.vm_context, "_initialize")
@@ -361,7 +358,7 @@ class Wasm:
             elif self.has("_start"):
                 self.call(self.vm_context, "_start")
         finally:
-            self.restricted = False
+            self.vm.allowed = None
         if self.failure is not None:
             raise LoadError(f"Failed to initialize Wasm code: {self.failure}")
 

@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 # Envoy runs a Wasm filter's encoder callbacks for the local reply that filter sent while decoding.
 SEES_OWN_LOCAL_REPLY = True
 
+# How long (virtual time) a paused stream may wait for a tick to resume it before the emulator
+# calls it stalled (Envoy's default stream_idle_timeout is 5 minutes).
+MAX_PAUSE_MS = 300_000
+
 
 class StreamStalled(UserError):
     """The filter paused the stream and nothing that could resume it is pending."""
@@ -135,15 +139,29 @@ class WasmFilterHost:
             response = _local_response(503, CONNECT_FAILURE_BODY)
         self.wasm.deliver_http_response(call.token, response)
 
+    def next_tick(self) -> bool:
+        """Nothing else is pending: let virtual time run to the next timer (on_tick) of any of
+        this plugin's VMs, as Envoy's event loop would while a stream waits. False if none."""
+        due = [vm.next_tick_ns for vm in (*self.idle, self.wasm) if vm.next_tick_ns is not None and not vm.failed]
+        if not due:
+            return False
+        self.env.clock.ns = max(self.env.clock.ns, min(due))
+        self.advance()
+        return True
+
     def drive(self, flow, *, stall_ok: bool = False):
-        """Run a flow generator to its end, pumping the event loop while it waits."""
+        """Run a flow generator to its end, pumping the event loop while it waits; with nothing
+        pending, virtual time runs on to the next tick (up to MAX_PAUSE_MS)."""
         for step in flow:
             if step is WAIT:
+                paused_at = self.env.clock.ns
                 while True:
                     if self.pump():
                         break
                     if stall_ok:
                         return flow        # the caller resumes it later
+                    if self.env.clock.ns - paused_at < MAX_PAUSE_MS * 1_000_000 and self.next_tick():
+                        break
                     raise StreamStalled(
                         "the filter paused the stream and nothing pending can resume it",
                         fix="call proxy_continue_stream (e.g. from on_http_call_response), or send a local reply")

@@ -27,7 +27,7 @@ from pathlib import Path
 import wasmtime
 from wasmtime import _ffi as ffi
 
-from envoyext.wasm.abi import MAX_MEMORY_BYTES
+from envoyext.wasm.abi import MALLOC_ALLOWED, MAX_MEMORY_BYTES
 
 M32 = 0xFFFFFFFF
 M64 = 0xFFFFFFFFFFFFFFFF
@@ -168,9 +168,12 @@ class WasmVm:
         self.armed_at = -(1 << 60)  # ticker count when the epoch deadline was last set
         self.caller: int | None = None
         self.host_error: BaseException | None = None
+        # While not None, only these imports ("module.name") may be called; others trap.
+        self.allowed: frozenset[str] | None = None
         self._callbacks = []        # keep the ctypes trampolines alive
         linker = wasmtime.Linker(self.store.engine)
         linker_addr = ctypes.cast(linker.ptr(), ctypes.c_void_p).value
+        defined = set()
         for imp in module.imports:
             key = (imp.module, imp.name)
             fn = imports.get(key)
@@ -181,7 +184,10 @@ class WasmVm:
                     [str(t) for t in imp.type.results] != [str(t) for t in want.results]:
                 raise LoadError("Failed to load Wasm module due to an import type mismatch: "
                                 f"{imp.module}.{imp.name}, want: {want}, but host exports: {imp.type}")
-            cb = _UNCHECKED_CB(self._trampoline(fn))
+            if key in defined:   # Go's wasip1 port imports fd_write twice; one definition serves both
+                continue
+            defined.add(key)
+            cb = _UNCHECKED_CB(self._trampoline(fn, f"{imp.module}.{imp.name}"))
             self._callbacks.append(cb)
             m, n = imp.module.encode(), imp.name.encode()
             err = _define_unchecked(linker_addr, m, len(m), n, len(n),
@@ -211,20 +217,23 @@ class WasmVm:
         self.malloc = self._exports.get("malloc") or self._exports.get("proxy_on_memory_allocate")
 
     # -- host functions -------------------------------------------------------------------------
-    def _trampoline(self, fn: HostFunction):
-        """A C callback for `fn`, specialised to its arity so arguments cost one index each."""
+    def _trampoline(self, fn: HostFunction, key: str):
+        """A C callback for `fn`, specialised to its arity so arguments cost one index each.
+        It traps instead while the VM is restricted to other imports (`allowed`)."""
         args = ", ".join(f"a[{2 * i}]" + (" & 0xFFFFFFFF" if c == "i" else "")
                          for i, c in enumerate(fn.params))
         store = "a[0] = r & 0xFFFFFFFFFFFFFFFF" if fn.results else "pass"
         src = (f"def cb(env, caller, a, n):\n"
                f"    vm.caller = caller\n"
+               f"    if vm.allowed is not None and key not in vm.allowed:\n"
+               f"        return vm._trap_for(GuestAbort('restricted_callback'))\n"
                f"    try:\n"
                f"        r = impl({args})\n"
                f"        {store}\n"
                f"        return 0\n"
                f"    except BaseException as e:\n"
                f"        return vm._trap_for(e)\n")
-        scope = {"vm": self, "impl": fn.impl}
+        scope = {"vm": self, "impl": fn.impl, "key": key, "GuestAbort": GuestAbort}
         exec(src, scope)
         return scope["cb"]
 
@@ -281,7 +290,11 @@ class WasmVm:
         """Guest memory from the module's malloc (or proxy_on_memory_allocate); None on failure."""
         if self.malloc is None:
             return None
-        ptr = self.call(self.malloc, size)
+        self.allowed = MALLOC_ALLOWED   # cpp-host's allocMemory, which lifts all limits after
+        try:
+            ptr = self.call(self.malloc, size)
+        finally:
+            self.allowed = None
         if not ptr or self._base(ptr, size) is None:
             return None
         return ptr

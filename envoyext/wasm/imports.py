@@ -21,7 +21,7 @@ from envoyext.wasm.abi import (
     deserialize_pairs,
     serialize_pairs,
 )
-from envoyext.wasm.host import GuestAbort, HostFunction
+from envoyext.wasm.host import HostFunction
 
 if TYPE_CHECKING:
     from envoyext.wasm.context import Wasm
@@ -29,9 +29,6 @@ if TYPE_CHECKING:
 OK = WasmResult.Ok
 IMA = WasmResult.InvalidMemoryAccess
 BAD = WasmResult.BadArgument
-
-# What a module may call from _initialize/_start (cpp-host's startVm restricted list).
-RESTRICTED_OK = frozenset({"emscripten_notify_memory_growth", "proxy_log"} | wasi.RESTRICTED_OK)
 
 
 def _pairs(data: bytes):
@@ -427,24 +424,8 @@ def make_imports(w: "Wasm") -> dict:
         if w.abi == AbiVersion.V0_2_1:
             table["proxy_get_log_level"] = ("i", i, proxy_get_log_level)
 
-    out = {}
-    for name, (params, results, impl) in table.items():
-        out[("env", name)] = HostFunction(params, results, _restrict(w, name, impl))
+    out = {("env", name): HostFunction(params, results, impl) for name, (params, results, impl) in table.items()}
     for name, fn in wasi.make_wasi(w).items():
         for module in ("wasi_snapshot_preview1", "wasi_unstable"):
-            out[(module, name)] = HostFunction(fn.params, fn.results, _restrict(w, name, fn.impl)
-                                               if name not in wasi.RESTRICTED_OK else fn.impl)
+            out[(module, name)] = fn
     return out
-
-
-def _restrict(w: "Wasm", name: str, impl):
-    """During _initialize/_start only cpp-host's allow-list may be called; others trap."""
-    if name in RESTRICTED_OK:
-        return impl
-
-    def guarded(*args):
-        if w.restricted:
-            raise GuestAbort("restricted_callback")
-        return impl(*args)
-    guarded.__name__ = name
-    return guarded

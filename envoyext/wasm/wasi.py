@@ -17,17 +17,6 @@ from envoyext.wasm.host import GuestAbort, HostFunction
 if TYPE_CHECKING:
     from envoyext.wasm.context import Wasm
 
-# Callable from _initialize/_start (cpp-host's startVm allow-list): all of WASI but path_open,
-# fd_read, fd_seek, fd_close, sched_yield and proc_exit.
-RESTRICTED_OK = frozenset("""
-fd_write args_sizes_get args_get environ_sizes_get environ_get clock_time_get clock_res_get
-random_get poll_oneoff fd_fdstat_get fd_fdstat_set_flags fd_advise fd_allocate fd_datasync
-fd_fdstat_set_rights fd_filestat_get fd_filestat_set_size fd_filestat_set_times fd_pread
-fd_prestat_dir_name fd_prestat_get fd_pwrite fd_readdir fd_renumber fd_sync fd_tell
-path_create_directory path_filestat_get path_filestat_set_times path_link path_readlink
-path_remove_directory path_rename path_symlink path_unlink_file sock_accept sock_recv sock_send
-sock_shutdown""".split())
-
 SUCCESS, BADF, FAULT, INVAL, NOSYS, NOTSUP = (Errno.SUCCESS, Errno.BADF, Errno.FAULT, Errno.INVAL,
                                               Errno.NOSYS, Errno.NOTSUP)
 

@@ -1,0 +1,73 @@
+;; The shape of a Go 1.24+ `GOOS=wasip1 -buildmode=c-shared` module (proxy-wasm-go-sdk):
+;; a WASI reactor (_initialize) whose runtime reads clocks, randomness, argv, environ and fd
+;; flags and sleeps through poll_oneoff while initialising; fd_write imported twice (Go's
+;; runtime and its syscall package each import it); proxy_on_memory_allocate instead of malloc;
+;; ABI 0.2.0; stdout/stderr used for printing (they become info/error log lines).
+(module
+  (import "wasi_snapshot_preview1" "sched_yield" (func $sched_yield (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (import "wasi_snapshot_preview1" "args_get" (func $args_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "args_sizes_get" (func $args_sizes_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "clock_time_get" (func $clock_time_get (param i32 i64 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_get" (func $environ_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_sizes_get" (func $environ_sizes_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "random_get" (func $random_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll_oneoff (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_close" (func $fd_close (param i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write2 (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_fdstat_get" (func $fd_fdstat_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_fdstat_set_flags" (func $fd_fdstat_set_flags (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_prestat_get" (func $fd_prestat_get (param i32 i32) (result i32)))
+  (import "env" "proxy_log" (func $proxy_log (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (;helpers;)
+  (data (i32.const 1024) "x-go-init")            ;; 9
+  (data (i32.const 1040) "x-go-yield")           ;; 10
+  (data (i32.const 1056) "from stdout\n")        ;; 12
+  (data (i32.const 1072) "from stderr\n")        ;; 12
+  (data (i32.const 1088) "x-go-dup")             ;; 8
+  ;; errno of each WASI call made by _initialize, as digits at 3072 ('0' = success)
+  (global $init_len (mut i32) (i32.const 0))
+  (func $note (param $errno i32)
+    (i32.store8 (i32.add (i32.const 3072) (global.get $init_len))
+                (i32.add (i32.const 48) (i32.rem_u (local.get $errno) (i32.const 75))))
+    (global.set $init_len (i32.add (global.get $init_len) (i32.const 1))))
+  (func (export "_initialize")
+    (call $note (call $clock_time_get (i32.const 0) (i64.const 1) (i32.const 4000)))
+    (call $note (call $clock_time_get (i32.const 1) (i64.const 1) (i32.const 4000)))
+    (call $note (call $clock_time_get (i32.const 2) (i64.const 1) (i32.const 4000)))
+    (call $note (call $random_get (i32.const 4000) (i32.const 16)))
+    (call $note (call $args_sizes_get (i32.const 4000) (i32.const 4004)))
+    (call $note (call $environ_sizes_get (i32.const 4000) (i32.const 4004)))
+    (call $note (call $fd_fdstat_get (i32.const 1) (i32.const 4000)))
+    (call $note (call $fd_fdstat_get (i32.const 5) (i32.const 4000)))
+    (call $note (call $fd_fdstat_set_flags (i32.const 1) (i32.const 0)))
+    (call $note (call $fd_prestat_get (i32.const 3) (i32.const 4000)))
+    ;; one subscription: a relative clock sleep, as the Go scheduler does
+    (i64.store (i32.const 4100) (i64.const 7))
+    (i32.store8 (i32.add (i32.const 4100) (i32.const 8)) (i32.const 0))
+    (call $note (call $poll_oneoff (i32.const 4100) (i32.const 4200) (i32.const 1) (i32.const 4004))))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (call $alloc (local.get 0)))
+  (func (export "proxy_abi_version_0_2_0"))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  (func $print (param $fd i32) (param $p i32) (param $n i32) (param $dup i32)
+    (i32.store (i32.const 4300) (local.get $p))
+    (i32.store (i32.const 4304) (local.get $n))
+    (if (local.get $dup)
+      (then (drop (call $fd_write2 (local.get $fd) (i32.const 4300) (i32.const 1) (i32.const 4308))))
+      (else (drop (call $fd_write (local.get $fd) (i32.const 4300) (i32.const 1) (i32.const 4308))))))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (drop (call $add (i32.const 0) (i32.const 1024) (i32.const 9) (i32.const 3072) (global.get $init_len)))
+    (drop (call $add (i32.const 0) (i32.const 1040) (i32.const 10) (i32.const 3200)
+                     (call $itoa (call $sched_yield) (i32.const 3200))))
+    (call $print (i32.const 1) (i32.const 1056) (i32.const 12) (i32.const 0))
+    (call $print (i32.const 2) (i32.const 1072) (i32.const 12) (i32.const 1))
+    ;; both fd_write imports answer: bytes written by the second one
+    (drop (call $add (i32.const 0) (i32.const 1088) (i32.const 8) (i32.const 3300)
+                     (call $itoa (i32.load (i32.const 4308)) (i32.const 3300))))
+    (i32.const 0))
+)
