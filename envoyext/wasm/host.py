@@ -195,6 +195,10 @@ class WasmVm:
                                     ctypes.cast(cb, ctypes.c_void_p).value, None, None)
             if err:
                 raise LoadError(f"cannot define import {imp.module}.{imp.name}")
+        # A start section (AssemblyScript's top-level code) runs during instantiation: give it
+        # the same deadline as any call.
+        self.store.set_epoch_deadline(self.deadline_ticks)
+        self.armed_at = epoch
         try:
             self.instance = linker.instantiate(self.store, module)
         except wasmtime.Trap as e:
