@@ -1,0 +1,290 @@
+/*
+ * csrf: Envoy's envoy.filters.http.csrf as a proxy-wasm filter.
+ *
+ * A state-changing request (POST, PUT, DELETE, PATCH) must come from the page's own origin: the
+ * host and port of its Origin header (or, without one, of its Referer) must equal the request's
+ * Host, or match one of `additional_origins`. Otherwise it is answered 403 "Invalid origin" --
+ * unless the policy is only in shadow mode, where it is merely counted. The configuration is
+ * Envoy's CsrfPolicy JSON (../schema.json); the counters are Envoy's (csrf.missing_source_origin,
+ * csrf.request_invalid, csrf.request_valid), under Envoy's `wasmcustom.` namespace for Wasm.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "proxy_wasm.h"
+#include "regex.h"
+
+#define MAX_ORIGINS 64
+#define MAX_HOST 1024
+
+typedef struct fraction {
+    bool present;
+    uint32_t numerator, denominator;
+} fraction;
+
+typedef enum { M_EXACT, M_PREFIX, M_SUFFIX, M_CONTAINS, M_REGEX } matcher_kind;
+
+typedef struct matcher {
+    matcher_kind kind;
+    bool ignore_case;
+    char *text; /* lower-cased when ignore_case */
+    size_t len;
+    re_prog re;
+} matcher;
+
+typedef struct policy {
+    fraction enabled, shadow;
+    matcher origins[MAX_ORIGINS];
+    size_t n_origins;
+    uint32_t missing_source_origin, request_invalid, request_valid; /* metric ids */
+    uint64_t rng;
+} policy;
+
+/* ---- configuration ------------------------------------------------------------------------- */
+
+/* RuntimeFractionalPercent: only default_value counts (a Wasm filter cannot read Envoy's
+ * runtime; runtime_key is accepted so the same JSON configures the native filter). */
+static bool parse_fraction(pw_json cfg, const char *key, fraction *out) {
+    pw_json f, v;
+    if (!pw_json_get(cfg, key, &f)) return true;
+    out->present = true;
+    out->numerator = 0;
+    out->denominator = 100;
+    if (!pw_json_get(f, "default_value", &v)) return true;
+    int64_t num = 0;
+    pw_json_get_int(v, "numerator", &num);
+    if (num < 0) return false;
+    out->numerator = num > 0xffffffff ? 0xffffffffu : (uint32_t)num;
+    pw_json d;
+    if (pw_json_get(v, "denominator", &d)) {
+        if (pw_json_streq(d, "HUNDRED")) out->denominator = 100;
+        else if (pw_json_streq(d, "TEN_THOUSAND")) out->denominator = 10000;
+        else if (pw_json_streq(d, "MILLION")) out->denominator = 1000000;
+        else return false;
+    }
+    return true;
+}
+
+static void lower(char *s, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (s[i] >= 'A' && s[i] <= 'Z') s[i] = (char)(s[i] + 32);
+}
+
+static bool parse_matcher(pw_json m, matcher *out, size_t index) {
+    static const struct { const char *key; matcher_kind kind; } kinds[] = {
+        {"exact", M_EXACT}, {"prefix", M_PREFIX}, {"suffix", M_SUFFIX}, {"contains", M_CONTAINS}};
+    pw_json v;
+    memset(out, 0, sizeof *out);
+    pw_json_get_bool(m, "ignore_case", &out->ignore_case);
+    for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
+        if (!pw_json_get(m, kinds[k].key, &v)) continue;
+        out->kind = kinds[k].kind;
+        out->text = pw_json_strdup(v);
+        if (!out->text) return false;
+        out->len = strlen(out->text);
+        if (out->ignore_case) lower(out->text, out->len);
+        return true;
+    }
+    char *regex = pw_json_get_string(m, "safe_regex.regex");
+    if (!regex) {
+        pw_logf(PW_LOG_ERROR, "csrf: additional_origins[%zu] needs exact, prefix, suffix, contains or safe_regex", index);
+        return false;
+    }
+    char err[128];
+    out->kind = M_REGEX;
+    bool ok = re_compile(regex, strlen(regex), &out->re, err, sizeof err);
+    if (!ok) pw_logf(PW_LOG_ERROR, "csrf: additional_origins[%zu].safe_regex %s: %s", index, regex, err);
+    free(regex);
+    return ok;
+}
+
+static void free_policy(policy *p) {
+    if (!p) return;
+    for (size_t i = 0; i < p->n_origins; i++) {
+        free(p->origins[i].text);
+        re_free(&p->origins[i].re);
+    }
+    free(p);
+}
+
+bool pw_on_configure(pw_root *root, const char *text, size_t len) {
+    pw_json cfg, list, item;
+    policy *p = calloc(1, sizeof *p);
+    if (!p) return false;
+    if (len == 0) text = "{}", len = 2;
+    if (!pw_json_parse(text, len, &cfg) || pw_json_typeof(cfg) != PW_JSON_OBJECT) {
+        pw_log(PW_LOG_ERROR, "csrf: the configuration is not a JSON object");
+        goto bad;
+    }
+    /* Without filter_enabled Envoy's proto is invalid; the schema requires it, and here a
+     * missing one means "enforce everything" rather than silently nothing. */
+    p->enabled = (fraction){true, 100, 100};
+    if (!parse_fraction(cfg, "filter_enabled", &p->enabled) || !parse_fraction(cfg, "shadow_enabled", &p->shadow)) {
+        pw_log(PW_LOG_ERROR, "csrf: bad filter_enabled/shadow_enabled");
+        goto bad;
+    }
+    if (pw_json_get(cfg, "additional_origins", &list)) {
+        if (pw_json_count(list) > MAX_ORIGINS) {
+            pw_log(PW_LOG_ERROR, "csrf: at most 64 additional_origins");
+            goto bad;
+        }
+        for (size_t i = 0; pw_json_index(list, i, &item); i++) {
+            if (!parse_matcher(item, &p->origins[i], i)) goto bad;
+            p->n_origins = i + 1;
+        }
+    }
+    pw_define_metric(PW_METRIC_COUNTER, "csrf.missing_source_origin", &p->missing_source_origin);
+    pw_define_metric(PW_METRIC_COUNTER, "csrf.request_invalid", &p->request_invalid);
+    pw_define_metric(PW_METRIC_COUNTER, "csrf.request_valid", &p->request_valid);
+    p->rng = pw_now_ns() ^ ((uint64_t)root->id << 32) ^ 0x9e3779b97f4a7c15ull;
+    free_policy(root->data);
+    root->data = p;
+    return true;
+bad:
+    free_policy(p);
+    return false; /* Envoy rejects the configuration: better than a CSRF filter that lets all through */
+}
+
+void pw_on_root_delete(pw_root *root) {
+    free_policy(root->data);
+    root->data = NULL;
+}
+
+/* Envoy's featureEnabled(): a random draw against numerator/denominator. */
+static bool sampled(policy *p, const fraction *f) {
+    if (!f->present || f->numerator == 0) return false;
+    if (f->numerator >= f->denominator) return true;
+    p->rng ^= p->rng << 13; /* xorshift64: no crypto needed to pick a percentage */
+    p->rng ^= p->rng >> 7;
+    p->rng ^= p->rng << 17;
+    return p->rng % f->denominator < f->numerator;
+}
+
+/* ---- origins --------------------------------------------------------------------------------- */
+
+static bool is_alpha(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
+static bool is_digit(char c) { return c >= '0' && c <= '9'; }
+static bool is_hex(char c) { return is_digit(c) || ((c | 0x20) >= 'a' && (c | 0x20) <= 'f'); }
+static bool is_host_char(char c) { return is_alpha(c) || is_digit(c) || c == '-' || c == '.' || c == '_' || c == '~'; }
+
+/* "host", "host:port", "[v6]" or "[v6]:port". */
+static bool valid_authority(const char *s, size_t n) {
+    size_t i = 0;
+    if (n && s[0] == '[') {
+        for (i = 1; i < n && (is_hex(s[i]) || s[i] == ':' || s[i] == '.'); i++) {}
+        if (i == 1 || i >= n || s[i] != ']') return false;
+        i++;
+    } else {
+        while (i < n && is_host_char(s[i])) i++;
+        if (i == 0) return false;
+    }
+    if (i == n) return true;
+    if (s[i] != ':' || i + 1 == n) return false;
+    for (i++; i < n; i++)
+        if (!is_digit(s[i])) return false;
+    return true;
+}
+
+/* "host[:port]" of an absolute URL, as Envoy's Http::Utility::Url reports it (no userinfo, no
+ * default-port folding, case kept). Anything else is the value itself, as in Envoy, so
+ * `Origin: example.com` still equals `Host: example.com`. Points into `v`. */
+static void host_and_port(const char *v, size_t n, const char **out, size_t *out_len) {
+    *out = v;
+    *out_len = n;
+    size_t i = 0;
+    while (i < n && is_alpha(v[i])) i++;
+    if (i == 0 || n - i < 3 || memcmp(v + i, "://", 3) != 0) return;
+    size_t start = i + 3, end = start;
+    while (end < n && v[end] != '/' && v[end] != '?' && v[end] != '#') end++;
+    size_t host = start;
+    for (size_t k = start; k < end; k++)
+        if (v[k] == '@') { host = k + 1; break; }
+    if (valid_authority(v + host, end - host)) {
+        *out = v + host;
+        *out_len = end - host;
+    }
+}
+
+static bool matches(matcher *m, const char *s, size_t n) {
+    char folded[MAX_HOST];
+    if (m->kind == M_REGEX) return re_full_match(&m->re, s, n); /* ignore_case: no effect, as Envoy */
+    if (m->ignore_case) {
+        if (n > sizeof folded) return false;
+        memcpy(folded, s, n);
+        lower(folded, n);
+        s = folded;
+    }
+    switch (m->kind) {
+    case M_EXACT: return n == m->len && memcmp(s, m->text, n) == 0;
+    case M_PREFIX: return n >= m->len && memcmp(s, m->text, m->len) == 0;
+    case M_SUFFIX: return n >= m->len && memcmp(s + n - m->len, m->text, m->len) == 0;
+    case M_CONTAINS:
+        for (size_t i = 0; i + m->len <= n; i++)
+            if (memcmp(s + i, m->text, m->len) == 0) return true;
+        return false;
+    default: return false;
+    }
+}
+
+static bool is_modify_method(const char *m) {
+    return m && (!strcmp(m, "POST") || !strcmp(m, "PUT") || !strcmp(m, "DELETE") || !strcmp(m, "PATCH"));
+}
+
+pw_action pw_on_request_headers(pw_ctx *ctx, uint32_t num_headers, bool end_of_stream) {
+    (void)num_headers;
+    (void)end_of_stream;
+    policy *p = ctx->root->data;
+    if (!p) return PW_CONTINUE;
+    bool enforce = sampled(p, &p->enabled);
+    bool shadow = sampled(p, &p->shadow);
+    if (!enforce && !shadow) return PW_CONTINUE;
+
+    char *method = pw_get_header(PW_MAP_HTTP_REQUEST_HEADERS, ":method");
+    bool modify = is_modify_method(method);
+    free(method);
+    if (!modify) return PW_CONTINUE;
+
+    /* The source: Origin, else Referer. An opaque origin (`Origin: null`) counts as none and
+     * does not fall back to the Referer, as in Envoy 1.40. */
+    char *origin = pw_get_header(PW_MAP_HTTP_REQUEST_HEADERS, "origin");
+    char *referer = NULL;
+    const char *source = "";
+    size_t source_len = 0;
+    if (origin && strcmp(origin, "null") != 0 && origin[0]) {
+        host_and_port(origin, strlen(origin), &source, &source_len);
+    } else if (!origin || !origin[0]) {
+        referer = pw_get_header(PW_MAP_HTTP_REQUEST_HEADERS, "referer");
+        if (referer && referer[0]) host_and_port(referer, strlen(referer), &source, &source_len);
+    }
+
+    bool valid = false;
+    if (source_len == 0) {
+        pw_increment_metric(p->missing_source_origin, 1);
+    } else {
+        /* The target: host[:port] of <scheme>://<Host>, computed the same way. */
+        char *host = pw_get_header(PW_MAP_HTTP_REQUEST_HEADERS, ":authority");
+        char *scheme = pw_get_header(PW_MAP_HTTP_REQUEST_HEADERS, ":scheme");
+        if (host && host[0]) {
+            char url[MAX_HOST + 32];
+            int n = snprintf(url, sizeof url, "%s://%s", scheme && scheme[0] ? scheme : "http", host);
+            if (n > 0 && (size_t)n < sizeof url) {
+                const char *target;
+                size_t target_len;
+                host_and_port(url, (size_t)n, &target, &target_len);
+                valid = target_len == source_len && memcmp(target, source, source_len) == 0;
+            }
+        }
+        free(host);
+        free(scheme);
+        for (size_t i = 0; !valid && i < p->n_origins; i++) valid = matches(&p->origins[i], source, source_len);
+        pw_increment_metric(valid ? p->request_valid : p->request_invalid, 1);
+    }
+    free(origin);
+    free(referer);
+
+    if (valid || !enforce) return PW_CONTINUE; /* shadow mode: counted, not blocked */
+    static const char body[] = "Invalid origin";
+    pw_header headers[] = {PW_HEADER("content-type", "text/plain")};
+    pw_send_local_response(403, "csrf_origin_mismatch", body, sizeof body - 1, headers, 1, PW_GRPC_STATUS_NONE);
+    return PW_PAUSE;
+}
