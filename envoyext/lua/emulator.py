@@ -7,8 +7,17 @@ scenario's routes, each in its own LuaJIT state. `LuaStreamFilter` runs one stre
 Envoy's Lua filter does: envoy_on_request over the request, envoy_on_response over the response
 (local replies included), script errors counted and logged and the stream let through.
 
-The rest of the Lua filter proto (`source_codes`, `stat_prefix`, `clear_route_cache`) has no place
-in a scenario yet; `lua_config` takes it for tests and the Python API.
+The rest of the Lua filter proto (`source_codes`, `stat_prefix`, `clear_route_cache`) comes from
+`filter.yaml`'s `lua:` block as `Artifact.lua_options`; `lua_config` overrides it (tests, the Python
+API). Every named script gets the JSON config appended as the default one does, exactly as
+`envoyext.envoy.bootstrap.filter_config` inlines them for live Envoy.
+
+Lua states and workers: Envoy keeps one lua_State per script per worker (the live runner starts
+`--concurrency 2`), so globals a script keeps between streams are per worker, and which worker a
+connection lands on is the kernel's choice. The emulator keeps one state per script, as if every
+connection landed on the same worker: a script whose behaviour depends on globals carried across
+streams (caches, counters in Lua variables) can see fewer streams per state live than here. Stats
+(`handle:stats()`, errors, executions) are process-wide in Envoy and here.
 """
 
 from __future__ import annotations
@@ -18,8 +27,8 @@ from typing import Any
 
 from envoyext.artifact import Artifact, lua_code
 from envoyext.errors import UserError
-from envoyext.lua.host import Callouts, LuaScript
-from envoyext.runners.emulated import LocalReply, Stream
+from envoyext.lua.host import Callouts, LuaScript, StatsStore
+from envoyext.runners.emulated import DEFAULT_ROUTE_TIMEOUT_MS, LocalReply, Stream
 from envoyext.scenario import LogLine, Response, first
 
 # The HCM stat prefix of the bootstrap both runners use; the filter's stats live under
@@ -62,18 +71,20 @@ class LuaFilterHost:
                  source: str | None = None):
         self.env = env
         self.filter_name = artifact.filter_name
-        cfg = lua_config or {}
+        cfg = lua_config if lua_config is not None else (artifact.lua_options or {})
         stat_prefix = cfg.get("stat_prefix") or ""
         self.stat_prefix = f"http.{HCM_STAT_PREFIX}.lua." + (f"{stat_prefix}." if stat_prefix else "")
         self.clear_route_cache = cfg.get("clear_route_cache", True)
-        self.callouts = Callouts(self._has_cluster, self._call, lambda: env.clock.ns // 1000)
+        self.store = StatsStore(self.stat_prefix)
+        self.callouts = Callouts(self._has_cluster, self._call, lambda: env.clock.ns // 1000, self.store)
         self.logs: list[LogLine] = []
         self.scripts: list[LuaScript] = []
         path = Path(artifact.path)
         code = source if source is not None else path.read_text()
         self.default = self._load(lua_code(code, config), str(path))
         base = Path(getattr(env.scenario, "path", ".")).parent
-        self.named = {name: self._load(read_source(spec, base, f"config.source_codes.{name}"), name)
+        self.named = {name: self._load(lua_code(read_source(spec, base, f"config.source_codes.{name}"), config),
+                                       name)
                       for name, spec in (cfg.get("source_codes") or {}).items()}
         # LuaPerRoute per route, resolved (and inline sources loaded) at configuration time.
         self.per_route: dict[str, tuple[LuaScript | None, dict]] = {}
@@ -134,7 +145,15 @@ class LuaFilterHost:
             e, x = s.counters()
             errors += e
             executions += x
-        return {self.stat_prefix + "errors": errors, self.stat_prefix + "executions": executions}
+        out = self.store.values()
+        out[self.stat_prefix + "errors"] = errors
+        out[self.stat_prefix + "executions"] = executions
+        return out
+
+    def histograms(self) -> dict[str, list[float]]:
+        """Every value recorded so far in each `handle:stats():histogram()`, by admin /stats name
+        (a histogram created but never recorded into is listed with no values, as admin lists it)."""
+        return {k: list(v) for k, v in self.store.histograms.items()}
 
     def close(self) -> None:
         self.scripts.clear()
@@ -168,6 +187,7 @@ class LuaStreamFilter:
         self.script: LuaScript | None = None
         self.lstream = None
         self.resolved = False
+        self.drain = False
 
     def _setup(self, stream: Stream) -> None:
         if self.resolved:
@@ -178,10 +198,25 @@ class LuaStreamFilter:
 
     def stream_facts(self, script: LuaScript):
         """What streamInfo(), metadata() and connection() report, asked for once per stream."""
-        route, stream = self.route, self.stream
+        # The route as it is now: a cleared route cache is selected again (the script stays the one
+        # chosen when the request began, as Envoy keeps the filter's per-route config).
+        stream = self.stream
+        route = stream.route
         return ("HTTP/1.1", stream.downstream_local_address, stream.downstream_address, "",
                 route.name if route is not None else "", self.host.route_metadata(script, route),
                 script.to_lua(self.context) if self.context else None, None)
+
+    def request_headers(self) -> list[tuple[str, str]]:
+        """The request's headers as the router sent them (handle:requestHeaders() in the response
+        path): the router adds x-envoy-expected-rq-timeout-ms to the map itself (observed)."""
+        stream = self.stream
+        headers = list(stream.request_headers)
+        route = stream.route if stream.routed else None
+        if route is not None and route.direct_response is None:
+            timeout = route.timeout_ms if route.timeout_ms is not None else DEFAULT_ROUTE_TIMEOUT_MS
+            if timeout:
+                headers.append(("x-envoy-expected-rq-timeout-ms", str(timeout)))
+        return headers
 
     def _logs(self, res) -> None:
         if res.logs:
@@ -197,13 +232,14 @@ class LuaStreamFilter:
             return None
         self.lstream = res.stream
         self._logs(res)
+        self.drain = self.drain or res.drain
         if res.headers is not None:
             stream.request_headers = res.headers
         if res.body is not None:
             stream.request_body = res.body
         if res.trailers is not None:
             stream.request_trailers = res.trailers
-        if res.clear_route and self.host.clear_route_cache:
+        if res.clear_route == 2 or (res.clear_route and self.host.clear_route_cache):
             stream.clear_route_cache()
         if res.reply_status is not None:
             headers = [(k, v) for k, v in res.reply_headers if k != ":status"]
@@ -212,9 +248,21 @@ class LuaStreamFilter:
                 # sendLocalReply sets content-length itself; the emulated Envoy does the same.
                 headers = [(k, v) for k, v in headers if k != "content-length"]
             return LocalReply(res.reply_status, body, headers, details="lua_response")
+        if res.override_strict and stream.route is not None and stream.route.direct_response is None:
+            # setUpstreamOverrideHost(host, true): the router finds no such host in the test
+            # cluster (its one endpoint is on an ephemeral port no script can know) and answers.
+            stream.routed = True
+            return LocalReply(503, b"no healthy upstream", details="no_healthy_upstream")
         return None
 
     def encode(self, stream: Stream) -> None:
+        self._encode(stream)
+        if self.drain:
+            # drainConnectionUponCompletion(): the connection manager says so last, after every
+            # filter and after date/server (observed, local replies too).
+            stream.response_headers = list(stream.response_headers) + [("connection", "close")]
+
+    def _encode(self, stream: Stream) -> None:
         self._setup(stream)
         if self.script is None or not self.script.has_response:
             return
@@ -232,6 +280,7 @@ class LuaStreamFilter:
             return
         self.lstream = res.stream
         self._logs(res)
+        self.drain = self.drain or res.drain
         if res.headers is not None:
             headers = res.headers
         stream.response_headers = headers + tail if (tail or res.headers is not None) else stream.response_headers

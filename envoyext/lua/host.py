@@ -65,10 +65,11 @@ class Callouts:
     call(ctx, cluster, headers, body, timeout_ms, asynchronous) -> (status, headers, body)."""
 
     def __init__(self, has_cluster: Callable[[str], bool], call: Callable[..., tuple[int, list, bytes]],
-                 now_us: Callable[[], int]):
+                 now_us: Callable[[], int], stats: "StatsStore | None" = None):
         self.has_cluster = has_cluster
         self.call = call
         self.now_us = now_us
+        self.stats = stats if stats is not None else StatsStore("")
         self._keys: dict[int, Any] = {}
 
     # -- functions handed to Lua ------------------------------------------------------------------
@@ -145,6 +146,44 @@ class Callouts:
             return False
 
 
+class StatsStore:
+    """The filter's stats scope as Envoy's store keeps it, shared by every script of one filter:
+    names are `prefix + name` (admin /stats names). Counters and gauges are uint64 in Envoy: a
+    gauge taken below zero wraps (observed: 10 - 100 reads back as 2^64 - 90)."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.counters: dict[str, int] = {}
+        self.gauges: dict[str, int] = {}
+        self.histograms: dict[str, list[float]] = {}
+
+    def op(self, kind: int, name: str, amount: float):
+        """kind 1: counter add (0: create/read), 2: gauge add, 3: gauge set, 4: histogram record
+        (-1: create). Returns a counter's or gauge's value as Lua reads it (a double)."""
+        full = self.prefix + text(name)
+        n = int(amount)
+        if kind == 1:
+            v = self.counters[full] = self.counters.get(full, 0) + n
+            return float(v)
+        if kind == 2:
+            v = self.gauges[full] = (self.gauges.get(full, 0) + n) % 2**64
+            return float(v)
+        if kind == 3:
+            self.gauges[full] = n
+            return float(n)
+        values = self.histograms.setdefault(full, [])
+        if n >= 0:
+            values.append(float(n))
+        return None
+
+    def values(self) -> dict[str, int]:
+        """Counters and gauges as admin /stats lists them: one entry per name, a histogram's name
+        hiding a counter's and a counter's a gauge's (observed)."""
+        out = {k: v for k, v in self.gauges.items() if k not in self.histograms}
+        out.update((k, v) for k, v in self.counters.items() if k not in self.histograms)
+        return out
+
+
 class ScriptLoadError(BuildError):
     """Envoy rejects the configuration: 'script load error: <Lua message>'."""
 
@@ -165,7 +204,8 @@ class LuaScript:
             "has_cluster": c.has_cluster, "http_call": c.http_call, "local_address": ASYNC_CLIENT_ADDRESS,
             "b64encode": c.b64encode, "b64decode": c.b64decode, "now_us": c.now_us,
             "import_public_key": c.import_public_key, "verify_signature": c.verify_signature,
-            "is_ip_authority": c.is_ip_authority,
+            "is_ip_authority": c.is_ip_authority, "stat": c.stats.op,
+            "request_headers": lambda ctx: headers_blob(ctx.request_headers()),
             "stream_facts": lambda ctx: ctx.stream_facts(self)}))
         err = rt.load(wire(code), g)
         if err is not None:
@@ -217,7 +257,7 @@ class LuaScript:
 class RunResult:
     """What one direction changed. Each field is None when unchanged."""
     __slots__ = ("stream", "headers", "body", "trailers", "reply_status", "reply_headers", "reply_body",
-                 "clear_route", "logs")
+                 "clear_route", "logs", "drain", "override_strict")
 
     def __init__(self, stream, headers, body, clear_route, extra):
         self.stream = stream
@@ -226,8 +266,11 @@ class RunResult:
         self.clear_route = clear_route
         if extra is False:
             self.trailers = self.reply_status = self.reply_body = None
-            self.reply_headers, self.logs = [], []
+            self.reply_headers, self.logs, self.drain = [], [], False
+            self.override_strict = False
             return
+        self.drain = bool(extra["drain"])
+        self.override_strict = bool(extra["override_strict"])
         t, status, rbody = extra["trailers"], extra["reply_status"], extra["reply_body"]
         self.trailers = headers_from_blob(t) if t is not None else None
         self.reply_status = int(status) if status is not None else None

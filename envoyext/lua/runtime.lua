@@ -63,8 +63,17 @@ local function typename(n, i, v)
   return type(v)
 end
 
-local function argerr(i, expected, fname, n, v)
-  return sformat("bad argument #%d to '%s' (%s expected, got %s)", i, fname, expected, typename(n, i, v))
+-- As luaL_argerror words it: the argument counts self unless the call was a method call, and the
+-- function is named as its call site names it ('?' for a tail call, observed on 1.40). `level` is
+-- the stack level of the API method as seen from here (2: it called argerr itself).
+local getinfo = debug.getinfo
+local function argerr(i, expected, fname, n, v, level)
+  local msg_i, name = i, fname
+  local ar = getinfo(level or 2, "n")
+  if ar and ar.namewhat ~= "method" then
+    msg_i, name = i + 1, ar.name or "?"
+  end
+  return sformat("bad argument #%d to '%s' (%s expected, got %s)", msg_i, name, expected, typename(n, i, v))
 end
 
 -- lua_isstring: strings and numbers; numbers are converted as lua_tolstring does ("%.14g").
@@ -92,13 +101,32 @@ end
 
 local DEAD = "object used outside of proper scope"
 
+-- Envoy checks a method's receiver with luaL_checkudata under typeid(T).name(): the Itanium-mangled
+-- C++ class name is what a wrong receiver's argument error names (observed on 1.40).
+local function mangled(ns, class)
+  local out = {"N"}
+  for part in (ns .. "::" .. class):gmatch("[^:]+") do out[#out + 1] = #part .. part end
+  return concat(out) .. "E"
+end
+local HTTP_NS, COMMON_NS = "Envoy::Extensions::HttpFilters::Lua", "Envoy::Extensions::Filters::Common::Lua"
+local KIND = {
+  HeaderMap = mangled(HTTP_NS, "HeaderMapWrapper"), StreamInfo = mangled(HTTP_NS, "StreamInfoWrapper"),
+  FilterState = mangled(HTTP_NS, "FilterStateWrapper"), DynamicMetadata = mangled(HTTP_NS, "DynamicMetadataMapWrapper"),
+  PublicKey = mangled(HTTP_NS, "PublicKeyWrapper"), StreamHandle = mangled(HTTP_NS, "StreamHandleWrapper"),
+  Buffer = mangled(COMMON_NS, "BufferWrapper"), Metadata = mangled(COMMON_NS, "MetadataMapWrapper"),
+  Connection = mangled(COMMON_NS, "ConnectionWrapper"), SslConnection = mangled(COMMON_NS, "SslConnectionWrapper"),
+  ParsedX509Name = mangled(COMMON_NS, "ParsedX509NameWrapper"),
+  ConnectionDynamicMetadataMapWrapper = mangled(HTTP_NS, "ConnectionDynamicMetadataMapWrapper"),
+}
+M.KIND = KIND
+
 -- Envoy's thunk uses luaL_checkudata on the receiver: a wrong receiver (h.headers() instead of
 -- h:headers()) is an argument error naming the C++ type. Ours names the Lua-side kind.
 local function self_state(self, kind, fname)
   local st = STATE[self]
   if st == nil then
     if type(self) == "userdata" then error(DEAD, 3) end
-    error(sformat("bad argument #1 to '%s' (%s expected, got %s)", fname, kind, type(self)), 3)
+    error(sformat("bad argument #1 to '%s' (%s expected, got %s)", fname, KIND[kind] or kind, self == nil and "no value" or type(self)), 3)
   end
   if not st.scope.live then error(DEAD, 3) end
   return st
@@ -311,7 +339,7 @@ local function header_pairs(self)
   local st = STATE[self]
   if st == nil and type(self) == "userdata" then error(DEAD, 2) end
   -- Reached through pairs() by a tail call, so level 2 is the user's line.
-  if st == nil then error("bad argument #1 to '__pairs' (HeaderMap expected, got " .. type(self) .. ")", 2) end
+  if st == nil then error("bad argument #1 to '__pairs' (" .. KIND.HeaderMap .. " expected, got " .. type(self) .. ")", 2) end
   if not st.scope.live then error(DEAD, 2) end
   if st.iterating then error("cannot create a second iterator before completing the first", 2) end
   -- Envoy snapshots the entries when the iterator is created.
@@ -624,27 +652,93 @@ function StreamInfo.downstreamSslConnection(self)
   return st.ssl
 end
 
+-- Filter state: per stream, shared by both directions. set() builds the object through the
+-- named ObjectFactory; the factories the emulator knows keep the bytes and serialize them back
+-- unchanged (observed on 1.40 for both). get(name, field): no value for these (no fields).
+local FILTER_STATE_FACTORIES = {["envoy.string"] = true, ["envoy.network.upstream_server_name"] = true}
 local FilterState = {}
 function FilterState.get(self, ...)
   local st = self_state(self, "FilterState", "get")
   local n, name = select("#", ...), ...
   if type(name) ~= "string" and type(name) ~= "number" then error(argerr(1, "string", "get", n, name), 2) end
-  return nil
+  local v = st.handle.stream.fs[tostr(name)]
+  if v == nil or select("#", ...) >= 2 then return end
+  return v
+end
+function FilterState.set(self, ...)
+  local st = self_state(self, "FilterState", "set")
+  local n, key, factory, value = select("#", ...), ...
+  if type(key) ~= "string" and type(key) ~= "number" then error(argerr(1, "string", "set", n, key), 2) end
+  if type(factory) ~= "string" and type(factory) ~= "number" then error(argerr(2, "string", "set", n, factory), 2) end
+  if type(value) ~= "string" and type(value) ~= "number" then error(argerr(3, "string", "set", n, value), 2) end
+  factory = tostr(factory)
+  if not FILTER_STATE_FACTORIES[factory] then error("'" .. factory .. "' does not have an object factory", 2) end
+  st.handle.stream.fs[tostr(key)] = tostr(value)
 end
 local new_filter_state = class(FilterState)
 
 function StreamInfo.filterState(self)
   local st = self_state(self, "StreamInfo", "filterState")
-  st.fs = st.fs or new_filter_state({scope = st.scope})
+  st.fs = st.fs or new_filter_state({scope = st.scope, handle = st.handle})
   return st.fs
 end
 
+-- The connection manager closes the connection after this stream and says so with
+-- `connection: close`, from either direction (observed on 1.40).
 function StreamInfo.drainConnectionUponCompletion(self)
   local st = self_state(self, "StreamInfo", "drainConnectionUponCompletion")
   st.handle.stream.drain = true
 end
 
 local new_stream_info = class(StreamInfo)
+
+-- The connection's stream info (handle:connectionStreamInfo()): dynamic metadata to read (get and
+-- pairs; no set) and typed metadata. Nothing in this bootstrap writes either: always empty.
+local EMPTY = {}
+local ConnectionDynamicMetadata = {}
+function ConnectionDynamicMetadata.get(self, ...)
+  self_state(self, "ConnectionDynamicMetadataMapWrapper", "get")
+  local n, ns = select("#", ...), ...
+  if type(ns) ~= "string" and type(ns) ~= "number" then error(argerr(1, "string", "get", n, ns), 2) end
+end
+local function empty_pairs(self)
+  local st = STATE[self]
+  if st == nil or not st.scope.live then error(DEAD, 2) end
+  return function() return nil end
+end
+local new_connection_dynamic_metadata = class(ConnectionDynamicMetadata, {__pairs = empty_pairs})
+
+local ConnectionStreamInfo = {}
+function ConnectionStreamInfo.dynamicMetadata(self)
+  local st = self_state(self, "N5Envoy10Extensions11HttpFilters3Lua27ConnectionStreamInfoWrapperE", "dynamicMetadata")
+  st.dm = st.dm or new_connection_dynamic_metadata({scope = st.scope})
+  return st.dm
+end
+function ConnectionStreamInfo.dynamicTypedMetadata(self, ...)
+  self_state(self, "N5Envoy10Extensions11HttpFilters3Lua27ConnectionStreamInfoWrapperE", "dynamicTypedMetadata")
+  local n, name = select("#", ...), ...
+  if type(name) ~= "string" and type(name) ~= "number" then error(argerr(1, "string", "dynamicTypedMetadata", n, name), 2) end
+  return nil
+end
+local new_connection_stream_info = class(ConnectionStreamInfo)
+
+-- handle:virtualHost() / handle:route(): objects whose metadata() reads filter_metadata under the
+-- filter's name. The bootstrap gives the virtual host none; the route's is the scenario's.
+local VirtualHost = {}
+function VirtualHost.metadata(self)
+  local st = self_state(self, "N5Envoy10Extensions11HttpFilters3Lua18VirtualHostWrapperE", "metadata")
+  st.md = st.md or new_metadata({scope = st.scope, fields = EMPTY})
+  return st.md
+end
+local new_virtual_host = class(VirtualHost)
+
+local Route = {}
+function Route.metadata(self)
+  local st = self_state(self, "N5Envoy10Extensions11HttpFilters3Lua12RouteWrapperE", "metadata")
+  st.md = st.md or new_metadata({scope = st.scope, fields = facts(st.handle.stream).route_metadata})
+  return st.md
+end
+local new_route = class(Route)
 
 ---------------------------------------------------------------------------------------------------
 -- PublicKey object
@@ -672,7 +766,7 @@ local function handle_state(self, fname)
   local h = STATE[self]
   if h == nil then
     if type(self) == "userdata" then error(DEAD, 3) end
-    error(sformat("bad argument #1 to '%s' (StreamHandle expected, got %s)", fname, type(self)), 3)
+    error(sformat("bad argument #1 to '%s' (%s expected, got %s)", fname, KIND.StreamHandle, self == nil and "no value" or type(self)), 3)
   end
   if not h.live then error(DEAD, 3) end
   return h
@@ -976,7 +1070,7 @@ end
 
 local function resolution(h, n, unit, fname)
   if unit ~= nil and type(unit) ~= "string" and type(unit) ~= "number" then
-    error(argerr(1, "string", fname, n, unit), 3)
+    error(argerr(1, "string", fname, n, unit, 3), 3)
   end
   unit = unit == nil and "" or tostr(unit)
   if unit == "" then return 0 end
@@ -1040,9 +1134,204 @@ function Handle.verifySignature(self, ...)
   return false, msg
 end
 
+-- handle:requestHeaders(): the request's header map from either direction (Envoy 1.40; main calls
+-- it downstreamRequestHeaders). A wrapper of its own (not headers()'s), always modifiable, and a
+-- change through it never clears the route cache (observed). From the request path it is the map
+-- headers() changes; a change after the headers went on still reaches an upstream whose connection
+-- was not yet open when they did (as the emulated router always is). From the response path it is
+-- the request as the router sent it; changes there reach nothing.
+function Handle.requestHeaders(self)
+  local h = handle_state(self, "requestHeaders")
+  local c = h.cache.request_headers
+  if c then return c end
+  local store
+  if h.which == "request" then
+    store = h.hs
+    c = new_headermap({store = store, scope = h.scope, modifiable = function()
+      if h.headers_continued then h.late_headers = true end
+      return true
+    end})
+  else
+    local stream = h.stream
+    stream.request_store = stream.request_store or store_from_blob(HOST.request_headers(stream.ctx), INLINE_REQUEST)
+    c = new_headermap({store = stream.request_store, scope = h.scope, modifiable = function() return true end})
+  end
+  h.cache.request_headers = c
+  return c
+end
+
+function Handle.virtualHost(self)
+  local h = handle_state(self, "virtualHost")
+  local c = h.cache.virtual_host
+  if c == nil then
+    c = new_virtual_host({scope = h.scope})
+    h.cache.virtual_host = c
+  end
+  return c
+end
+
+function Handle.route(self)
+  local h = handle_state(self, "route")
+  local c = h.cache.route
+  if c == nil then
+    c = new_route({scope = h.scope, handle = h})
+    h.cache.route = c
+  end
+  return c
+end
+
+function Handle.connectionStreamInfo(self)
+  local h = handle_state(self, "connectionStreamInfo")
+  local c = h.cache.connection_stream_info
+  if c == nil then
+    c = new_connection_stream_info({scope = h.scope})
+    h.cache.connection_stream_info = c
+  end
+  return c
+end
+
+---------------------------------------------------------------------------------------------------
+-- handle:stats(): counters, gauges and histograms in the filter's stats scope
+-- (http.<hcm prefix>.lua.[<stat_prefix>.]<name>). The values live in the host, shared by every
+-- script of the filter as Envoy's stats store is. These objects are not tied to a coroutine: they
+-- survive yields and streams (observed). Amounts go through luaL_checkinteger: numeric strings are
+-- accepted, fractions truncated, and anything at or past 2^63 wraps negative.
+
+local STAT = setmetatable({}, {__mode = "k"})
+local function stat_class(methods)
+  local proto = newproxy(true)
+  getmetatable(proto).__index = methods
+  return function(st)
+    local p = newproxy(proto)
+    STAT[p] = st
+    return p
+  end
+end
+
+local STAT_KIND = {
+  scope = mangled(HTTP_NS, "StatsScopeWrapper"), counter = mangled(HTTP_NS, "CounterWrapper"),
+  gauge = mangled(HTTP_NS, "GaugeWrapper"), histogram = mangled(HTTP_NS, "HistogramWrapper"),
+}
+
+local function stat_self(self, kind, fname)
+  local st = STAT[self]
+  if st == nil or st.kind ~= kind then
+    error(sformat("bad argument #1 to '%s' (%s expected, got %s)", fname, STAT_KIND[kind],
+                  self == nil and "no value" or type(self)), 3)
+  end
+  return st
+end
+
+local TWO63 = 9223372036854775808
+local function stat_amount(n, i, v, fname)
+  local x = tonumber(v)
+  if x == nil then error(argerr(i, "number", fname, n, v, 3), 3) end
+  if x ~= x or x >= TWO63 or x < -TWO63 then return -1 end
+  return x >= 0 and floor(x) or -floor(-x)
+end
+
+local Counter, Gauge, Histogram, StatsScope = {}, {}, {}, {}
+local new_counter, new_gauge, new_histogram = stat_class(Counter), stat_class(Gauge), stat_class(Histogram)
+
+function Counter.inc(self)
+  local st = stat_self(self, "counter", "inc")
+  HOST.stat(1, st.name, 1)
+end
+function Counter.add(self, ...)
+  local st = stat_self(self, "counter", "add")
+  local x = stat_amount(select("#", ...), 1, ..., "add")
+  if x < 0 then error("counter add amount must be non-negative", 2) end
+  HOST.stat(1, st.name, x)
+end
+function Counter.value(self)
+  local st = stat_self(self, "counter", "value")
+  return HOST.stat(1, st.name, 0)
+end
+
+local function gauge_op(fname, sign, what)
+  return function(self, ...)
+    local st = stat_self(self, "gauge", fname)
+    local x = stat_amount(select("#", ...), 1, ..., fname)
+    if x < 0 then error("gauge " .. fname .. " " .. what .. " must be non-negative", 2) end
+    HOST.stat(2, st.name, sign * x)
+  end
+end
+Gauge.add = gauge_op("add", 1, "amount")
+Gauge.sub = gauge_op("sub", -1, "amount")
+function Gauge.inc(self)
+  local st = stat_self(self, "gauge", "inc")
+  HOST.stat(2, st.name, 1)
+end
+function Gauge.dec(self)
+  local st = stat_self(self, "gauge", "dec")
+  HOST.stat(2, st.name, -1)
+end
+function Gauge.set(self, ...)
+  local st = stat_self(self, "gauge", "set")
+  local x = stat_amount(select("#", ...), 1, ..., "set")
+  if x < 0 then error("gauge set value must be non-negative", 2) end
+  HOST.stat(3, st.name, x)
+end
+function Gauge.value(self)
+  local st = stat_self(self, "gauge", "value")
+  return HOST.stat(2, st.name, 0)
+end
+
+function Histogram.recordValue(self, ...)
+  local st = stat_self(self, "histogram", "recordValue")
+  local x = stat_amount(select("#", ...), 1, ..., "recordValue")
+  if x < 0 then error("histogram value must be non-negative", 2) end
+  HOST.stat(4, st.name, x)
+end
+
+local HISTOGRAM_UNITS = {ms = true, milliseconds = true, microseconds = true, nanoseconds = true, bytes = true,
+                         unspecified = true}
+
+local function stat_name(n, name, fname)
+  if type(name) ~= "string" and type(name) ~= "number" then error(argerr(1, "string", fname, n, name, 3), 3) end
+  return tostr(name)
+end
+
+function StatsScope.counter(self, ...)
+  stat_self(self, "scope", "counter")
+  local name = stat_name(select("#", ...), ..., "counter")
+  HOST.stat(1, name, 0)
+  return new_counter({kind = "counter", name = name})
+end
+function StatsScope.gauge(self, ...)
+  stat_self(self, "scope", "gauge")
+  local name = stat_name(select("#", ...), ..., "gauge")
+  HOST.stat(2, name, 0)
+  return new_gauge({kind = "gauge", name = name})
+end
+function StatsScope.histogram(self, ...)
+  stat_self(self, "scope", "histogram")
+  local n, name, unit = select("#", ...), ...
+  name = stat_name(n, name, "histogram")
+  if unit ~= nil then
+    if type(unit) ~= "string" and type(unit) ~= "number" then error(argerr(2, "string", "histogram", n, unit), 2) end
+    unit = tostr(unit)
+    if not HISTOGRAM_UNITS[unit] then
+      error("invalid histogram unit '" .. unit .. "', expected 'ms', 'milliseconds', 'microseconds', " ..
+            "'nanoseconds', 'bytes', or 'unspecified'", 2)
+    end
+  end
+  HOST.stat(4, name, -1)
+  return new_histogram({kind = "histogram", name = name})
+end
+
+local STATS_SCOPE
+function Handle.stats(self)
+  handle_state(self, "stats")
+  STATS_SCOPE = STATS_SCOPE or stat_class(StatsScope)({kind = "scope"})
+  return STATS_SCOPE
+end
+
+-- Explicit, so it clears whatever the filter's clear_route_cache says (that one governs only the
+-- clearing that header changes do).
 function Handle.clearRouteCache(self)
   local h = handle_state(self, "clearRouteCache")
-  if h.which == "request" then h.clear_route = true end
+  if h.which == "request" then h.clear_route_explicit = true end
 end
 
 function Handle.setUpstreamOverrideHost(self, ...)
@@ -1051,6 +1340,8 @@ function Handle.setUpstreamOverrideHost(self, ...)
   if type(host) ~= "string" and type(host) ~= "number" then error(argerr(1, "string", "setUpstreamOverrideHost", n, host), 2) end
   if not HOST.is_ip_authority(tostr(host)) then error("host is not a valid IP address", 2) end
   if n >= 2 and type(strict) ~= "boolean" then error(argerr(2, "boolean", "setUpstreamOverrideHost", n, strict), 2) end
+  -- Observable only when strict: no test cluster has the host, so the router answers 503.
+  if h.which == "request" and strict == true then h.stream.override_strict = true end
 end
 
 local new_handle = class(Handle)
@@ -1151,7 +1442,7 @@ end
 function M.run(fname, ctx, stream, hblob, body, tblob, split)
   local fn = M.functions[fname]
   if fn == nil then return nil end
-  if stream == nil then stream = {ctx = ctx, dyn = {}, facts = false} end
+  if stream == nil then stream = {ctx = ctx, dyn = {}, fs = {}, facts = false} end
   local which = fname == "envoy_on_request" and "request" or "response"
   local h = {
     which = which, ctx = ctx, stream = stream,
@@ -1219,6 +1510,7 @@ function M.run(fname, ctx, stream, hblob, body, tblob, split)
   end
 
   if not h.headers_continued then continue_headers(h) end
+  if h.late_headers then h.sent_headers = store_blob(h.hs) end
   local body_out = body
   if body ~= nil or h.body ~= nil then
     body_out = concat(passed) .. (h.body or "")
@@ -1230,13 +1522,19 @@ function M.run(fname, ctx, stream, hblob, body, tblob, split)
   local reply = h.state == RESPONDED and h.reply or nil
   local extra = false
   local tdirty = trailers and trailers.dirty
-  if reply or tdirty or NLOGS > 0 then
-    extra = {trailers = tdirty and store_blob(trailers) or nil, logs = M.take_logs()}
+  local drain, strict = stream.drain, stream.override_strict
+  if reply or tdirty or NLOGS > 0 or drain or strict then
+    extra = {trailers = tdirty and store_blob(trailers) or nil, logs = M.take_logs(), drain = drain,
+             override_strict = strict}
     if reply then
       extra.reply_status, extra.reply_headers, extra.reply_body = reply.status, store_blob(reply.headers), reply.body
     end
   end
-  return stream, h.sent_headers, body_out ~= body and body_out or false, h.clear_route or false, extra
+  -- clear_route: 2 when the script asked for it, true when header changes did, else false. Either
+  -- way the stream facts (route name, metadata) are fetched again when next asked.
+  local clear = h.clear_route_explicit and 2 or h.clear_route or false
+  if clear then stream.facts = false end
+  return stream, h.sent_headers, body_out ~= body and body_out or false, clear, extra
 end
 
 function M.take_logs()
