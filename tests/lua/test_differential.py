@@ -11,13 +11,14 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+import yaml
 
 from envoyext.artifact import Artifact
 from envoyext.runners import emulated, live
 from envoyext.scenario import check, compare, load
 
 SCENARIOS = Path(__file__).parent / "scenarios"
-FILES = sorted(SCENARIOS.glob("*.yaml"))
+FILES = sorted(f for f in SCENARIOS.glob("*.yaml") if not f.name.endswith(".options.yaml"))
 
 
 def cases():
@@ -27,7 +28,16 @@ def cases():
 
 
 def artifact(path: Path) -> Artifact:
-    return Artifact("lua", path.with_suffix(".lua"), "envoyext.lua")
+    """`<name>.lua`, with the filter.yaml `lua:` block from `<name>.options.yaml` when there is one
+    (source_codes files relative to it, made absolute as the project loader makes them)."""
+    options = None
+    sidecar = path.with_suffix(".options.yaml")
+    if sidecar.exists():
+        options = yaml.safe_load(sidecar.read_text())
+        if "source_codes" in options:
+            options["source_codes"] = {name: {"filename": str((path.parent / file).resolve())}
+                                       for name, file in options["source_codes"].items()}
+    return Artifact("lua", path.with_suffix(".lua"), "envoyext.lua", lua_options=options)
 
 
 @cache

@@ -130,3 +130,57 @@ end
     assert (r.status, r.body, r.header("www-authenticate"), r.header("x-status-seen")) == \
         (401, b"who are you", "Bearer", "401")
     assert r.upstream == [] and r.logs == []
+
+
+def test_stats_counters_gauges_and_histograms_by_admin_name():
+    code = """
+function envoy_on_request(h)
+  local s = h:stats()
+  s:counter("hits"):add(2)
+  s:gauge("level"):set(7)
+  s:histogram("latency", "ms"):recordValue(42)
+  s:histogram("latency"):recordValue(3.9)
+  s:histogram("unused")
+end
+"""
+    with LuaFilter(code=code, lua_config={"stat_prefix": "p"}) as f:
+        r = f.request()
+        assert r.stats == {"http.ingress_http.lua.p.hits": 2, "http.ingress_http.lua.p.level": 7,
+                           "http.ingress_http.lua.p.executions": 1}
+        f.request()
+        # Every recorded value, truncated to an integer as luaL_checkinteger does (seen on 1.40).
+        assert f.host.histograms() == {"http.ingress_http.lua.p.latency": [42.0, 3.0, 42.0, 3.0],
+                                       "http.ingress_http.lua.p.unused": []}
+        assert f.stats()["http.ingress_http.lua.p.hits"] == 4
+
+
+def test_stats_are_shared_by_every_script_of_the_filter():
+    routes = [{"name": "a", "match": {"prefix": "/a"}, "per_filter_config": {"name": "alpha"}},
+              {"name": "d", "match": {"prefix": "/"}}]
+    counting = 'function envoy_on_request(h) local c = h:stats():counter("n"); c:inc(); h:headers():add("x-n", c:value()) end'
+    with LuaFilter(code=counting, routes=routes,
+                   lua_config={"source_codes": {"alpha": {"inline_string": counting}}}) as f:
+        assert f.request(path="/a").upstream_header("x-n") == "1"
+        assert f.request(path="/b").upstream_header("x-n") == "2"
+
+
+def test_lua_options_come_from_the_artifact_and_named_scripts_get_the_config(tmp_path):
+    from envoyext.artifact import Artifact
+    from envoyext.lua.emulator import LuaFilterHost
+    from envoyext.runners.emulated import EmulatedEnvoy
+    from envoyext.scenario import Case, Request, from_dict
+    (tmp_path / "f.lua").write_text('function envoy_on_request(h) h:headers():add("x-s", "default") end\n')
+    (tmp_path / "n.lua").write_text('function envoy_on_request(h) h:headers():add("x-s", envoyext_config.v) end')
+    scenario = from_dict({"cases": [], "routes": [{"name": "n", "match": {"prefix": "/"},
+                                                   "per_filter_config": {"name": "named"}}]}, tmp_path / "s.yaml")
+    options = {"stat_prefix": "opt", "clear_route_cache": False,
+               "source_codes": {"named": {"filename": str(tmp_path / "n.lua")}}}
+    env = EmulatedEnvoy(scenario)
+    host = LuaFilterHost(Artifact("lua", tmp_path / "f.lua", "f", lua_options=options), {"v": "cfg"}, env)
+    try:
+        env.request(host, Case("c", Request(), {}))
+        assert ("x-s", "cfg") in env.take_received()["upstream"][0].headers
+        assert host.stats()["http.ingress_http.lua.opt.executions"] == 1
+        assert host.clear_route_cache is False
+    finally:
+        host.close()
