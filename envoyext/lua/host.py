@@ -49,8 +49,8 @@ def headers_from_blob(blob: str | None) -> list[tuple[str, str]]:
         return []
     if not blob.isascii():
         blob = blob.encode("latin-1").decode("utf-8", "replace")
-    parts = blob.split("\0")
-    return list(zip(parts[::2], parts[1::2]))
+    it = iter(blob.split("\0"))
+    return list(zip(it, it))
 
 
 def logs_from_blob(blob: str | None) -> list[tuple[str, str]]:
@@ -251,7 +251,7 @@ class LuaScript:
                         None if trailers is None else headers_blob(trailers), split)
         if res is None:
             return None
-        return RunResult(*res)
+        return RunResult(headers, *res)
 
 
 class RunResult:
@@ -259,9 +259,14 @@ class RunResult:
     __slots__ = ("stream", "headers", "body", "trailers", "reply_status", "reply_headers", "reply_body",
                  "clear_route", "logs", "drain", "override_strict")
 
-    def __init__(self, stream, headers, body, clear_route, extra):
+    def __init__(self, sent, stream, headers, body, clear_route, extra):
         self.stream = stream
-        self.headers = headers_from_blob(headers) if headers is not False else None
+        if headers is False:
+            self.headers = None
+        elif headers[:1] == "\x01":  # only appended: the new entries after what was sent
+            self.headers = list(sent) + headers_from_blob(headers[1:])
+        else:
+            self.headers = headers_from_blob(headers)
         self.body = body.encode("latin-1") if body is not False else None
         self.clear_route = clear_route
         if extra is False:

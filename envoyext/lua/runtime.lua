@@ -149,19 +149,22 @@ local INLINE_RESPONSE_TRAILERS = set_of("grpc-message,grpc-status")
 local INLINE_NONE = {}
 M.INLINE = {request = INLINE_REQUEST, response = INLINE_RESPONSE}
 
--- store: {k = {...}, v = {...}, n = count, inline = set, dirty = bool}
+-- store: {k = {...}, v = {...}, n = count, inline = set, dirty = bool, base = entries it came with,
+-- pure = nothing but appends since}. A pure store goes back as its new entries only (most scripts
+-- only add headers), which the host appends to the list it sent.
 local function store_new(inline)
-  return {k = {}, v = {}, n = 0, inline = inline, dirty = false}
+  return {k = {}, v = {}, n = 0, inline = inline, dirty = false, base = 0, pure = true}
 end
 
 local function store_add(s, key, value)
   local k, v, n = s.k, s.v, s.n
   if s.inline[key] then
     for i = 1, n do
-      if k[i] == key then v[i] = v[i] .. "," .. value; return end
+      if k[i] == key then v[i] = v[i] .. "," .. value; s.pure = false; return end
     end
   end
   if ssub(key, 1, 1) == ":" then
+    s.pure = false
     -- Pseudo-headers stay in front of regular ones.
     local pos = 1
     while pos <= n and ssub(k[pos], 1, 1) == ":" do pos = pos + 1 end
@@ -175,6 +178,7 @@ end
 
 local function store_remove(s, key)
   local k, v, n = s.k, s.v, s.n
+  s.pure = false
   local j = 0
   for i = 1, n do
     if k[i] ~= key then
@@ -190,7 +194,7 @@ end
 local function store_set(s, key, value)
   local k = s.k
   for i = 1, s.n do
-    if k[i] == key then s.v[i] = value; return end
+    if k[i] == key then s.v[i] = value; s.pure = false; return end
   end
   store_add(s, key, value)
 end
@@ -209,7 +213,7 @@ local function store_from_blob(blob, inline)
     if not b then break end
     pos = b + 1
   end
-  s.n = n
+  s.n, s.base = n, n
   return s
 end
 
@@ -220,6 +224,16 @@ local function store_blob(s)
     parts[2 * i] = v[i]
   end
   return concat(parts, "\0")
+end
+
+-- What goes back to the host for a changed store: "\1" .. the appended entries, or everything.
+local function store_out(s)
+  if not s.pure then return store_blob(s) end
+  local parts, k, v, j = {}, s.k, s.v, 0
+  for i = s.base + 1, s.n do
+    parts[j + 1], parts[j + 2], j = k[i], v[i], j + 2
+  end
+  return "\1" .. concat(parts, "\0")
 end
 
 local function store_first(s, key)
@@ -1388,7 +1402,7 @@ local function continue_headers(h)
     h.headers_continued = true
     -- What goes on to the next filter is the map as it is now; setBytes() can still change
     -- content-length later, but those headers have left.
-    h.sent_headers = h.hs.dirty and store_blob(h.hs) or false
+    h.sent_headers = h.hs.dirty and store_out(h.hs) or false
   end
 end
 
@@ -1510,7 +1524,7 @@ function M.run(fname, ctx, stream, hblob, body, tblob, split)
   end
 
   if not h.headers_continued then continue_headers(h) end
-  if h.late_headers then h.sent_headers = store_blob(h.hs) end
+  if h.late_headers then h.sent_headers = store_out(h.hs) end
   local body_out = body
   if body ~= nil or h.body ~= nil then
     body_out = concat(passed) .. (h.body or "")

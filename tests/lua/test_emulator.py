@@ -184,3 +184,19 @@ def test_lua_options_come_from_the_artifact_and_named_scripts_get_the_config(tmp
         assert host.clear_route_cache is False
     finally:
         host.close()
+
+
+@pytest.mark.parametrize("body,expected", [
+    # only appends: the host appends the new entries to what it sent
+    ('h:headers():add("x-a", "1"); h:headers():add("x-b", "2")', [("x-a", "1"), ("x-b", "2")]),
+    # an inline header merges into the existing entry; a replace moves it to the end
+    ('h:headers():add("x-a", "1"); h:headers():add("accept", "b")', [("x-a", "1")]),
+    ('h:headers():replace("x-keep", "v2"); h:headers():add("x-a", "1")', [("x-keep", "v2"), ("x-a", "1")]),
+])
+def test_changed_request_headers_reach_the_upstream(body, expected):
+    with LuaFilter(code=f"function envoy_on_request(h) {body} end") as f:
+        r = f.request(headers={"x-keep": "v1", "accept": "a"})
+    got = [(k, v) for k, v in r.upstream[-1].headers if k.startswith("x-a") or k in ("x-b", "x-keep")]
+    assert got[-len(expected):] == expected
+    if "accept" in body:
+        assert ("accept", "a,b") in r.upstream[-1].headers
