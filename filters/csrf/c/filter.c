@@ -8,7 +8,6 @@
  * Envoy's CsrfPolicy JSON (../schema.json); the counters are Envoy's (csrf.missing_source_origin,
  * csrf.request_invalid, csrf.request_valid), under Envoy's `wasmcustom.` namespace for Wasm.
  */
-#include <stdio.h>
 #include <string.h>
 
 #include "proxy_wasm.h"
@@ -70,7 +69,7 @@ static void lower(char *s, size_t n) {
         if (s[i] >= 'A' && s[i] <= 'Z') s[i] = (char)(s[i] + 32);
 }
 
-static bool parse_matcher(pw_json m, matcher *out, size_t index) {
+static bool parse_matcher(pw_json m, matcher *out) {
     static const struct { const char *key; matcher_kind kind; } kinds[] = {
         {"exact", M_EXACT}, {"prefix", M_PREFIX}, {"suffix", M_SUFFIX}, {"contains", M_CONTAINS}};
     pw_json v;
@@ -87,13 +86,20 @@ static bool parse_matcher(pw_json m, matcher *out, size_t index) {
     }
     char *regex = pw_json_get_string(m, "safe_regex.regex");
     if (!regex) {
-        pw_logf(PW_LOG_ERROR, "csrf: additional_origins[%zu] needs exact, prefix, suffix, contains or safe_regex", index);
+        pw_log(PW_LOG_ERROR, "csrf: an additional_origins entry needs exact, prefix, suffix, contains or safe_regex");
         return false;
     }
-    char err[128];
+    char err[96], line[512];
     out->kind = M_REGEX;
     bool ok = re_compile(regex, strlen(regex), &out->re, err, sizeof err);
-    if (!ok) pw_logf(PW_LOG_ERROR, "csrf: additional_origins[%zu].safe_regex %s: %s", index, regex, err);
+    if (!ok) {
+        /* No printf: it would double the module's size for one error message. */
+        size_t n = 0;
+        const char *parts[] = {"csrf: additional_origins safe_regex \"", regex, "\": ", err};
+        for (size_t i = 0; i < 4; i++)
+            for (const char *c = parts[i]; *c && n < sizeof line - 1; c++) line[n++] = *c;
+        pw_log_n(PW_LOG_ERROR, line, n);
+    }
     free(regex);
     return ok;
 }
@@ -129,7 +135,7 @@ bool pw_on_configure(pw_root *root, const char *text, size_t len) {
             goto bad;
         }
         for (size_t i = 0; pw_json_index(list, i, &item); i++) {
-            if (!parse_matcher(item, &p->origins[i], i)) goto bad;
+            if (!parse_matcher(item, &p->origins[i])) goto bad;
             p->n_origins = i + 1;
         }
     }
@@ -264,15 +270,17 @@ pw_action pw_on_request_headers(pw_ctx *ctx, uint32_t num_headers, bool end_of_s
         /* The target: host[:port] of <scheme>://<Host>, computed the same way. */
         char *host = pw_get_header(PW_MAP_HTTP_REQUEST_HEADERS, ":authority");
         char *scheme = pw_get_header(PW_MAP_HTTP_REQUEST_HEADERS, ":scheme");
-        if (host && host[0]) {
-            char url[MAX_HOST + 32];
-            int n = snprintf(url, sizeof url, "%s://%s", scheme && scheme[0] ? scheme : "http", host);
-            if (n > 0 && (size_t)n < sizeof url) {
-                const char *target;
-                size_t target_len;
-                host_and_port(url, (size_t)n, &target, &target_len);
-                valid = target_len == source_len && memcmp(target, source, source_len) == 0;
-            }
+        const char *sch = scheme && scheme[0] ? scheme : "http";
+        size_t sch_len = strlen(sch), host_len = host ? strlen(host) : 0;
+        if (host_len && sch_len + 3 + host_len <= MAX_HOST) {
+            char url[MAX_HOST];
+            memcpy(url, sch, sch_len);
+            memcpy(url + sch_len, "://", 3);
+            memcpy(url + sch_len + 3, host, host_len);
+            const char *target;
+            size_t target_len;
+            host_and_port(url, sch_len + 3 + host_len, &target, &target_len);
+            valid = target_len == source_len && memcmp(target, source, source_len) == 0;
         }
         free(host);
         free(scheme);

@@ -310,7 +310,7 @@ pw_action pw_on_request_headers(pw_ctx *ctx, uint32_t num_headers, bool end_of_s
         ok = put(out, &n, h->key, h->key_len, h->value, h->value_len, false);
     }
     if (ok && pw_http_call(c->cluster, out, n, NULL, 0, NULL, 0, c->timeout_ms, &token) != PW_OK) {
-        pw_logf(PW_LOG_WARN, "ext-authz: cannot call cluster '%s'", c->cluster);
+        pw_log(PW_LOG_WARN, "ext-authz: cannot call the authorization cluster (is it defined?)");
         ok = false;
     }
 done:
