@@ -157,7 +157,8 @@ end
 def test_stats_are_shared_by_every_script_of_the_filter():
     routes = [{"name": "a", "match": {"prefix": "/a"}, "per_filter_config": {"name": "alpha"}},
               {"name": "d", "match": {"prefix": "/"}}]
-    counting = 'function envoy_on_request(h) local c = h:stats():counter("n"); c:inc(); h:headers():add("x-n", c:value()) end'
+    counting = ('function envoy_on_request(h) local c = h:stats():counter("n"); c:inc(); '
+                'h:headers():add("x-n", c:value()) end')
     with LuaFilter(code=counting, routes=routes,
                    lua_config={"source_codes": {"alpha": {"inline_string": counting}}}) as f:
         assert f.request(path="/a").upstream_header("x-n") == "1"
