@@ -177,6 +177,9 @@ class RootContext(Context):
         self.status: tuple[int, bytes] = (0, b"")
 
 
+_HTTP_BODIES = (BufferType.HttpRequestBody, BufferType.HttpResponseBody)
+
+
 class HttpContext(Context):
     """One HTTP stream (Envoy's Context as a StreamFilter). Maps are the stream's own lists."""
 
@@ -184,8 +187,7 @@ class HttpContext(Context):
         super().__init__(wasm, cid, root)
         self.stream = stream
         self.maps: dict[int, Headers | None] = {}     # what Envoy's *_headers_ pointers hold now
-        self.body: dict[int, Buffer | None] = {BufferType.HttpRequestBody: None,
-                                              BufferType.HttpResponseBody: None}
+        self.body: dict[int, Buffer | None] = dict.fromkeys(_HTTP_BODIES)
         self.end_of_stream = False
         self.access_log_phase = False
         self.local_reply: tuple | None = None          # (status, body, headers, grpc, details)
@@ -313,7 +315,8 @@ class Wasm:
             self.current = prev
             if prev is None:
                 self.stop_next_iteration = False
-                self.run_actions()
+                if self.actions:
+                    self.run_actions()
 
     def fail(self, e: GuestTrap) -> None:
         if self.failure is None:
@@ -478,7 +481,7 @@ class Wasm:
 def headers_status(wasm: Wasm, ctx: HttpContext, result: int | None) -> FilterHeadersStatus:
     """convertVmCallResultToFilterHeadersStatus: a local reply or an unknown value stops all;
     StopIteration is StopAll unless allow_on_headers_stop_iteration."""
-    if result is None:
+    if result is None or (result == 0 and ctx.local_reply is None):
         return FilterHeadersStatus.Continue
     if ctx.local_reply is not None or result > FilterHeadersStatus.StopAllIterationAndWatermark:
         return FilterHeadersStatus.StopAllIterationAndWatermark
@@ -488,7 +491,7 @@ def headers_status(wasm: Wasm, ctx: HttpContext, result: int | None) -> FilterHe
 
 
 def data_status(ctx: HttpContext, result: int | None) -> FilterDataStatus:
-    if result is None:
+    if result is None or (result == 0 and ctx.local_reply is None):
         return FilterDataStatus.Continue
     if ctx.local_reply is not None or result > FilterDataStatus.StopIterationNoBuffer:
         return FilterDataStatus.StopIterationNoBuffer
@@ -496,7 +499,7 @@ def data_status(ctx: HttpContext, result: int | None) -> FilterDataStatus:
 
 
 def trailers_status(ctx: HttpContext, result: int | None) -> FilterTrailersStatus:
-    if result is None:
+    if result is None or (result == 0 and ctx.local_reply is None):
         return FilterTrailersStatus.Continue
     if ctx.local_reply is not None or result > FilterTrailersStatus.StopIteration:
         return FilterTrailersStatus.StopIteration
