@@ -96,6 +96,10 @@ class UpstreamSpec:
         return Reply(200, [("content-type", "application/json")], echo_body(method, path, headers, body), delay)
 
 
+# The `server` header every test upstream sends (aiohttp's own would name versions).
+SERVER_NAME = "envoyext-upstream"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -200,6 +204,8 @@ class UpstreamServers:
             resp = web.StreamResponse(status=reply.status)
             for k, v in reply.headers:
                 resp.headers.add(k, v)
+            if "server" not in resp.headers:
+                resp.headers["server"] = SERVER_NAME
             resp.content_length = len(reply.body)
             try:
                 await resp.prepare(request)

@@ -266,14 +266,8 @@ class LuaStreamFilter:
         self._setup(stream)
         if self.script is None or not self.script.has_response:
             return
-        headers = stream.response_headers
-        tail: list[tuple[str, str]] = []
-        if stream.local_reply:
-            # On a local reply the connection manager adds date and server after the filters.
-            tail = [(k, v) for k, v in headers if k in ("date", "server")]
-            headers = [(k, v) for k, v in headers if k not in ("date", "server")]
         # A local reply's body is one chunk; an upstream's comes through the HTTP/1 codec.
-        res = self.script.run("envoy_on_response", self, self.lstream, headers,
+        res = self.script.run("envoy_on_response", self, self.lstream, stream.response_headers,
                               stream.response_body or None, stream.response_trailers or None,
                               not stream.local_reply)
         if res is None:
@@ -282,8 +276,7 @@ class LuaStreamFilter:
         self._logs(res)
         self.drain = self.drain or res.drain
         if res.headers is not None:
-            headers = res.headers
-        stream.response_headers = headers + tail if (tail or res.headers is not None) else stream.response_headers
+            stream.response_headers = res.headers
         if res.body is not None:
             stream.response_body = res.body
         if res.trailers is not None:

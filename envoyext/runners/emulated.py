@@ -11,6 +11,7 @@ replies, and records the same `Observation` the live runner records. Time is vir
 from __future__ import annotations
 
 import uuid
+from email.utils import formatdate
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -18,7 +19,7 @@ from envoyext import prometheus
 from envoyext.artifact import Artifact
 from envoyext.envoy.bootstrap import STAT_PREFIX
 from envoyext.scenario import UPSTREAM, Case, Headers, LogLine, Observation, Received, Response, Route, Scenario, first
-from envoyext.upstreams import Reply, UpstreamSpec
+from envoyext.upstreams import SERVER_NAME, Reply, UpstreamSpec
 
 # What Envoy's router sends when it has no route, when a cluster refuses, and when it times out.
 NO_ROUTE = Response(404, [], b"")
@@ -204,7 +205,6 @@ class EmulatedEnvoy:
                 headers.append(("content-type", "text/plain"))
             if first(headers, "content-length") is None:
                 headers.append(("content-length", str(len(local.body))))
-        headers += [("date", "-"), ("server", "envoy")]
         stream.response_headers, stream.response_body, stream.local_reply = headers, local.body, True
 
     def _route_and_forward(self, stream: Stream) -> None:
@@ -231,7 +231,7 @@ class EmulatedEnvoy:
         self.clock.advance_ms(reply.delay_ms)
         stream.upstream_address = "127.0.0.1:8080"
         stream.response_headers = ([(":status", str(reply.status))] + response_headers_from(reply)
-                                   + [("server", "envoy"), ("x-envoy-upstream-service-time", "0")])
+                                   + [("x-envoy-upstream-service-time", "0")])
         stream.response_body = reply.body
 
 
@@ -241,8 +241,12 @@ NO_LENGTH_METHODS = frozenset({"GET", "HEAD", "DELETE", "TRACE", "CONNECT"})
 
 
 def http1_response(method: str, status: int, headers: Headers, body: bytes) -> Response:
-    """The response as Envoy's HTTP/1.1 codec writes it to the client."""
-    out = [(k, v) for k, v in headers if not k.startswith(":")]
+    """The response as the connection manager and its HTTP/1.1 codec write it, after every
+    filter: `server` overwritten, `date` added when missing, framing decided."""
+    out = [(k, v) for k, v in headers if not k.startswith(":") and k != "server"]
+    if first(out, "date") is None:
+        out.append(("date", http_date()))
+    out.append(("server", "envoy"))
     if (first(out, "content-length") is None and first(out, "transfer-encoding") is None
             and not bodiless_status(status)):
         # No length known: a body is chunked; an empty one gets `content-length: 0`, except
@@ -270,13 +274,19 @@ def upstream_wire_headers(headers: Headers, body: bytes = b"") -> Headers:
     return out
 
 
+def http_date() -> str:
+    return formatdate(usegmt=True)
+
+
 def response_headers_from(reply: Reply) -> Headers:
-    """An upstream's reply as Envoy passes it on (content-length and date always present)."""
-    headers = [(k, v) for k, v in reply.headers if k != "server"]
+    """A test upstream's reply as it arrives from the wire (what UpstreamServers sends)."""
+    headers = list(reply.headers)
     if first(headers, "content-length") is None and not bodiless_status(reply.status):
         headers.append(("content-length", str(len(reply.body))))
     if first(headers, "date") is None:
-        headers.append(("date", "-"))
+        headers.append(("date", http_date()))
+    if first(headers, "server") is None:
+        headers.append(("server", SERVER_NAME))
     return headers
 
 

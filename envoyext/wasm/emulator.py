@@ -131,8 +131,7 @@ class WasmFilterHost:
             r = result.response
             # The router adds its service-time header; the upstream's own server header stays.
             response = HttpCallResponse([(":status", str(r.status))] + list(r.headers)
-                                        + [("server", "envoyext-upstream"), ("x-envoy-upstream-service-time", "0")],
-                                        r.body)
+                                        + [("x-envoy-upstream-service-time", "0")], r.body)
         elif result.failure == "timeout":
             response = _local_response(504, TIMEOUT_BODY)
         else:
