@@ -304,15 +304,17 @@ class Wasm:
         fn = self._fn.get(name)
         if fn is None or self.failure is not None:
             return None
-        prev = self.current
-        self.current = ctx
+        # As cpp-host's SaveRestoreContext: each call starts with no effective context, and the
+        # caller's current/effective contexts come back when it returns.
+        prev, prev_effective = self.current, self.effective_id
+        self.current, self.effective_id = ctx, 0
         try:
             return self.vm.call(fn, *args)
         except GuestTrap as e:
             self.fail(e)
             return None
         finally:
-            self.current = prev
+            self.current, self.effective_id = prev, prev_effective
             if prev is None:
                 self.stop_next_iteration = False
                 if self.actions:
