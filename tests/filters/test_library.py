@@ -12,6 +12,8 @@ from tests.conftest import run_cli
 
 KINDS = ["custom-metrics", "ratelimit", "fault", "cors", "csrf", "ext-authz"]
 LANGS = ["lua", "c"]
+# Envoy has no HTTP filter that makes per-request labelled metrics: nothing native to compare with.
+NO_NATIVE_TWIN = {"custom-metrics"}
 
 
 def test_every_kind_ships_in_both_languages_with_one_schema():
@@ -27,7 +29,7 @@ def test_every_kind_ships_in_both_languages_with_one_schema():
 
 def test_every_kind_has_an_oracle_scenario():
     import yaml
-    for kind in KINDS:
+    for kind in set(KINDS) - NO_NATIVE_TWIN:
         docs = [yaml.safe_load(p.read_text()) for p in (filters_dir() / kind / "scenarios").glob("*.yaml")]
         assert any(d.get("oracle") for d in docs), f"{kind}: no scenario compares with the native filter"
 
@@ -44,4 +46,5 @@ def test_new_then_test_passes(tmp_path, kind, lang):
     assert r.returncode == 0 and doc and not failed, json.dumps(failed, indent=1)[:4000] or r.stderr
     runners = set().union(*(x["observations"] for x in doc["results"]))
     assert {"emulated", "live"} <= runners
-    assert any("native" in x["observations"] for x in doc["results"]), "no oracle comparison ran"
+    if kind not in NO_NATIVE_TWIN:
+        assert any("native" in x["observations"] for x in doc["results"]), "no oracle comparison ran"
