@@ -11,13 +11,11 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import tempfile
-import time
 from pathlib import Path
 
 import yaml
 
-from envoyext.envoy.admin import Admin
+from envoyext.envoy.runtime import EnvoyRuntime
 from envoyext.errors import UserError
 
 IMAGE = "envoyproxy/envoy:v1.40.0"
@@ -74,30 +72,14 @@ def compose_file(config: dict, workdir: Path, *, image: str = IMAGE, concurrency
     }
 
 
-class DockerEnvoy:
+class DockerEnvoy(EnvoyRuntime):
     """Envoy in a container; a drop-in for EnvoyProcess."""
 
+    temp_prefix = "envoyext-docker-"
+
     def __init__(self, config: dict, *, workdir: Path | None = None, concurrency: int = 2, **_):
-        self.config = config
-        self._own_tmp = tempfile.TemporaryDirectory(prefix="envoyext-docker-") if workdir is None else None
-        self.workdir = Path(workdir or self._own_tmp.name)
-        self.concurrency = concurrency
-        self.admin: Admin | None = None
-        self.listener: tuple[str, int] | None = None
-        self.log_path = self.workdir / "envoy.log"
+        super().__init__(config, workdir=workdir, concurrency=concurrency)
         self.project = f"envoyext-{self.workdir.name.lower().replace('_', '-')}"
-        self.proc = None
-
-    def __enter__(self) -> "DockerEnvoy":
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.listener[0]}:{self.listener[1]}"
 
     def _compose(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         return subprocess.run(["docker", "compose", "-p", self.project, "-f", str(self.workdir / "compose.yaml"),
@@ -112,17 +94,8 @@ class DockerEnvoy:
         out = self._compose("up", "-d")
         if out.returncode != 0:
             raise UserError(f"docker compose up failed: {out.stderr.strip().splitlines()[-1:]}")
-        deadline = time.monotonic() + timeout
-        addr = self.workdir / "admin-address"
         try:
-            while time.monotonic() < deadline:
-                if self.admin is None and addr.exists() and addr.read_text().strip():
-                    self.admin = Admin(addr.read_text().strip())
-                if self.admin is not None and self.admin.ready():
-                    self.listener = self.admin.listener_address("envoyext")
-                    return
-                time.sleep(0.1)
-            raise UserError(f"Envoy in Docker did not become ready; log: {self.log_path}")
+            self._wait_ready(self.workdir / "admin-address", timeout)
         except BaseException:
             self.stop()
             raise
@@ -130,23 +103,4 @@ class DockerEnvoy:
     def stop(self) -> None:
         if (self.workdir / "compose.yaml").exists() and shutil.which("docker"):
             self._compose("down", "--timeout", "5")
-        if self._own_tmp is not None:
-            self._last_log = self.log_text()
-            self._own_tmp.cleanup()
-            self._own_tmp = None
-
-    def log_text(self) -> str:
-        if self._own_tmp is None and hasattr(self, "_last_log"):
-            return self._last_log
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_size(self) -> int:
-        return self.log_path.stat().st_size if self.log_path.exists() else 0
-
-    def log_since(self, offset: int) -> str:
-        with open(self.log_path, "rb") as f:
-            f.seek(offset)
-            return f.read().decode(errors="replace")
+        self._release_workdir()

