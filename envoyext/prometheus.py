@@ -13,7 +13,7 @@ A series is keyed `(sample name, frozenset of (label, value))`.
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 Series = dict[tuple[str, frozenset], float]
 

@@ -5,8 +5,8 @@ runners meet the case's expectations and that their observations agree."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 

@@ -25,7 +25,8 @@ def _runtime():
     try:
         from lupa import luajit21
     except ImportError:
-        raise UserError("LuaJIT is not available (lupa.luajit21)", fix="pip install lupa (envoyext requires it)") from None
+        raise UserError("LuaJIT is not available (lupa.luajit21)",
+                        fix="pip install lupa (envoyext requires it)") from None
     # A fresh state per call: LuaRuntime is not thread-safe and a check costs ~1 ms.
     return luajit21.LuaRuntime(register_eval=False, unpack_returned_tuples=True)
 

@@ -11,8 +11,8 @@ replies, and records the same `Observation` the live runner records. Time is vir
 from __future__ import annotations
 
 import uuid
-from email.utils import formatdate
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from typing import Any, Protocol
 
 from envoyext import prometheus

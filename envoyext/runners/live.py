@@ -8,8 +8,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from envoyext.artifact import Artifact
 from envoyext import prometheus
+from envoyext.artifact import Artifact
 from envoyext.envoy import bootstrap
 from envoyext.envoy.process import EnvoyProcess
 from envoyext.envoy.runtime import EnvoyRuntime

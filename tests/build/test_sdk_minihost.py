@@ -367,7 +367,8 @@ def test_json_bools_types_counts_keys(jhost):
     ptr = jhost.call("t_json_keys", text_ptr, n, p("obj"), out)
     keys = jhost.read(ptr, struct.unpack("<I", jhost.read(out, 4))[0]).split(b"\0")[:-1]
     assert keys == [b"k1", b'k"2', b"k.3"]
-    assert jhost.call("t_json_streq", text_ptr, n, p("esc"), jhost.guest_str(json.loads(CONFIG_DOC)["esc"].encode())) == 1
+    esc = jhost.guest_str(json.loads(CONFIG_DOC)["esc"].encode())
+    assert jhost.call("t_json_streq", text_ptr, n, p("esc"), esc) == 1
     assert jhost.call("t_json_streq", text_ptr, n, p("name"), p("gW")) == 0
 
 

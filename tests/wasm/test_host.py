@@ -232,7 +232,8 @@ def test_shared_data_cas():
 
 def test_properties_encodings(probe):
     p = probe(root_id="r", vm_id="v")
-    paths = "plugin_name,plugin_root_id,plugin_vm_id,request.path,source.port,xds.route_name,route_name,node,connection.mtls,request.size"
+    paths = ("plugin_name,plugin_root_id,plugin_vm_id,request.path,source.port,xds.route_name,route_name,node,"
+             "connection.mtls,request.size")
     p.call({"x-probe": "props", "x-arg": paths})
     logs = p.logs()
     assert "prop plugin_name = 0 70726f6265" in logs          # "probe"
