@@ -138,3 +138,29 @@ def test_run_serves_until_interrupted(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0
+
+
+@pytest.mark.parametrize("lang,suffix", [("lua", "lua"), ("c", "wasm")])
+def test_emulate_runs_one_scenario_in_the_emulator_alone(tmp_path, lang, suffix):
+    project = scaffold(tmp_path, lang)
+    assert run_cli("build", project).returncode == 0
+    artifact = project / "build" / f"t-{lang}.{suffix}"
+    args = ["emulate", artifact, "--scenario", project / "scenarios" / "basic.yaml", "--json"]
+    if lang == "c":
+        args += ["--config", '{"header": "x-t-c", "value": "hello"}', "--root-id", "t-c"]
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    results = json.loads(r.stdout)["results"]
+    assert results and all(x["passed"] and set(x["observations"]) == {"emulated"} for x in results)
+    r = run_cli("emulate", artifact, "--scenario", project / "scenarios" / "nope.yaml")
+    assert_one_line_error(r, "nope.yaml", "file not found")
+
+
+def test_config_prints_the_bootstrap(tmp_path):
+    import yaml
+    project = scaffold(tmp_path, "lua")
+    r = run_cli("config", project)
+    assert r.returncode == 0, r.stderr
+    doc = yaml.safe_load(r.stdout)
+    hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    assert [f["name"] for f in hcm["http_filters"]] == ["t-lua", "envoy.filters.http.router"]
