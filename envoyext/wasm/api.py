@@ -52,10 +52,11 @@ def _headers(h) -> list[tuple[str, str]]:
 class Exchange:
     """One stream through the plugin. Its header lists are live: they show the filter's edits."""
 
-    def __init__(self, plugin: "WasmPlugin", stream: emulated.Stream, flow: StreamFlow):
+    def __init__(self, plugin: "WasmPlugin", stream: emulated.Stream, flow: StreamFlow, seq: int):
         self.plugin = plugin
         self.stream = stream
         self.flow = flow
+        self.seq = seq           # creation order: paused exchanges resume in this order
         self._gen = None
         self._local_encoded = False
         self.finished = False
@@ -100,6 +101,12 @@ class Exchange:
             from envoyext.runners.emulated import LocalReply
             self.plugin.env._set_local_reply(self.stream, LocalReply(r.status, r.body, list(r.headers), r.details))
             self._gen = self.plugin.host.drive(self.flow.encode(), stall_ok=True)
+        # Only a paused exchange has anything to resume; the plugin forgets finished ones (a test
+        # running many cycles would otherwise keep every stream alive and slow the GC down).
+        if self._gen is None:
+            self.plugin._paused.pop(self.seq, None)
+        else:
+            self.plugin._paused[self.seq] = self
 
     def resume(self) -> None:
         if self._gen is not None:
@@ -132,7 +139,8 @@ class WasmPlugin:
     def __init__(self, host: WasmFilterHost, env: emulated.EmulatedEnvoy):
         self.host = host
         self.env = env
-        self._exchanges: list[Exchange] = []
+        self._paused: dict[int, Exchange] = {}   # by creation order (Exchange.seq)
+        self._next_seq = 0
 
     @classmethod
     def load(cls, path: str | Path, config: Any = None, *, name: str = "plugin", root_id: str = "",
@@ -167,8 +175,8 @@ class WasmPlugin:
         flow = filt.flow
         if body_chunks is not None:
             flow.request_chunks = list(body_chunks)
-        ex = Exchange(self, stream, flow)
-        self._exchanges.append(ex)
+        self._next_seq += 1
+        ex = Exchange(self, stream, flow, self._next_seq)
         ex._run(flow.decode())
         return ex
 
@@ -203,8 +211,10 @@ class WasmPlugin:
         self._resume_all()
 
     def _resume_all(self) -> None:
-        for ex in self._exchanges:
-            ex.resume()
+        for seq in sorted(self._paused):
+            ex = self._paused.get(seq)
+            if ex is not None:
+                ex.resume()
 
     # -- time ------------------------------------------------------------------------------------
     def advance(self, ms: float) -> None:
