@@ -177,7 +177,10 @@ class RootContext(Context):
         self.status: tuple[int, bytes] = (0, b"")
 
 
-_HTTP_BODIES = (BufferType.HttpRequestBody, BufferType.HttpResponseBody)
+# Built once: these are tested on every header or body access (enum attributes are slow to look up).
+_HTTP_BODIES = frozenset((BufferType.HttpRequestBody, BufferType.HttpResponseBody))
+_STREAM_MAPS = frozenset((MapType.RequestHeaders, MapType.RequestTrailers, MapType.ResponseHeaders,
+                          MapType.ResponseTrailers))
 
 
 class HttpContext(Context):
@@ -212,13 +215,12 @@ class HttpContext(Context):
                 return s.response_trailers
             if t == MapType.RequestTrailers:
                 return None
-        if t in (MapType.RequestHeaders, MapType.RequestTrailers, MapType.ResponseHeaders,
-                 MapType.ResponseTrailers):
+        if t in _STREAM_MAPS:
             return self.maps.get(t)
         return super().const_map(t)
 
     def buffer(self, t: int) -> Buffer | None:
-        if t in (BufferType.HttpRequestBody, BufferType.HttpResponseBody):
+        if t in _HTTP_BODIES:
             return self.body[t] or Buffer()
         return super().buffer(t)
 

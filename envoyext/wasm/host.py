@@ -6,8 +6,11 @@ generic call path, which costs tens of microseconds a call:
 * host functions are defined with `wasmtime_linker_define_func_unchecked`; their trampolines are
   generated per arity and read the raw argument slots through one `c_uint64` pointer;
 * guest exports are called with `wasmtime_func_call_unchecked` on a preallocated slot array;
-* guest memory is reached through its base address (`ctypes.string_at` / `memmove`), re-read at
-  each access because `memory.grow` may move it.
+* guest memory is read and written through a memoryview over linear memory (slices and
+  `struct.pack_into` cost a third of `ctypes.string_at`/`memmove`). Only guest code can grow
+  the memory (which may move it), so the view goes stale whenever the guest runs - when it
+  calls a host function, and when a call into it returns; the next access re-reads the size
+  (one FFI call) and rebuilds the view only if the memory grew.
 
 Robustness: every guest pointer is bounds-checked (a bad one answers InvalidMemoryAccess or the
 WASI FAULT errno, as cpp-host does); a trap becomes `GuestTrap` with wasmtime's message; a guest
@@ -18,6 +21,7 @@ growth is capped by the store's limits.
 from __future__ import annotations
 
 import ctypes
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -71,10 +75,8 @@ _define_unchecked = _raw("wasmtime_linker_define_func_unchecked", _vp, _vp, ctyp
 _UNCHECKED_CB = ctypes.CFUNCTYPE(ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p,
                                  ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t)
 
-_string_at = ctypes.string_at
-_memmove = ctypes.memmove
-_u32_at = ctypes.c_uint32.from_address
-_u64_at = ctypes.c_uint64.from_address
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
 
 
 # -- one engine per process, with an epoch ticker so runaway guests can be interrupted -----------
@@ -168,6 +170,9 @@ class WasmVm:
         self.armed_at = -(1 << 60)  # ticker count when the epoch deadline was last set
         self.caller: int | None = None
         self.host_error: BaseException | None = None
+        self.view_fresh = False     # `view` is valid: the guest has not run since it was checked
+        self.view = memoryview(bytearray())
+        self.view_size = 0
         # While not None, only these imports ("module.name") may be called; others trap.
         self.allowed: frozenset[str] | None = None
         self._callbacks = []        # keep the ctypes trampolines alive
@@ -229,6 +234,7 @@ class WasmVm:
         store = "a[0] = r & 0xFFFFFFFFFFFFFFFF" if fn.results else "pass"
         src = (f"def cb(env, caller, a, n):\n"
                f"    vm.caller = caller\n"
+               f"    vm.view_fresh = False\n"
                f"    if vm.allowed is not None and key not in vm.allowed:\n"
                f"        return vm._trap_for(GuestAbort('restricted_callback'))\n"
                f"    try:\n"
@@ -253,42 +259,53 @@ class WasmVm:
         return _trap_new(b, len(b)) or 0
 
     # -- memory -----------------------------------------------------------------------------
-    def _base(self, ptr: int, size: int) -> int | None:
-        """Base address if [ptr, ptr+size) lies inside linear memory, else None."""
-        if ptr + size > _mem_size(self.ctx, self.mem_addr):
+    def _view(self, ptr: int, size: int) -> memoryview | None:
+        """The memory view if [ptr, ptr+size) lies inside linear memory, else None."""
+        if not self.view_fresh:
+            self._refresh_view()
+        if ptr + size > self.view_size:
             return None
-        return _mem_data(self.ctx, self.mem_addr)
+        return self.view
+
+    def _refresh_view(self) -> None:
+        size = _mem_size(self.ctx, self.mem_addr)
+        # Memory only grows, and only growing moves it: the same size means the same place.
+        if size != self.view_size:
+            base = _mem_data(self.ctx, self.mem_addr)
+            # cast: ctypes exports format "<B", which slice assignment from bytes refuses
+            self.view = memoryview((ctypes.c_ubyte * size).from_address(base)).cast("B") if size \
+                else memoryview(bytearray())
+            self.view_size = size
+        self.view_fresh = True
 
     def get_memory(self, ptr: int, size: int) -> bytes | None:
-        base = self._base(ptr, size)
-        if base is None:
-            return None
-        return _string_at(base + ptr, size) if size else b""
+        view = self._view(ptr, size)
+        return None if view is None else view[ptr:ptr + size].tobytes()
 
     def set_memory(self, ptr: int, data: bytes) -> bool:
-        base = self._base(ptr, len(data))
-        if base is None:
+        view = self._view(ptr, len(data))
+        if view is None:
             return False
-        _memmove(base + ptr, data, len(data))
+        view[ptr:ptr + len(data)] = data
         return True
 
     def set_word(self, ptr: int, value: int) -> bool:
-        base = self._base(ptr, 4)
-        if base is None:
+        view = self._view(ptr, 4)
+        if view is None:
             return False
-        _u32_at(base + ptr).value = value & M32
+        _U32.pack_into(view, ptr, value & M32)
         return True
 
     def set_u64(self, ptr: int, value: int) -> bool:
-        base = self._base(ptr, 8)
-        if base is None:
+        view = self._view(ptr, 8)
+        if view is None:
             return False
-        _u64_at(base + ptr).value = value & M64
+        _U64.pack_into(view, ptr, value & M64)
         return True
 
     def get_word(self, ptr: int) -> int | None:
-        base = self._base(ptr, 4)
-        return None if base is None else _u32_at(base + ptr).value
+        view = self._view(ptr, 4)
+        return None if view is None else _U32.unpack_from(view, ptr)[0]
 
     def alloc(self, size: int) -> int | None:
         """Guest memory from the module's malloc (or proxy_on_memory_allocate); None on failure."""
@@ -299,7 +316,7 @@ class WasmVm:
             ptr = self.call(self.malloc, size)
         finally:
             self.allowed = None
-        if not ptr or self._base(ptr, size) is None:
+        if not ptr or self._view(ptr, size) is None:
             return None
         return ptr
 
@@ -314,7 +331,9 @@ class WasmVm:
         return self.set_word(ptr_ptr, ptr) and self.set_word(size_ptr, len(data))
 
     def memory_size(self) -> int:
-        return _mem_size(self.ctx, self.mem_addr)
+        if not self.view_fresh:
+            self._refresh_view()
+        return self.view_size
 
     # -- calls into the guest -----------------------------------------------------------------
     def export(self, name: str) -> _Export | None:
@@ -325,7 +344,7 @@ class WasmVm:
         slots = fn.slots
         i = 0
         for a in args:
-            slots[i] = a & M64
+            slots[i] = a     # a c_uint64 slot keeps the low 64 bits of any int
             i += 2
         if self.depth == 0:
             ctx = self.ctx
@@ -336,15 +355,15 @@ class WasmVm:
                 self.armed_at = epoch
         else:
             ctx = _caller_context(self.caller) if self.caller else self.ctx
-        trap = fn.trap
-        trap.value = None
         self.depth += 1
         try:
             err = _call_unchecked(ctx, fn.addr, fn.slots_addr, fn.nslots, fn.trap_addr)
         finally:
             self.depth -= 1
-        if err or trap.value:
-            self._raise_trap(fn.name, err, trap.value)
+            self.view_fresh = False
+        if err or fn.trap.value:   # wasmtime writes the trap slot only on a trap; we clear it then
+            trap, fn.trap.value = fn.trap.value, None
+            self._raise_trap(fn.name, err, trap)
         return slots[0] & M32 if fn.nresults else None
 
     def _raise_trap(self, name: str, err: int | None, trap: int | None) -> None:
