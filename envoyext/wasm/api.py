@@ -41,6 +41,10 @@ run_scenario = emulated.run_scenario
 __all__ = ["WasmPlugin", "Exchange", "run_scenario"]
 
 
+# Pseudo-headers a request gets when it lacks them (in this order, ahead of its own).
+_REQUEST_DEFAULTS = ((":authority", "example.com"), (":path", "/"), (":method", "GET"), (":scheme", "http"))
+
+
 def _headers(h) -> list[tuple[str, str]]:
     if h is None:
         return []
@@ -163,11 +167,11 @@ class WasmPlugin:
                 source: str = "127.0.0.1:50000") -> Exchange:
         """Push a request through on_request_headers/body/trailers. Missing pseudo-headers get
         defaults (GET / example.com http); nothing else is added."""
-        hs = _headers(headers)
-        names = {k for k, _ in hs}
-        defaults = [(":authority", "example.com"), (":path", "/"), (":method", "GET"), (":scheme", "http")]
-        hs = [d for d in defaults if d[0] not in names] + hs
-        hs = [h for h in hs if h[0].startswith(":")] + [h for h in hs if not h[0].startswith(":")]
+        pseudo, regular = [], []
+        for h in _headers(headers):
+            (pseudo if h[0].startswith(":") else regular).append(h)
+        names = {k for k, _ in pseudo}
+        hs = [d for d in _REQUEST_DEFAULTS if d[0] not in names] + pseudo + regular
         stream = emulated.Stream(hs, body, _headers(trailers), self.env, start_ns=self.env.clock.ns,
                                  downstream_address=source)
         stream.cluster_name = "upstream"

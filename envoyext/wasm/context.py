@@ -288,6 +288,7 @@ class Wasm:
         self.tick_period_ms = 0
         self.next_tick_ns: int | None = None
         self.failure: GuestTrap | None = None
+        self.failed = False   # failure is not None (a plain attribute: read after every callback)
         self.vm = WasmVm(module, imports_factory(self), memory_limit=services.memory_limit,
                          deadline_ms=services.deadline_ms)
         self._fn = {name: self.vm.export(name) for name in self.vm.export_names}
@@ -325,11 +326,8 @@ class Wasm:
     def fail(self, e: GuestTrap) -> None:
         if self.failure is None:
             self.failure = e
+            self.failed = True
             self.services.log(-1, f"Wasm VM failed {e}")
-
-    @property
-    def failed(self) -> bool:
-        return self.failure is not None
 
     def after_call(self, action: Callable[[], None]) -> None:
         self.actions.append(action)

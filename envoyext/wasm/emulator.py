@@ -112,7 +112,10 @@ class WasmFilterHost:
     def pump(self) -> bool:
         """Deliver one round of pending work; False when there was none."""
         w = self.wasm
-        if w.run_pending() + sum(v.run_pending() for v in self.idle):
+        ran = w.run_pending()
+        for v in self.idle:
+            ran += v.run_pending()
+        if ran:
             return True
         if self.auto_answer and w.http_calls and not w.failed:
             token = min(w.http_calls)

@@ -66,15 +66,10 @@ class StreamFlow:
         self.skipped = wasm is None and fail_open
         self.request_chunks = body_chunks
         self.response_chunks = response_chunks
-        self.calls: list[str] = []                # callbacks delivered, for tests
         if wasm is not None and not wasm.failed:
             self.ctx = wasm.new_http_context(stream)
 
     # -- helpers -------------------------------------------------------------------------------
-    def _call(self, name: str, *args) -> int | None:
-        self.calls.append(name)
-        return self.wasm.call(self.ctx, name, *args)
-
     def _vm_failed(self) -> bool:
         """CHECK_FAIL: a failed VM fails the stream once (503) or lets it through (fail open)."""
         if self.wasm is not None and not self.wasm.failed and self.ctx is not None:
@@ -89,19 +84,16 @@ class StreamFlow:
     def _passthrough(self) -> bool:
         return self.skipped or (self.fail_open and (self.wasm is None or self.wasm.failed or self.ctx is None))
 
-    def _local(self) -> bool:
+    def _stopped(self) -> bool:
+        """After a callback: did the stream end (local reply or failure)?"""
+        if self.wasm.failed:
+            return self._vm_failed()
         lr = self.ctx.local_reply
         if lr is None:
             return False
         status, body, headers, grpc, details = lr
         self.reply = Reply(status, body, headers, details, grpc if 0 <= grpc <= 16 else None)
         return True
-
-    def _stopped(self) -> bool:
-        """After a callback: did the stream end (local reply or failure)?"""
-        if self.wasm.failed:
-            return self._vm_failed()
-        return self._local()
 
     def _wait(self, which: int) -> Iterator:
         """Yield until proxy_continue_stream(which), a local reply, or a VM failure."""
@@ -121,7 +113,7 @@ class StreamFlow:
         if self._vm_failed():
             return
         ctx, w = self.ctx, self.wasm
-        self._call("proxy_on_context_create", ctx.id, ctx.root.id)
+        w.call(ctx, "proxy_on_context_create", ctx.id, ctx.root.id)
         ctx.created_in_vm = True
         if self._stopped():
             return
@@ -131,9 +123,9 @@ class StreamFlow:
         ctx.maps[MapType.RequestHeaders] = s.request_headers
         ctx.end_of_stream = eos
         if w.abi == AbiVersion.V0_1_0:
-            r = self._call("proxy_on_request_headers", ctx.id, len(s.request_headers))
+            r = w.call(ctx, "proxy_on_request_headers", ctx.id, len(s.request_headers))
         else:
-            r = self._call("proxy_on_request_headers", ctx.id, len(s.request_headers), int(eos))
+            r = w.call(ctx, "proxy_on_request_headers", ctx.id, len(s.request_headers), int(eos))
         if self._stopped():
             return
         status = headers_status(w, ctx, r)
@@ -152,7 +144,7 @@ class StreamFlow:
             return
         if has_trailers and not self._passthrough():
             ctx.maps[MapType.RequestTrailers] = s.request_trailers
-            r = self._call("proxy_on_request_trailers", ctx.id, len(s.request_trailers))
+            r = w.call(ctx, "proxy_on_request_trailers", ctx.id, len(s.request_trailers))
             if self._stopped():
                 return
             if trailers_status(ctx, r) != FilterTrailersStatus.Continue:
@@ -175,7 +167,7 @@ class StreamFlow:
             buf = Buffer(pending + chunk, mutable=True)
             ctx.body[buf_type] = buf
             ctx.end_of_stream = eos
-            r = self._call(callback, ctx.id, buf.size(), int(eos))
+            r = self.wasm.call(ctx, callback, ctx.id, buf.size(), int(eos))
             if self._stopped():
                 return out
             status = data_status(ctx, r)
@@ -212,9 +204,9 @@ class StreamFlow:
         ctx.maps[MapType.ResponseHeaders] = s.response_headers
         ctx.end_of_stream = eos
         if w.abi == AbiVersion.V0_1_0:
-            r = self._call("proxy_on_response_headers", ctx.id, len(s.response_headers))
+            r = w.call(ctx, "proxy_on_response_headers", ctx.id, len(s.response_headers))
         else:
-            r = self._call("proxy_on_response_headers", ctx.id, len(s.response_headers), int(eos))
+            r = w.call(ctx, "proxy_on_response_headers", ctx.id, len(s.response_headers), int(eos))
         if self._encode_stopped():
             return
         if headers_status(w, ctx, r) == FilterHeadersStatus.Continue:
@@ -231,7 +223,7 @@ class StreamFlow:
             return
         if has_trailers:
             ctx.maps[MapType.ResponseTrailers] = s.response_trailers
-            r = self._call("proxy_on_response_trailers", ctx.id, len(s.response_trailers))
+            r = w.call(ctx, "proxy_on_response_trailers", ctx.id, len(s.response_trailers))
             if self._encode_stopped():
                 return
             if trailers_status(ctx, r) != FilterTrailersStatus.Continue:
@@ -264,11 +256,11 @@ class StreamFlow:
                 w.contexts.pop(ctx.id, None)
             return
         ctx.access_log_phase = True
-        self._call("proxy_on_log", ctx.id)
+        w.call(ctx, "proxy_on_log", ctx.id)
         ctx.access_log_phase = False
         if not w.failed:
-            self._call("proxy_on_done", ctx.id)
+            w.call(ctx, "proxy_on_done", ctx.id)
         if not w.failed:
-            self._call("proxy_on_delete", ctx.id)
+            w.call(ctx, "proxy_on_delete", ctx.id)
         ctx.destroyed = True
         w.contexts.pop(ctx.id, None)
