@@ -64,6 +64,19 @@ def read_source(spec: Any, base: Path | None, where: str) -> str:
     raise UserError("expected a DataSource with inline_string or filename", field=where)
 
 
+def as_read(headers, body: bytes) -> bytes:
+    """A response body as the downstream HTTP/1 client reads it. A script that rewrites body
+    chunks after the headers went on (bodyChunks() + setBytes) leaves their content-length as it
+    was: Envoy's codec writes every byte, the client stops at the length (observed: a 5-byte local
+    reply rewritten to 28 bytes arrives as its first 5). A body made shorter than the length leaves
+    the client waiting for the rest; the emulator cannot show that hang and passes the short body
+    on. (Requests differ: the upstream connection is not open yet, so the new length goes out.)"""
+    length = first(headers, "content-length")
+    if length is not None and length.isdigit() and len(body) > int(length):
+        return body[:int(length)]
+    return body
+
+
 class LuaFilterHost:
     runner = "lua-emulator"
 
@@ -278,7 +291,7 @@ class LuaStreamFilter:
         if res.headers is not None:
             stream.response_headers = res.headers
         if res.body is not None:
-            stream.response_body = res.body
+            stream.response_body = as_read(stream.response_headers, res.body)
         if res.trailers is not None:
             stream.response_trailers = res.trailers
 

@@ -54,10 +54,16 @@ def headers_from_blob(blob: str | None) -> list[tuple[str, str]]:
 
 
 def logs_from_blob(blob: str | None) -> list[tuple[str, str]]:
-    if not blob:
-        return []
-    parts = blob.split("\0")
-    return [(parts[i], text(parts[i + 1])) for i in range(0, len(parts), 2)]
+    """runtime.lua's take_logs(): "level\0length\0message" repeated (messages may hold NULs)."""
+    out: list[tuple[str, str]] = []
+    pos = 0
+    while blob and pos < len(blob):
+        a = blob.index("\0", pos)
+        b = blob.index("\0", a + 1)
+        end = b + 1 + int(blob[a + 1:b])
+        out.append((blob[pos:a], text(blob[b + 1:end])))
+        pos = end
+    return out
 
 
 class Callouts:

@@ -914,15 +914,14 @@ function Handle.connection(self)
   return c
 end
 
--- Logging: luaL_checkstring, then the message as a C string (cut at the first NUL).
+-- Logging: luaL_checkstring; the whole string is logged, NUL bytes included (observed on 1.40:
+-- an httpCall body "resp\0nse" is logged with its NUL and the rest).
 local function logger(level, fname)
   return function(self, ...)
     handle_state(self, fname)
     local n, msg = select("#", ...), ...
     if type(msg) ~= "string" and type(msg) ~= "number" then error(argerr(1, "string", fname, n, msg), 2) end
     msg = tostr(msg)
-    local z = sfind(msg, "\0", 1, true)
-    if z then msg = ssub(msg, 1, z - 1) end
     LOGS[NLOGS + 1] = level
     LOGS[NLOGS + 2] = msg
     NLOGS = NLOGS + 2
@@ -1415,6 +1414,14 @@ local function complete_call(h)
   if h.state == RUNNING then continue_headers(h) end
 end
 
+-- setBytes() on a chunk sets content-length in the header map after the headers went on. In the
+-- request path that still reaches the upstream, whose connection was not open when they did (as
+-- a late requestHeaders() change does; observed: a grown chunk arrives with the new length); in
+-- the response path the client already has them (the host cuts the body to the old length).
+local function chunk_length_changed(h)
+  if h.which == "request" and h.headers_continued then h.late_headers = true end
+end
+
 -- One data frame. Chunks that go on are appended to `passed`; while the filter stops iteration
 -- the connection manager buffers them (that buffer is what body() returns, and what goes on
 -- when iteration continues).
@@ -1424,7 +1431,7 @@ local function on_data(h, data, end_stream, passed)
   if h.state == WAIT_CHUNK then
     local chunk = data
     local c = new_buffer({scope = h.scope, headers = h.hs, get = function() return chunk end,
-                          set = function(d) chunk = d end})
+                          set = function(d) chunk = d; chunk_length_changed(h) end})
     resume(h, c)
     data = chunk
   elseif h.state == WAIT_BODY and end_stream then
@@ -1551,11 +1558,16 @@ function M.run(fname, ctx, stream, hblob, body, tblob, split)
   return stream, h.sent_headers, body_out ~= body and body_out or false, clear, extra
 end
 
+-- Log lines go out as "level\0length\0message" each: a message may hold NUL bytes itself.
 function M.take_logs()
   if NLOGS == 0 then return nil end
-  local out = concat(LOGS, "\0", 1, NLOGS)
+  local parts = {}
+  for i = 1, NLOGS, 2 do
+    local msg = LOGS[i + 1]
+    parts[#parts + 1] = LOGS[i] .. "\0" .. #msg .. "\0" .. msg
+  end
   LOGS, NLOGS = {}, 0
-  return out
+  return concat(parts)
 end
 
 function M.counters()
