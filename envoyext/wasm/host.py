@@ -7,10 +7,10 @@ generic call path, which costs tens of microseconds a call:
   generated per arity and read the raw argument slots through one `c_uint64` pointer;
 * guest exports are called with `wasmtime_func_call_unchecked` on a preallocated slot array;
 * guest memory is read and written through a memoryview over linear memory (slices and
-  `struct.pack_into` cost a third of `ctypes.string_at`/`memmove`). Only guest code can grow
-  the memory (which may move it), so the view goes stale whenever the guest runs - when it
-  calls a host function, and when a call into it returns; the next access re-reads the size
-  (one FFI call) and rebuilds the view only if the memory grew.
+  `struct.pack_into` cost a third of `ctypes.string_at`/`memmove`). The engine reserves each
+  memory's whole 4 GiB address range up front and never moves it (`memory_may_move = False`),
+  and memory never shrinks, so a view stays valid: an access past its end re-reads the size
+  (one FFI call) and widens the view if the guest has grown the memory meanwhile.
 
 Robustness: every guest pointer is bounds-checked (a bad one answers InvalidMemoryAccess or the
 WASI FAULT errno, as cpp-host does); a trap becomes `GuestTrap` with wasmtime's message; a guest
@@ -92,6 +92,10 @@ def engine() -> wasmtime.Engine:
         if _engine is None:
             cfg = wasmtime.Config()
             cfg.epoch_interruption = True
+            # Linear memory stays where it is (see the module docstring): all of a wasm32 memory's
+            # range is reserved at once, so growing never needs to move it.
+            cfg.memory_reservation = 1 << 32
+            cfg.memory_may_move = False
             _engine = wasmtime.Engine(cfg)
             eng = _engine
 
@@ -173,8 +177,7 @@ class WasmVm:
         self.armed_at = -(1 << 60)  # ticker count when the epoch deadline was last set
         self.caller: int | None = None
         self.host_error: BaseException | None = None
-        self.view_fresh = False     # `view` is valid: the guest has not run since it was checked
-        self.view = memoryview(bytearray())
+        self.view = memoryview(bytearray())   # linear memory as of the last size check
         self.view_size = 0
         # While not None, only these imports ("module.name") may be called; others trap.
         self.allowed: frozenset[str] | None = None
@@ -237,7 +240,6 @@ class WasmVm:
         store = "a[0] = r & 0xFFFFFFFFFFFFFFFF" if fn.results else "pass"
         src = (f"def cb(env, caller, a, n):\n"
                f"    vm.caller = caller\n"
-               f"    vm.view_fresh = False\n"
                f"    if vm.allowed is not None and key not in vm.allowed:\n"
                f"        return vm._trap_for(GuestAbort('restricted_callback'))\n"
                f"    try:\n"
@@ -264,22 +266,20 @@ class WasmVm:
     # -- memory -----------------------------------------------------------------------------
     def _view(self, ptr: int, size: int) -> memoryview | None:
         """The memory view if [ptr, ptr+size) lies inside linear memory, else None."""
-        if not self.view_fresh:
-            self._refresh_view()
-        if ptr + size > self.view_size:
+        if ptr + size > self.view_size and ptr + size > self._refresh_view():
             return None
         return self.view
 
-    def _refresh_view(self) -> None:
+    def _refresh_view(self) -> int:
+        """Widen the view to the memory's current size (which only grows); return that size."""
         size = _mem_size(self.ctx, self.mem_addr)
-        # Memory only grows, and only growing moves it: the same size means the same place.
         if size != self.view_size:
             base = _mem_data(self.ctx, self.mem_addr)
             # cast: ctypes exports format "<B", which slice assignment from bytes refuses
             self.view = memoryview((ctypes.c_ubyte * size).from_address(base)).cast("B") if size \
                 else memoryview(bytearray())
             self.view_size = size
-        self.view_fresh = True
+        return size
 
     def get_memory(self, ptr: int, size: int) -> bytes | None:
         view = self._view(ptr, size)
@@ -334,9 +334,7 @@ class WasmVm:
         return self.set_word(ptr_ptr, ptr) and self.set_word(size_ptr, len(data))
 
     def memory_size(self) -> int:
-        if not self.view_fresh:
-            self._refresh_view()
-        return self.view_size
+        return self._refresh_view()
 
     # -- calls into the guest -----------------------------------------------------------------
     def export(self, name: str) -> _Export | None:
@@ -363,7 +361,6 @@ class WasmVm:
             err = _call_unchecked(ctx, fn.addr, fn.slots_addr, fn.nslots, fn.trap_addr)
         finally:
             self.depth -= 1
-            self.view_fresh = False
         if err or fn.trap.value:   # wasmtime writes the trap slot only on a trap; we clear it then
             trap, fn.trap.value = fn.trap.value, None
             self._raise_trap(fn.name, err, trap)
