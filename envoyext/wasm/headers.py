@@ -62,7 +62,7 @@ def add(headers: list, key: str, value: str) -> None:
 
 def remove(headers: list, key: str) -> None:
     key = key.lower()
-    headers[:] = [(k, v) for k, v in headers if k != key]
+    headers[:] = [h for h in headers if h[0] != key]
 
 
 def replace(headers: list, key: str, value: str) -> None:

@@ -264,12 +264,8 @@ class WasmVm:
         return _trap_new(b, len(b)) or 0
 
     # -- memory -----------------------------------------------------------------------------
-    def _view(self, ptr: int, size: int) -> memoryview | None:
-        """The memory view if [ptr, ptr+size) lies inside linear memory, else None."""
-        if ptr + size > self.view_size and ptr + size > self._refresh_view():
-            return None
-        return self.view
-
+    # Each accessor checks its bounds inline (a method call per check costs as much as the access):
+    # within the view is the common case; past it, the memory may have grown since the view was made.
     def _refresh_view(self) -> int:
         """Widen the view to the memory's current size (which only grows); return that size."""
         size = _mem_size(self.ctx, self.mem_addr)
@@ -282,33 +278,34 @@ class WasmVm:
         return size
 
     def get_memory(self, ptr: int, size: int) -> bytes | None:
-        view = self._view(ptr, size)
-        return None if view is None else view[ptr:ptr + size].tobytes()
+        end = ptr + size
+        if end > self.view_size and end > self._refresh_view():
+            return None
+        return self.view[ptr:end].tobytes()
 
     def set_memory(self, ptr: int, data: bytes) -> bool:
-        view = self._view(ptr, len(data))
-        if view is None:
+        end = ptr + len(data)
+        if end > self.view_size and end > self._refresh_view():
             return False
-        view[ptr:ptr + len(data)] = data
+        self.view[ptr:end] = data
         return True
 
     def set_word(self, ptr: int, value: int) -> bool:
-        view = self._view(ptr, 4)
-        if view is None:
+        if ptr + 4 > self.view_size and ptr + 4 > self._refresh_view():
             return False
-        _U32.pack_into(view, ptr, value & M32)
+        _U32.pack_into(self.view, ptr, value & M32)
         return True
 
     def set_u64(self, ptr: int, value: int) -> bool:
-        view = self._view(ptr, 8)
-        if view is None:
+        if ptr + 8 > self.view_size and ptr + 8 > self._refresh_view():
             return False
-        _U64.pack_into(view, ptr, value & M64)
+        _U64.pack_into(self.view, ptr, value & M64)
         return True
 
     def get_word(self, ptr: int) -> int | None:
-        view = self._view(ptr, 4)
-        return None if view is None else _U32.unpack_from(view, ptr)[0]
+        if ptr + 4 > self.view_size and ptr + 4 > self._refresh_view():
+            return None
+        return _U32.unpack_from(self.view, ptr)[0]
 
     def alloc(self, size: int) -> int | None:
         """Guest memory from the module's malloc (or proxy_on_memory_allocate); None on failure."""
@@ -319,7 +316,7 @@ class WasmVm:
             ptr = self.call(self.malloc, size)
         finally:
             self.allowed = None
-        if not ptr or self._view(ptr, size) is None:
+        if not ptr or (ptr + size > self.view_size and ptr + size > self._refresh_view()):
             return None
         return ptr
 
