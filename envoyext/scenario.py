@@ -27,8 +27,11 @@ def header_list(spec: dict | None) -> Headers:
     """YAML header mapping (values may be lists for repeated headers) -> ordered pairs."""
     out: Headers = []
     for name, value in (spec or {}).items():
-        values = value if isinstance(value, list) else [value]
-        out.extend((str(name).lower(), _text(v)) for v in values)
+        name = str(name).lower()
+        if isinstance(value, list):
+            out += [(name, _text(v)) for v in value]
+        else:
+            out.append((name, value if isinstance(value, str) else _text(value)))
     return out
 
 
