@@ -2,8 +2,9 @@
 filter and with the native Envoy filter it mirrors, in one run, as ratios.
 
 Each kind's first scenario with an `oracle` supplies the filter config, the native filter and the
-request (a kind with no native twin uses its first scenario and shows no native column). The route answers with a direct response so that Envoy (one worker) is what is measured,
-not the Python test upstream; wrk (one thread, 16 connections) drives it from the other core.
+request (a kind with no native twin uses its first scenario and shows no native column). The
+route answers with a direct response so that Envoy (one worker) is what is measured, not the
+Python test upstream; wrk (one thread, 16 connections) drives it from the other core.
 """
 
 from __future__ import annotations

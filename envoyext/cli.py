@@ -146,24 +146,26 @@ def config(path, scenario_file):
     """Print the Envoy bootstrap the filter is tested in (YAML; upstream ports are placeholders)."""
     import yaml
 
-    from envoyext import project as proj
     from envoyext.envoy import bootstrap
-    p = proj.load(path)
-    artifact = proj.build(p)
-    sc = _scenario_or_default(p, scenario_file)
+    _, artifact, sc = _built_with_scenario(path, scenario_file)
     addresses = {name: ("127.0.0.1", 0) for name in sc.all_clusters()}
     click.echo(yaml.safe_dump(bootstrap.build(artifact, sc, addresses),
                               sort_keys=False), nl=False)
 
 
-def _scenario_or_default(p, scenario_file):
+def _built_with_scenario(path, scenario_file):
+    """The project, its built artifact, and the scenario to take clusters and routes from
+    (a bare one, with the echo upstream, when none is named)."""
+    from envoyext import project as proj
     from envoyext import scenario as scenario_mod
+    p = proj.load(path)
+    artifact = proj.build(p)
     if scenario_file:
         sc = scenario_mod.load(scenario_file, default_config=p.config)
     else:
         sc = scenario_mod.from_dict({"cases": [{"name": "-"}]}, p.file, default_config=p.config)
     p.check_config(sc.config, sc.path)
-    return sc
+    return p, artifact, sc
 
 
 @main.command()
@@ -175,11 +177,8 @@ def run(path, scenario_file):
     """Start Envoy with the filter and an echo upstream; stay until Ctrl-C."""
     import time
 
-    from envoyext import project as proj
     from envoyext.runners import live
-    p = proj.load(path)
-    artifact = proj.build(p)
-    sc = _scenario_or_default(p, scenario_file)
+    p, artifact, sc = _built_with_scenario(path, scenario_file)
     with live.started(artifact, sc) as (envoy, _):
         click.echo(f"filter {p.name} listening on {envoy.url}")
         click.echo(f"admin: {envoy.admin.url}   log: {envoy.log_path}")

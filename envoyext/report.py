@@ -17,22 +17,21 @@ def print_case(r: CaseResult) -> None:
     if r.passed:
         return
     for runner, fails in r.failures.items():
-        for m in fails:
-            click.echo(f"     {runner}: {m.where}")
-            click.echo(click.style(f"       - expected: {m.expected!r}", fg="green"))
-            click.echo(click.style(f"       + got:      {m.actual!r}", fg="red"))
+        _diff(fails, ("expected", "got"), prefix=f"{runner}: ")
     if r.disagreements:
         click.secho("     EMULATOR DISAGREES WITH LIVE ENVOY (an emulator bug):", fg="magenta", bold=True)
-        for m in r.disagreements:
-            click.echo(f"     {m.where}")
-            click.echo(click.style(f"       - emulated: {m.expected!r}", fg="green"))
-            click.echo(click.style(f"       + live:     {m.actual!r}", fg="red"))
+        _diff(r.disagreements, ("emulated", "live"))
     if r.oracle:
         click.secho("     differs from the native Envoy filter:", fg="yellow", bold=True)
-        for m in r.oracle:
-            click.echo(f"     {m.where}")
-            click.echo(click.style(f"       - native: {m.expected!r}", fg="green"))
-            click.echo(click.style(f"       + filter: {m.actual!r}", fg="red"))
+        _diff(r.oracle, ("native", "filter"))
+
+
+def _diff(mismatches, labels: tuple[str, str], prefix: str = "") -> None:
+    width = max(map(len, labels)) + 1
+    for m in mismatches:
+        click.echo(f"     {prefix}{m.where}")
+        click.echo(click.style(f"       - {labels[0] + ':':<{width}} {m.expected!r}", fg="green"))
+        click.echo(click.style(f"       + {labels[1] + ':':<{width}} {m.actual!r}", fg="red"))
 
 
 def print_summary(results: list[CaseResult]) -> None:
