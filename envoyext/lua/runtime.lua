@@ -82,6 +82,22 @@ local function tostr(v)
   return v
 end
 
+-- luaL_checkstring / luaL_checkinteger on argument `i` of an API method: the value as a string
+-- (lua_tolstring) or as an integer truncated toward zero. Called by the API method itself, never
+-- tail-called, so level 3 is the user's line and argerr finds the method at level 3.
+local function arg_string(n, i, v, fname)
+  local t = type(v)
+  if t == "string" then return v end
+  if t == "number" then return sformat("%.14g", v) end
+  error(argerr(i, "string", fname, n, v, 3), 3)
+end
+
+local function arg_integer(n, i, v, fname)
+  local x = tonumber(v)
+  if x == nil then error(argerr(i, "number", fname, n, v, 3), 3) end
+  return x >= 0 and floor(x) or -floor(-x)
+end
+
 ---------------------------------------------------------------------------------------------------
 -- Classes
 
@@ -257,19 +273,18 @@ end
 function HeaderMap.add(self, ...)
   local st = self_state(self, "HeaderMap", "add")
   local n, key, value = select("#", ...), ...
-  if type(key) ~= "string" and type(key) ~= "number" then error(argerr(1, "string", "add", n, key), 2) end
-  if type(value) ~= "string" and type(value) ~= "number" then error(argerr(2, "string", "add", n, value), 2) end
+  key = arg_string(n, 1, key, "add")
+  value = arg_string(n, 2, value, "add")
   header_modifiable(st)
   local s = st.store
-  store_add(s, slower(tostr(key)), tostr(value))
+  store_add(s, slower(key), value)
   s.dirty = true
 end
 
 function HeaderMap.get(self, ...)
   local st = self_state(self, "HeaderMap", "get")
   local n, key = select("#", ...), ...
-  if type(key) ~= "string" and type(key) ~= "number" then error(argerr(1, "string", "get", n, key), 2) end
-  key = slower(tostr(key))
+  key = slower(arg_string(n, 1, key, "get"))
   local s = st.store
   local k, v, found, parts = s.k, s.v, nil, nil
   for i = 1, s.n do
@@ -289,11 +304,8 @@ end
 function HeaderMap.getAtIndex(self, ...)
   local st = self_state(self, "HeaderMap", "getAtIndex")
   local n, key, index = select("#", ...), ...
-  if type(key) ~= "string" and type(key) ~= "number" then error(argerr(1, "string", "getAtIndex", n, key), 2) end
-  if tonumber(index) == nil then error(argerr(2, "number", "getAtIndex", n, index), 2) end
-  index = tonumber(index)
-  index = index >= 0 and floor(index) or -floor(-index)
-  key = slower(tostr(key))
+  key = slower(arg_string(n, 1, key, "getAtIndex"))
+  index = arg_integer(n, 2, index, "getAtIndex")
   if index < 0 then return end
   local s = st.store
   local k, seen = s.k, 0
@@ -308,8 +320,7 @@ end
 function HeaderMap.getNumValues(self, ...)
   local st = self_state(self, "HeaderMap", "getNumValues")
   local n, key = select("#", ...), ...
-  if type(key) ~= "string" and type(key) ~= "number" then error(argerr(1, "string", "getNumValues", n, key), 2) end
-  key = slower(tostr(key))
+  key = slower(arg_string(n, 1, key, "getNumValues"))
   local s, count = st.store, 0
   local k = s.k
   for i = 1, s.n do
@@ -321,9 +332,9 @@ end
 function HeaderMap.remove(self, ...)
   local st = self_state(self, "HeaderMap", "remove")
   local n, key = select("#", ...), ...
-  if type(key) ~= "string" and type(key) ~= "number" then error(argerr(1, "string", "remove", n, key), 2) end
+  key = slower(arg_string(n, 1, key, "remove"))
   header_modifiable(st)
-  store_remove(st.store, slower(tostr(key)))
+  store_remove(st.store, key)
   st.store.dirty = true
 end
 
@@ -331,22 +342,17 @@ end
 function HeaderMap.replace(self, ...)
   local st = self_state(self, "HeaderMap", "replace")
   local n, key, value = select("#", ...), ...
-  if type(key) ~= "string" and type(key) ~= "number" then error(argerr(1, "string", "replace", n, key), 2) end
-  if type(value) ~= "string" and type(value) ~= "number" then error(argerr(2, "string", "replace", n, value), 2) end
+  key = slower(arg_string(n, 1, key, "replace"))
+  value = arg_string(n, 2, value, "replace")
   header_modifiable(st)
-  key = slower(tostr(key))
   store_remove(st.store, key)
-  store_add(st.store, key, tostr(value))
+  store_add(st.store, key, value)
   st.store.dirty = true
 end
 
 function HeaderMap.setHttp1ReasonPhrase(self, ...)
   local st = self_state(self, "HeaderMap", "setHttp1ReasonPhrase")
-  local n, phrase = select("#", ...), ...
-  if type(phrase) ~= "string" and type(phrase) ~= "number" then
-    error(argerr(1, "string", "setHttp1ReasonPhrase", n, phrase), 2)
-  end
-  st.store.reason = tostr(phrase)
+  st.store.reason = arg_string(select("#", ...), 1, ..., "setHttp1ReasonPhrase")
 end
 
 local function header_pairs(self)
