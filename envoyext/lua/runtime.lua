@@ -92,10 +92,11 @@ local function arg_string(n, i, v, fname)
   error(argerr(i, "string", fname, n, v, 3), 3)
 end
 
+local function toint(v) v = tonumber(v); return v >= 0 and floor(v) or -floor(-v) end
+
 local function arg_integer(n, i, v, fname)
-  local x = tonumber(v)
-  if x == nil then error(argerr(i, "number", fname, n, v, 3), 3) end
-  return x >= 0 and floor(x) or -floor(-x)
+  if tonumber(v) == nil then error(argerr(i, "number", fname, n, v, 3), 3) end
+  return toint(v)
 end
 
 ---------------------------------------------------------------------------------------------------
@@ -391,14 +392,11 @@ function Buffer.length(self)
   return #st.get()
 end
 
-local function toint(v) v = tonumber(v); return v >= 0 and floor(v) or -floor(-v) end
-
 function Buffer.getBytes(self, ...)
   local st = self_state(self, "Buffer", "getBytes")
   local n, index, len = select("#", ...), ...
-  if tonumber(index) == nil then error(argerr(1, "number", "getBytes", n, index), 2) end
-  if tonumber(len) == nil then error(argerr(2, "number", "getBytes", n, len), 2) end
-  index, len = toint(index), toint(len)
+  index = arg_integer(n, 1, index, "getBytes")
+  len = arg_integer(n, 2, len, "getBytes")
   local data = st.get()
   if index < 0 or len < 0 or index + len > #data then
     error("index/length must be >= 0 and (index + length) must be <= buffer size", 2)
@@ -410,9 +408,7 @@ end
 -- (on the header map directly, past the "no longer modifiable" check).
 function Buffer.setBytes(self, ...)
   local st = self_state(self, "Buffer", "setBytes")
-  local n, data = select("#", ...), ...
-  if type(data) ~= "string" and type(data) ~= "number" then error(argerr(1, "string", "setBytes", n, data), 2) end
-  data = tostr(data)
+  local data = arg_string(select("#", ...), 1, ..., "setBytes")
   st.set(data)
   store_set(st.headers, "content-length", tostring(#data))
   st.headers.dirty = true
@@ -488,38 +484,38 @@ local Metadata = {}
 
 function Metadata.get(self, ...)
   local st = self_state(self, "Metadata", "get")
-  local n, key = select("#", ...), ...
-  if type(key) ~= "string" and type(key) ~= "number" then error(argerr(1, "string", "get", n, key), 2) end
-  local v = st.fields[tostr(key)]
+  local v = st.fields[arg_string(select("#", ...), 1, ..., "get")]
   if v == nil then return end
   return set_value(v)
 end
 
-local function metadata_pairs(self)
-  local st = STATE[self]
-  if st == nil or not st.scope.live then error(DEAD, 2) end
-  if st.iterating then error("cannot create a second iterator before completing the first", 2) end
-  st.iterating = true
-  local scope, key = st.scope, nil
-  return function()
-    if not scope.live then error(DEAD, 2) end
-    local v
-    key, v = next(st.fields, key)
-    if key == nil then st.iterating = false; return nil end
-    return key, set_value(v)
+-- __pairs over the table st[field], one stored value at a time. Reached through pairs() by a
+-- tail call, so level 2 is the user's line.
+local function values_pairs(field)
+  return function(self)
+    local st = STATE[self]
+    if st == nil or not st.scope.live then error(DEAD, 2) end
+    if st.iterating then error("cannot create a second iterator before completing the first", 2) end
+    st.iterating = true
+    local scope, t, key = st.scope, st[field], nil
+    return function()
+      if not scope.live then error(DEAD, 2) end
+      local v
+      key, v = next(t, key)
+      if key == nil then st.iterating = false; return nil end
+      return key, set_value(v)
+    end
   end
 end
 
-local new_metadata = class(Metadata, {__pairs = metadata_pairs})
+local new_metadata = class(Metadata, {__pairs = values_pairs("fields")})
 
 -- DynamicMetadata object. st = {scope, dyn = {namespace -> fields}, iterating}
 local DynamicMetadata = {}
 
 function DynamicMetadata.get(self, ...)
   local st = self_state(self, "DynamicMetadata", "get")
-  local n, ns = select("#", ...), ...
-  if type(ns) ~= "string" and type(ns) ~= "number" then error(argerr(1, "string", "get", n, ns), 2) end
-  local fields = st.dyn[tostr(ns)]
+  local fields = st.dyn[arg_string(select("#", ...), 1, ..., "get")]
   if fields == nil then return end
   return set_value(fields)
 end
@@ -528,32 +524,16 @@ function DynamicMetadata.set(self, ...)
   local st = self_state(self, "DynamicMetadata", "set")
   if st.iterating then error("dynamic metadata map cannot be modified while iterating", 2) end
   local n, ns, key, value = select("#", ...), ...
-  if type(ns) ~= "string" and type(ns) ~= "number" then error(argerr(1, "string", "set", n, ns), 2) end
-  if type(key) ~= "string" and type(key) ~= "number" then error(argerr(2, "string", "set", n, key), 2) end
+  ns = arg_string(n, 1, ns, "set")
+  key = arg_string(n, 2, key, "set")
   local ok, stored = pcall(load_value, value)
   if not ok then error(stored, 2) end
-  ns = tostr(ns)
   local fields = st.dyn[ns]
   if fields == nil then fields = {}; st.dyn[ns] = fields end
-  fields[tostr(key)] = stored
+  fields[key] = stored
 end
 
-local function dynamic_pairs(self)
-  local st = STATE[self]
-  if st == nil or not st.scope.live then error(DEAD, 2) end
-  if st.iterating then error("cannot create a second iterator before completing the first", 2) end
-  st.iterating = true
-  local scope, key = st.scope, nil
-  return function()
-    if not scope.live then error(DEAD, 2) end
-    local v
-    key, v = next(st.dyn, key)
-    if key == nil then st.iterating = false; return nil end
-    return key, set_value(v)
-  end
-end
-
-local new_dynamic_metadata = class(DynamicMetadata, {__pairs = dynamic_pairs})
+local new_dynamic_metadata = class(DynamicMetadata, {__pairs = values_pairs("dyn")})
 
 ---------------------------------------------------------------------------------------------------
 -- SSL connection object. st = {scope, info = table from the host}
@@ -564,40 +544,27 @@ local SSL_STRINGS = {"sha256PeerCertificateDigest", "serialNumberPeerCertificate
   "urlEncodedPemEncodedPeerCertificateChain", "sessionId", "ciphersuiteId", "ciphersuiteString", "tlsVersion"}
 local SSL_LISTS = {"uriSanPeerCertificate", "uriSanLocalCertificate", "dnsSansPeerCertificate",
   "dnsSansLocalCertificate", "oidsPeerCertificate", "oidsLocalCertificate"}
-for _, name in ipairs(SSL_STRINGS) do
-  Ssl[name] = function(self)
-    local st = self_state(self, "SslConnection", name)
-    return st.info[name] or ""
+-- Methods named after the fields of st.info they read, each value passed through `read`.
+local function info_getters(methods, kind, names, read)
+  for _, name in ipairs(names) do
+    methods[name] = function(self)
+      local st = self_state(self, kind, name)
+      return read(st.info[name])
+    end
   end
 end
-for _, name in ipairs(SSL_LISTS) do
-  Ssl[name] = function(self)
-    local st = self_state(self, "SslConnection", name)
-    return deep_copy(st.info[name] or {})
-  end
-end
-for _, name in ipairs({"peerCertificatePresented", "peerCertificateValidated"}) do
-  Ssl[name] = function(self)
-    local st = self_state(self, "SslConnection", name)
-    return st.info[name] == true
-  end
-end
-for _, name in ipairs({"validFromPeerCertificate", "expirationPeerCertificate"}) do
-  Ssl[name] = function(self)
-    local st = self_state(self, "SslConnection", name)
-    return st.info[name] or 0
-  end
-end
+local function or_empty_string(v) return v or "" end
+local function list_copy(v) return deep_copy(v or {}) end
+info_getters(Ssl, "SslConnection", SSL_STRINGS, or_empty_string)
+info_getters(Ssl, "SslConnection", SSL_LISTS, list_copy)
+info_getters(Ssl, "SslConnection", {"peerCertificatePresented", "peerCertificateValidated"},
+             function(v) return v == true end)
+info_getters(Ssl, "SslConnection", {"validFromPeerCertificate", "expirationPeerCertificate"},
+             function(v) return v or 0 end)
 
 local ParsedName = {}
-function ParsedName.commonName(self)
-  local st = self_state(self, "ParsedX509Name", "commonName")
-  return st.info.commonName or ""
-end
-function ParsedName.organizationName(self)
-  local st = self_state(self, "ParsedX509Name", "organizationName")
-  return deep_copy(st.info.organizationName or {})
-end
+info_getters(ParsedName, "ParsedX509Name", {"commonName"}, or_empty_string)
+info_getters(ParsedName, "ParsedX509Name", {"organizationName"}, list_copy)
 local new_parsed_name = class(ParsedName)
 
 function Ssl.parsedSubjectPeerCertificate(self)
@@ -622,13 +589,18 @@ local function facts(stream)
   return stream
 end
 
-local Connection = {}
-function Connection.ssl(self)
-  local st = self_state(self, "Connection", "ssl")
+-- connection():ssl() and streamInfo():downstreamSslConnection(): nil without TLS.
+local function ssl_object(st)
   local info = facts(st.handle.stream).ssl
   if info == nil then return nil end
   st.ssl = st.ssl or new_ssl({scope = st.scope, info = info})
   return st.ssl
+end
+
+local Connection = {}
+function Connection.ssl(self)
+  local st = self_state(self, "Connection", "ssl")
+  return ssl_object(st)
 end
 local new_connection = class(Connection)
 
@@ -659,17 +631,13 @@ end
 
 function StreamInfo.dynamicTypedMetadata(self, ...)
   local st = self_state(self, "StreamInfo", "dynamicTypedMetadata")
-  local n, name = select("#", ...), ...
-  if type(name) ~= "string" and type(name) ~= "number" then error(argerr(1, "string", "dynamicTypedMetadata", n, name), 2) end
+  arg_string(select("#", ...), 1, ..., "dynamicTypedMetadata")
   return nil
 end
 
 function StreamInfo.downstreamSslConnection(self)
   local st = self_state(self, "StreamInfo", "downstreamSslConnection")
-  local info = facts(st.handle.stream).ssl
-  if info == nil then return nil end
-  st.ssl = st.ssl or new_ssl({scope = st.scope, info = info})
-  return st.ssl
+  return ssl_object(st)
 end
 
 -- Filter state: per stream, shared by both directions. set() builds the object through the
@@ -679,21 +647,18 @@ local FILTER_STATE_FACTORIES = {["envoy.string"] = true, ["envoy.network.upstrea
 local FilterState = {}
 function FilterState.get(self, ...)
   local st = self_state(self, "FilterState", "get")
-  local n, name = select("#", ...), ...
-  if type(name) ~= "string" and type(name) ~= "number" then error(argerr(1, "string", "get", n, name), 2) end
-  local v = st.handle.stream.fs[tostr(name)]
+  local v = st.handle.stream.fs[arg_string(select("#", ...), 1, ..., "get")]
   if v == nil or select("#", ...) >= 2 then return end
   return v
 end
 function FilterState.set(self, ...)
   local st = self_state(self, "FilterState", "set")
   local n, key, factory, value = select("#", ...), ...
-  if type(key) ~= "string" and type(key) ~= "number" then error(argerr(1, "string", "set", n, key), 2) end
-  if type(factory) ~= "string" and type(factory) ~= "number" then error(argerr(2, "string", "set", n, factory), 2) end
-  if type(value) ~= "string" and type(value) ~= "number" then error(argerr(3, "string", "set", n, value), 2) end
-  factory = tostr(factory)
+  key = arg_string(n, 1, key, "set")
+  factory = arg_string(n, 2, factory, "set")
+  value = arg_string(n, 3, value, "set")
   if not FILTER_STATE_FACTORIES[factory] then error("'" .. factory .. "' does not have an object factory", 2) end
-  st.handle.stream.fs[tostr(key)] = tostr(value)
+  st.handle.stream.fs[key] = value
 end
 local new_filter_state = class(FilterState)
 
@@ -718,8 +683,7 @@ local EMPTY = {}
 local ConnectionDynamicMetadata = {}
 function ConnectionDynamicMetadata.get(self, ...)
   self_state(self, "ConnectionDynamicMetadataMapWrapper", "get")
-  local n, ns = select("#", ...), ...
-  if type(ns) ~= "string" and type(ns) ~= "number" then error(argerr(1, "string", "get", n, ns), 2) end
+  arg_string(select("#", ...), 1, ..., "get")
 end
 local function empty_pairs(self)
   local st = STATE[self]
@@ -736,8 +700,7 @@ function ConnectionStreamInfo.dynamicMetadata(self)
 end
 function ConnectionStreamInfo.dynamicTypedMetadata(self, ...)
   self_state(self, "N5Envoy10Extensions11HttpFilters3Lua27ConnectionStreamInfoWrapperE", "dynamicTypedMetadata")
-  local n, name = select("#", ...), ...
-  if type(name) ~= "string" and type(name) ~= "number" then error(argerr(1, "string", "dynamicTypedMetadata", n, name), 2) end
+  arg_string(select("#", ...), 1, ..., "dynamicTypedMetadata")
   return nil
 end
 local new_connection_stream_info = class(ConnectionStreamInfo)
