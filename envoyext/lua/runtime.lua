@@ -66,6 +66,10 @@ end
 -- As luaL_argerror words it: the argument counts self unless the call was a method call, and the
 -- function is named as its call site names it ('?' for a tail call, observed on 1.40). `level` is
 -- the stack level of the API method as seen from here (2: it called argerr itself).
+local function badarg(i, fname, expected, got)
+  return sformat("bad argument #%d to '%s' (%s expected, got %s)", i, fname, expected, got)
+end
+
 local getinfo = debug.getinfo
 local function argerr(i, expected, fname, n, v, level)
   local msg_i, name = i, fname
@@ -73,7 +77,12 @@ local function argerr(i, expected, fname, n, v, level)
   if ar and ar.namewhat ~= "method" then
     msg_i, name = i + 1, ar.name or "?"
   end
-  return sformat("bad argument #%d to '%s' (%s expected, got %s)", msg_i, name, expected, typename(n, i, v))
+  return badarg(msg_i, name, expected, typename(n, i, v))
+end
+
+-- A wrong receiver, as luaL_checkudata words it: always argument #1, named by the method.
+local function receiver_error(fname, expected, self)
+  return badarg(1, fname, expected, self == nil and "no value" or type(self))
 end
 
 -- lua_isstring: strings and numbers; numbers are converted as lua_tolstring does ("%.14g").
@@ -143,7 +152,7 @@ local function self_state(self, kind, fname)
   local st = STATE[self]
   if st == nil then
     if type(self) == "userdata" then error(DEAD, 3) end
-    error(sformat("bad argument #1 to '%s' (%s expected, got %s)", fname, KIND[kind] or kind, self == nil and "no value" or type(self)), 3)
+    error(receiver_error(fname, KIND[kind] or kind, self), 3)
   end
   if not st.scope.live then error(DEAD, 3) end
   return st
@@ -360,7 +369,7 @@ local function header_pairs(self)
   local st = STATE[self]
   if st == nil and type(self) == "userdata" then error(DEAD, 2) end
   -- Reached through pairs() by a tail call, so level 2 is the user's line.
-  if st == nil then error("bad argument #1 to '__pairs' (" .. KIND.HeaderMap .. " expected, got " .. type(self) .. ")", 2) end
+  if st == nil then error(badarg(1, "__pairs", KIND.HeaderMap, type(self)), 2) end
   if not st.scope.live then error(DEAD, 2) end
   if st.iterating then error("cannot create a second iterator before completing the first", 2) end
   -- Envoy snapshots the entries when the iterator is created.
@@ -749,7 +758,7 @@ local function handle_state(self, fname)
   local h = STATE[self]
   if h == nil then
     if type(self) == "userdata" then error(DEAD, 3) end
-    error(sformat("bad argument #1 to '%s' (%s expected, got %s)", fname, KIND.StreamHandle, self == nil and "no value" or type(self)), 3)
+    error(receiver_error(fname, KIND.StreamHandle, self), 3)
   end
   if not h.live then error(DEAD, 3) end
   return h
@@ -768,6 +777,20 @@ local function headers_object(h)
   c = new_headermap({store = h.hs, scope = h.scope, modifiable = h.modifiable})
   h.cache.headers = c
   return c
+end
+
+-- Methods that hand out one object per resume: Envoy keeps the wrapper until the coroutine
+-- yields (kill_scope empties the cache).
+local function handle_object(fname, make)
+  Handle[fname] = function(self)
+    local h = handle_state(self, fname)
+    local c = h.cache[fname]
+    if c == nil then
+      c = make(h)
+      h.cache[fname] = c
+    end
+    return c
+  end
 end
 
 function Handle.headers(self)
@@ -843,57 +866,22 @@ function Handle.trailers(self)
   return co_yield()
 end
 
-function Handle.metadata(self)
-  local h = handle_state(self, "metadata")
-  local c = h.cache.metadata
-  if c == nil then
-    c = new_metadata({scope = h.scope, fields = facts(h.stream).route_metadata})
-    h.cache.metadata = c
-  end
-  return c
-end
-
-function Handle.filterContext(self)
-  local h = handle_state(self, "filterContext")
-  local c = h.cache.filter_context
-  if c == nil then
-    c = new_metadata({scope = h.scope, fields = facts(h.stream).filter_context})
-    h.cache.filter_context = c
-  end
-  return c
-end
-
-function Handle.streamInfo(self)
-  local h = handle_state(self, "streamInfo")
-  local c = h.cache.stream_info
-  if c == nil then
-    c = new_stream_info({scope = h.scope, handle = h})
-    h.cache.stream_info = c
-  end
-  return c
-end
-
-function Handle.connection(self)
-  local h = handle_state(self, "connection")
-  local c = h.cache.connection
-  if c == nil then
-    c = new_connection({scope = h.scope, handle = h})
-    h.cache.connection = c
-  end
-  return c
-end
-
+handle_object("metadata", function(h) return new_metadata({scope = h.scope, fields = facts(h.stream).route_metadata}) end)
+handle_object("filterContext", function(h) return new_metadata({scope = h.scope, fields = facts(h.stream).filter_context}) end)
+handle_object("streamInfo", function(h) return new_stream_info({scope = h.scope, handle = h}) end)
+handle_object("connection", function(h) return new_connection({scope = h.scope, handle = h}) end)
 -- Logging: luaL_checkstring; the whole string is logged, NUL bytes included (observed on 1.40:
 -- an httpCall body "resp\0nse" is logged with its NUL and the rest).
+local function script_log(level, msg)
+  LOGS[NLOGS + 1] = level
+  LOGS[NLOGS + 2] = msg
+  NLOGS = NLOGS + 2
+end
+
 local function logger(level, fname)
   return function(self, ...)
     handle_state(self, fname)
-    local n, msg = select("#", ...), ...
-    if type(msg) ~= "string" and type(msg) ~= "number" then error(argerr(1, "string", fname, n, msg), 2) end
-    msg = tostr(msg)
-    LOGS[NLOGS + 1] = level
-    LOGS[NLOGS + 2] = msg
-    NLOGS = NLOGS + 2
+    script_log(level, arg_string(select("#", ...), 1, ..., fname))
   end
 end
 Handle.logTrace = logger("trace", "logTrace")
@@ -902,12 +890,6 @@ Handle.logInfo = logger("info", "logInfo")
 Handle.logWarn = logger("warn", "logWarn")
 Handle.logErr = logger("error", "logErr")
 Handle.logCritical = logger("critical", "logCritical")
-
-local function script_log(level, msg)
-  LOGS[NLOGS + 1] = level
-  LOGS[NLOGS + 2] = msg
-  NLOGS = NLOGS + 2
-end
 
 -- buildHeadersFromTable as Envoy 1.40 has it: luaL_checkstring on the key and value slots of a
 -- lua_next() walk. A number key is converted in place, which breaks lua_next: "invalid key to
@@ -920,19 +902,19 @@ local function headers_from_table(t, inline, nargs, fname)
   for key, value in rawpairs(t) do
     if type(key) == "number" then error("invalid key to 'next'", 0) end
     if type(key) ~= "string" then
-      error(sformat("bad argument #%d to '%s' (string expected, got %s)", nargs + 1, fname, type(key)), 3)
+      error(badarg(nargs + 1, fname, "string", type(key)), 3)
     end
     local lkey = slower(key)
     if type(value) == "table" then
       for _, item in rawpairs(value) do
         if type(item) ~= "string" and type(item) ~= "number" then
-          error(sformat("bad argument #%d to '%s' (string expected, got %s)", nargs + 4, fname, type(item)), 3)
+          error(badarg(nargs + 4, fname, "string", type(item)), 3)
         end
         store_add(s, lkey, tostr(item))
       end
     else
       if type(value) ~= "string" and type(value) ~= "number" then
-        error(sformat("bad argument #%d to '%s' (string expected, got %s)", nargs + 2, fname, type(value)), 3)
+        error(badarg(nargs + 2, fname, "string", type(value)), 3)
       end
       store_add(s, lkey, tostr(value))
     end
@@ -949,19 +931,14 @@ function Handle.respond(self, ...)
   if h.headers_continued then error("respond() cannot be called if headers have been continued", 2) end
   local n, headers, body = select("#", ...), ...
   if type(headers) ~= "table" then error(argerr(1, "table", "respond", n, headers), 2) end
-  if body ~= nil and type(body) ~= "string" and type(body) ~= "number" then
-    error(argerr(2, "string", "respond", n, body), 2)
-  end
+  if body ~= nil then body = arg_string(n, 2, body, "respond") end
   local s = headers_from_table(headers, INLINE_RESPONSE, n + 1, "respond")
   local status = tonumber(store_first(s, ":status") or "")
   if status == nil or status ~= floor(status) or status < 200 or status >= 600
      or not sfind(store_first(s, ":status"), "^%d+$") then
     error(":status must be between 200-599", 2)
   end
-  if body ~= nil then
-    body = tostr(body)
-    store_set(s, "content-length", tostring(#body))
-  end
+  if body ~= nil then store_set(s, "content-length", tostring(#body)) end
   h.reply = {status = status, headers = s, body = body}
   h.state = RESPONDED
   return co_yield()
@@ -991,24 +968,19 @@ function Handle.httpCall(self, ...)
     if n >= 5 and type(async) ~= "boolean" then
       error("http call asynchronous flag must be 'true', 'false', or empty", 2)
     end
-    if tonumber(timeout) == nil then error(argerr(4, "number", "httpCall", n, timeout), 2) end
-    opts.timeout = toint(timeout)
+    opts.timeout = arg_integer(n, 4, timeout, "httpCall")
     if opts.timeout < 0 then error("http call timeout must be >= 0", 2) end
     opts.async = async == true
   end
-  if type(cluster) ~= "string" and type(cluster) ~= "number" then error(argerr(1, "string", "httpCall", n, cluster), 2) end
+  cluster = arg_string(n, 1, cluster, "httpCall")
   if type(headers) ~= "table" then error(argerr(2, "table", "httpCall", n, headers), 2) end
-  if body ~= nil and type(body) ~= "string" and type(body) ~= "number" then error(argerr(3, "string", "httpCall", n, body), 2) end
-  cluster = tostr(cluster)
+  if body ~= nil then body = arg_string(n, 3, body, "httpCall") end
   if not HOST.has_cluster(cluster) then error("http call cluster invalid. Must be configured", 2) end
   local s = headers_from_table(headers, INLINE_REQUEST, n + 1, "httpCall")
   if store_first(s, ":path") == nil or store_first(s, ":method") == nil or store_first(s, ":authority") == nil then
     error("http call headers must include ':path', ':method', and ':authority'", 2)
   end
-  if body ~= nil then
-    body = tostr(body)
-    store_set(s, "content-length", tostring(#body))
-  end
+  if body ~= nil then store_set(s, "content-length", tostring(#body)) end
   -- What Envoy's async client adds on the way out (observed on the wire).
   store_set(s, "x-envoy-internal", "true")
   if opts.send_xff then
@@ -1038,19 +1010,17 @@ end
 
 function Handle.base64Escape(self, ...)
   handle_state(self, "base64Escape")
-  local n, s = select("#", ...), ...
-  if type(s) ~= "string" and type(s) ~= "number" then error(argerr(1, "string", "base64Escape", n, s), 2) end
-  return HOST.b64encode(tostr(s))
+  return HOST.b64encode(arg_string(select("#", ...), 1, ..., "base64Escape"))
 end
 
 function Handle.base64Decode(self, ...)
   handle_state(self, "base64Decode")
-  local n, s = select("#", ...), ...
-  if type(s) ~= "string" and type(s) ~= "number" then error(argerr(1, "string", "base64Decode", n, s), 2) end
-  return HOST.b64decode(tostr(s))
+  return HOST.b64decode(arg_string(select("#", ...), 1, ..., "base64Decode"))
 end
 
-local function resolution(h, n, unit, fname)
+-- The optional EnvoyTimestampResolution argument: 0 when absent or empty, -1 when not a number.
+-- Called from the API method, so level 3 is the user's line (not arg_string: one level deeper).
+local function resolution(n, unit, fname)
   if unit ~= nil and type(unit) ~= "string" and type(unit) ~= "number" then
     error(argerr(1, "string", fname, n, unit, 3), 3)
   end
@@ -1061,17 +1031,15 @@ local function resolution(h, n, unit, fname)
 end
 
 function Handle.timestamp(self, ...)
-  local h = handle_state(self, "timestamp")
-  local n, unit = select("#", ...), ...
-  local r = resolution(h, n, unit, "timestamp")
+  handle_state(self, "timestamp")
+  local r = resolution(select("#", ...), ..., "timestamp")
   if r ~= 0 then error("timestamp format must be MILLISECOND.", 2) end
   return floor(HOST.now_us() / 1000)
 end
 
 function Handle.timestampString(self, ...)
-  local h = handle_state(self, "timestampString")
-  local n, unit = select("#", ...), ...
-  local r = resolution(h, n, unit, "timestampString")
+  handle_state(self, "timestampString")
+  local r = resolution(select("#", ...), ..., "timestampString")
   if r == 0 then return sformat("%.0f", floor(HOST.now_us() / 1000)) end
   if r == 1 then return sformat("%.0f", HOST.now_us()) end
   error("timestamp format must be MILLISECOND or MICROSECOND.", 2)
@@ -1080,13 +1048,12 @@ end
 function Handle.importPublicKey(self, ...)
   local h = handle_state(self, "importPublicKey")
   local n, keyder, len = select("#", ...), ...
-  if type(keyder) ~= "string" and type(keyder) ~= "number" then error(argerr(1, "string", "importPublicKey", n, keyder), 2) end
-  if tonumber(len) == nil then error(argerr(2, "number", "importPublicKey", n, len), 2) end
-  keyder = tostr(keyder)
+  keyder = arg_string(n, 1, keyder, "importPublicKey")
+  len = arg_integer(n, 2, len, "importPublicKey")
   -- Envoy caches the wrapper for the rest of the resume, whatever key is asked for next.
   local c = h.cache.public_key
   if c then return c end
-  local der = ssub(keyder, 1, toint(len))
+  local der = ssub(keyder, 1, len)
   local id = HOST.import_public_key(der)
   if id == nil then
     c = new_public_key({scope = h.scope, key = ""})
@@ -1102,16 +1069,14 @@ end
 function Handle.verifySignature(self, ...)
   local h = handle_state(self, "verifySignature")
   local n, hash, key, sig, siglen, text, textlen = select("#", ...), ...
-  if type(hash) ~= "string" and type(hash) ~= "number" then error(argerr(1, "string", "verifySignature", n, hash), 2) end
-  if type(key) ~= "string" and type(key) ~= "number" then error(argerr(2, "string", "verifySignature", n, key), 2) end
-  local id = h.keys[tostr(key)]
+  hash = arg_string(n, 1, hash, "verifySignature")
+  local id = h.keys[arg_string(n, 2, key, "verifySignature")]
   if id == nil then error("invalid public key", 2) end
-  if type(sig) ~= "string" and type(sig) ~= "number" then error(argerr(3, "string", "verifySignature", n, sig), 2) end
-  if tonumber(siglen) == nil then error(argerr(4, "number", "verifySignature", n, siglen), 2) end
-  if type(text) ~= "string" and type(text) ~= "number" then error(argerr(5, "string", "verifySignature", n, text), 2) end
-  if tonumber(textlen) == nil then error(argerr(6, "number", "verifySignature", n, textlen), 2) end
-  local ok, msg = HOST.verify_signature(tostr(hash), id, ssub(tostr(sig), 1, toint(siglen)),
-                                        ssub(tostr(text), 1, toint(textlen)))
+  sig = arg_string(n, 3, sig, "verifySignature")
+  siglen = arg_integer(n, 4, siglen, "verifySignature")
+  text = arg_string(n, 5, text, "verifySignature")
+  textlen = arg_integer(n, 6, textlen, "verifySignature")
+  local ok, msg = HOST.verify_signature(hash, id, ssub(sig, 1, siglen), ssub(text, 1, textlen))
   if ok then return true, nil end
   return false, msg
 end
@@ -1142,36 +1107,9 @@ function Handle.requestHeaders(self)
   return c
 end
 
-function Handle.virtualHost(self)
-  local h = handle_state(self, "virtualHost")
-  local c = h.cache.virtual_host
-  if c == nil then
-    c = new_virtual_host({scope = h.scope})
-    h.cache.virtual_host = c
-  end
-  return c
-end
-
-function Handle.route(self)
-  local h = handle_state(self, "route")
-  local c = h.cache.route
-  if c == nil then
-    c = new_route({scope = h.scope, handle = h})
-    h.cache.route = c
-  end
-  return c
-end
-
-function Handle.connectionStreamInfo(self)
-  local h = handle_state(self, "connectionStreamInfo")
-  local c = h.cache.connection_stream_info
-  if c == nil then
-    c = new_connection_stream_info({scope = h.scope})
-    h.cache.connection_stream_info = c
-  end
-  return c
-end
-
+handle_object("virtualHost", function(h) return new_virtual_host({scope = h.scope}) end)
+handle_object("route", function(h) return new_route({scope = h.scope, handle = h}) end)
+handle_object("connectionStreamInfo", function(h) return new_connection_stream_info({scope = h.scope}) end)
 ---------------------------------------------------------------------------------------------------
 -- handle:stats(): counters, gauges and histograms in the filter's stats scope
 -- (http.<hcm prefix>.lua.[<stat_prefix>.]<name>). The values live in the host, shared by every
@@ -1198,8 +1136,7 @@ local STAT_KIND = {
 local function stat_self(self, kind, fname)
   local st = STAT[self]
   if st == nil or st.kind ~= kind then
-    error(sformat("bad argument #1 to '%s' (%s expected, got %s)", fname, STAT_KIND[kind],
-                  self == nil and "no value" or type(self)), 3)
+    error(receiver_error(fname, STAT_KIND[kind], self), 3)
   end
   return st
 end
@@ -1215,84 +1152,61 @@ end
 local Counter, Gauge, Histogram, StatsScope = {}, {}, {}, {}
 local new_counter, new_gauge, new_histogram = stat_class(Counter), stat_class(Gauge), stat_class(Histogram)
 
-function Counter.inc(self)
-  local st = stat_self(self, "counter", "inc")
-  HOST.stat(1, st.name, 1)
-end
-function Counter.add(self, ...)
-  local st = stat_self(self, "counter", "add")
-  local x = stat_amount(select("#", ...), 1, ..., "add")
-  if x < 0 then error("counter add amount must be non-negative", 2) end
-  HOST.stat(1, st.name, x)
-end
-function Counter.value(self)
-  local st = stat_self(self, "counter", "value")
-  return HOST.stat(1, st.name, 0)
-end
-
-local function gauge_op(fname, sign, what)
-  return function(self, ...)
-    local st = stat_self(self, "gauge", fname)
-    local x = stat_amount(select("#", ...), 1, ..., fname)
-    if x < 0 then error("gauge " .. fname .. " " .. what .. " must be non-negative", 2) end
-    HOST.stat(2, st.name, sign * x)
+-- HOST.stat(op, name, amount): op 1 counter add, 2 gauge add, 3 gauge set, 4 histogram record.
+local function stat_step(kind, fname, op, amount)
+  return function(self)
+    local st = stat_self(self, kind, fname)
+    HOST.stat(op, st.name, amount)
   end
 end
-Gauge.add = gauge_op("add", 1, "amount")
-Gauge.sub = gauge_op("sub", -1, "amount")
-function Gauge.inc(self)
-  local st = stat_self(self, "gauge", "inc")
-  HOST.stat(2, st.name, 1)
+local function stat_value(kind, op)
+  return function(self)
+    local st = stat_self(self, kind, "value")
+    return HOST.stat(op, st.name, 0)
+  end
 end
-function Gauge.dec(self)
-  local st = stat_self(self, "gauge", "dec")
-  HOST.stat(2, st.name, -1)
-end
-function Gauge.set(self, ...)
-  local st = stat_self(self, "gauge", "set")
-  local x = stat_amount(select("#", ...), 1, ..., "set")
-  if x < 0 then error("gauge set value must be non-negative", 2) end
-  HOST.stat(3, st.name, x)
-end
-function Gauge.value(self)
-  local st = stat_self(self, "gauge", "value")
-  return HOST.stat(2, st.name, 0)
+-- `sign` * the amount argument; a negative amount is refused with `negative`.
+local function stat_amount_op(kind, fname, op, sign, negative)
+  return function(self, ...)
+    local st = stat_self(self, kind, fname)
+    local x = stat_amount(select("#", ...), 1, ..., fname)
+    if x < 0 then error(negative, 2) end
+    HOST.stat(op, st.name, sign * x)
+  end
 end
 
-function Histogram.recordValue(self, ...)
-  local st = stat_self(self, "histogram", "recordValue")
-  local x = stat_amount(select("#", ...), 1, ..., "recordValue")
-  if x < 0 then error("histogram value must be non-negative", 2) end
-  HOST.stat(4, st.name, x)
-end
+Counter.inc = stat_step("counter", "inc", 1, 1)
+Counter.add = stat_amount_op("counter", "add", 1, 1, "counter add amount must be non-negative")
+Counter.value = stat_value("counter", 1)
+Gauge.add = stat_amount_op("gauge", "add", 2, 1, "gauge add amount must be non-negative")
+Gauge.sub = stat_amount_op("gauge", "sub", 2, -1, "gauge sub amount must be non-negative")
+Gauge.inc = stat_step("gauge", "inc", 2, 1)
+Gauge.dec = stat_step("gauge", "dec", 2, -1)
+Gauge.set = stat_amount_op("gauge", "set", 3, 1, "gauge set value must be non-negative")
+Gauge.value = stat_value("gauge", 2)
+Histogram.recordValue = stat_amount_op("histogram", "recordValue", 4, 1, "histogram value must be non-negative")
 
 local HISTOGRAM_UNITS = {ms = true, milliseconds = true, microseconds = true, nanoseconds = true, bytes = true,
                          unspecified = true}
 
-local function stat_name(n, name, fname)
-  if type(name) ~= "string" and type(name) ~= "number" then error(argerr(1, "string", fname, n, name, 3), 3) end
-  return tostr(name)
-end
-
 function StatsScope.counter(self, ...)
   stat_self(self, "scope", "counter")
-  local name = stat_name(select("#", ...), ..., "counter")
+  local name = arg_string(select("#", ...), 1, ..., "counter")
   HOST.stat(1, name, 0)
   return new_counter({kind = "counter", name = name})
 end
 function StatsScope.gauge(self, ...)
   stat_self(self, "scope", "gauge")
-  local name = stat_name(select("#", ...), ..., "gauge")
+  local name = arg_string(select("#", ...), 1, ..., "gauge")
   HOST.stat(2, name, 0)
   return new_gauge({kind = "gauge", name = name})
 end
 function StatsScope.histogram(self, ...)
   stat_self(self, "scope", "histogram")
   local n, name, unit = select("#", ...), ...
-  name = stat_name(n, name, "histogram")
+  name = arg_string(n, 1, name, "histogram")
   if unit ~= nil then
-    if type(unit) ~= "string" and type(unit) ~= "number" then error(argerr(2, "string", "histogram", n, unit), 2) end
-    unit = tostr(unit)
+    unit = arg_string(n, 2, unit, "histogram")
     if not HISTOGRAM_UNITS[unit] then
       error("invalid histogram unit '" .. unit .. "', expected 'ms', 'milliseconds', 'microseconds', " ..
             "'nanoseconds', 'bytes', or 'unspecified'", 2)
@@ -1319,8 +1233,7 @@ end
 function Handle.setUpstreamOverrideHost(self, ...)
   local h = handle_state(self, "setUpstreamOverrideHost")
   local n, host, strict = select("#", ...), ...
-  if type(host) ~= "string" and type(host) ~= "number" then error(argerr(1, "string", "setUpstreamOverrideHost", n, host), 2) end
-  if not HOST.is_ip_authority(tostr(host)) then error("host is not a valid IP address", 2) end
+  if not HOST.is_ip_authority(arg_string(n, 1, host, "setUpstreamOverrideHost")) then error("host is not a valid IP address", 2) end
   if n >= 2 and type(strict) ~= "boolean" then error(argerr(2, "boolean", "setUpstreamOverrideHost", n, strict), 2) end
   -- Observable only when strict: no test cluster has the host, so the router answers 503.
   if h.which == "request" and strict == true then h.stream.override_strict = true end
@@ -1374,6 +1287,12 @@ local function continue_headers(h)
   end
 end
 
+-- A script waiting in body(): resumed with what luaBody returns now.
+local function resume_body(h)
+  local _, res = body_result(h, h.wrap_body)
+  if res == nil then resume(h) else resume(h, res) end
+end
+
 local function complete_call(h)
   -- onSuccess: resume with (headers, body); if the script then runs to the end, continue.
   local res = h.call_result
@@ -1405,8 +1324,7 @@ local function on_data(h, data, end_stream, passed)
     data = chunk
   elseif h.state == WAIT_BODY and end_stream then
     h.body = (h.body or "") .. data  -- callbacks_.addData(data)
-    local okb, res = body_result(h, h.wrap_body)
-    if res == nil then resume(h) else resume(h, res) end
+    resume_body(h)
     data = nil
   elseif h.state == WAIT_TRAILERS and end_stream then
     resume(h)
@@ -1478,8 +1396,7 @@ function M.run(fname, ctx, stream, hblob, body, tblob, split)
     if h.state == WAIT_CHUNK then
       resume(h)
     elseif h.state == WAIT_BODY then
-      local okb, res = body_result(h, h.wrap_body)
-      if res == nil then resume(h) else resume(h, res) end
+      resume_body(h)
     end
     if not h.failed and h.state == WAIT_TRAILERS then
       h.live = true
@@ -1494,8 +1411,7 @@ function M.run(fname, ctx, stream, hblob, body, tblob, split)
   while not h.dead and h.state == HTTP_CALL do complete_call(h) end
   if not h.dead and h.state == WAIT_BODY and h.end_stream and body == nil then
     -- Stream ended with headers only while waiting (cannot happen after start; kept for safety).
-    local okb, res = body_result(h, h.wrap_body)
-    if res == nil then resume(h) else resume(h, res) end
+    resume_body(h)
     if h.failed then script_error(h) end
   end
 
