@@ -36,19 +36,18 @@ M.errors, M.executions = 0, 0
 -- table.pack is a builtin; lupa's LuaJIT is built without the flag.
 
 local rawpairs, rawipairs = pairs, ipairs
+-- The metamethod `event` is reached by a tail call (the __pairs of this file count on it).
+local function honouring(event, raw)
+  return function(t)
+    local mt = getmetatable(t)
+    local f = type(mt) == "table" and rawget(mt, event)
+    if f then return f(t) end
+    return raw(t)
+  end
+end
 function M.install_compat(G)
-  G.pairs = function(t)
-    local mt = getmetatable(t)
-    local f = type(mt) == "table" and rawget(mt, "__pairs")
-    if f then return f(t) end
-    return rawpairs(t)
-  end
-  G.ipairs = function(t)
-    local mt = getmetatable(t)
-    local f = type(mt) == "table" and rawget(mt, "__ipairs")
-    if f then return f(t) end
-    return rawipairs(t)
-  end
+  G.pairs = honouring("__pairs", rawpairs)
+  G.ipairs = honouring("__ipairs", rawipairs)
   G.table.pack = G.table.pack or function(...) return {n = select("#", ...), ...} end
   G.table.unpack = G.table.unpack or G.unpack
 end
@@ -488,14 +487,14 @@ local function set_value(v)
   return out
 end
 
--- Metadata object (route metadata, filterContext). st = {scope, fields = table, iterating}
-local Metadata = {}
-
-function Metadata.get(self, ...)
-  local st = self_state(self, "Metadata", "get")
-  local v = st.fields[arg_string(select("#", ...), 1, ..., "get")]
-  if v == nil then return end
-  return set_value(v)
+-- get() and __pairs of the metadata objects, over the table st[field] of stored values.
+local function values_get(kind, field)
+  return function(self, ...)
+    local st = self_state(self, kind, "get")
+    local v = st[field][arg_string(select("#", ...), 1, ..., "get")]
+    if v == nil then return end
+    return set_value(v)
+  end
 end
 
 -- __pairs over the table st[field], one stored value at a time. Reached through pairs() by a
@@ -517,17 +516,12 @@ local function values_pairs(field)
   end
 end
 
+-- Metadata object (route metadata, filterContext). st = {scope, fields = table, iterating}
+local Metadata = {get = values_get("Metadata", "fields")}
 local new_metadata = class(Metadata, {__pairs = values_pairs("fields")})
 
 -- DynamicMetadata object. st = {scope, dyn = {namespace -> fields}, iterating}
-local DynamicMetadata = {}
-
-function DynamicMetadata.get(self, ...)
-  local st = self_state(self, "DynamicMetadata", "get")
-  local fields = st.dyn[arg_string(select("#", ...), 1, ..., "get")]
-  if fields == nil then return end
-  return set_value(fields)
-end
+local DynamicMetadata = {get = values_get("DynamicMetadata", "dyn")}
 
 function DynamicMetadata.set(self, ...)
   local st = self_state(self, "DynamicMetadata", "set")
@@ -905,18 +899,14 @@ local function headers_from_table(t, inline, nargs, fname)
       error(badarg(nargs + 1, fname, "string", type(key)), 3)
     end
     local lkey = slower(key)
-    if type(value) == "table" then
-      for _, item in rawpairs(value) do
-        if type(item) ~= "string" and type(item) ~= "number" then
-          error(badarg(nargs + 4, fname, "string", type(item)), 3)
-        end
-        store_add(s, lkey, tostr(item))
+    -- A table value is a list of values, checked one slot further down the stack.
+    local items, slot = value, nargs + 4
+    if type(value) ~= "table" then items, slot = {value}, nargs + 2 end
+    for _, item in rawpairs(items) do
+      if type(item) ~= "string" and type(item) ~= "number" then
+        error(badarg(slot, fname, "string", type(item)), 3)
       end
-    else
-      if type(value) ~= "string" and type(value) ~= "number" then
-        error(badarg(nargs + 2, fname, "string", type(value)), 3)
-      end
-      store_add(s, lkey, tostr(value))
+      store_add(s, lkey, tostr(item))
     end
   end
   return s
@@ -1189,18 +1179,17 @@ Histogram.recordValue = stat_amount_op("histogram", "recordValue", 4, 1, "histog
 local HISTOGRAM_UNITS = {ms = true, milliseconds = true, microseconds = true, nanoseconds = true, bytes = true,
                          unspecified = true}
 
-function StatsScope.counter(self, ...)
-  stat_self(self, "scope", "counter")
-  local name = arg_string(select("#", ...), 1, ..., "counter")
-  HOST.stat(1, name, 0)
-  return new_counter({kind = "counter", name = name})
+-- scope:counter(name) / scope:gauge(name): the stat exists from here on (HOST.stat creates it).
+local function stat_maker(kind, op, new)
+  return function(self, ...)
+    stat_self(self, "scope", kind)
+    local name = arg_string(select("#", ...), 1, ..., kind)
+    HOST.stat(op, name, 0)
+    return new({kind = kind, name = name})
+  end
 end
-function StatsScope.gauge(self, ...)
-  stat_self(self, "scope", "gauge")
-  local name = arg_string(select("#", ...), 1, ..., "gauge")
-  HOST.stat(2, name, 0)
-  return new_gauge({kind = "gauge", name = name})
-end
+StatsScope.counter = stat_maker("counter", 1, new_counter)
+StatsScope.gauge = stat_maker("gauge", 2, new_gauge)
 function StatsScope.histogram(self, ...)
   stat_self(self, "scope", "histogram")
   local n, name, unit = select("#", ...), ...
