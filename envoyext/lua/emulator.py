@@ -231,21 +231,24 @@ class LuaStreamFilter:
                 headers.append(("x-envoy-expected-rq-timeout-ms", str(timeout)))
         return headers
 
-    def _logs(self, res) -> None:
-        if res.logs:
-            self.host.logs.extend(LogLine(level, msg) for level, msg in res.logs)
+    def _run(self, function: str, headers, body: bytes, trailers, split: bool = True):
+        """One direction through the script (None when it has no such function), keeping what any
+        run leaves for the filter: the Lua stream for the other direction, log lines, a drain."""
+        res = self.script.run(function, self, self.lstream, headers, body or None, trailers or None, split)
+        if res is not None:
+            self.lstream = res.stream
+            if res.logs:
+                self.host.logs.extend(LogLine(level, msg) for level, msg in res.logs)
+            self.drain = self.drain or res.drain
+        return res
 
     def decode(self, stream: Stream) -> LocalReply | None:
         self._setup(stream)
         if self.script is None or not self.script.has_request:
             return None
-        res = self.script.run("envoy_on_request", self, self.lstream, stream.request_headers,
-                              stream.request_body or None, stream.request_trailers or None)
+        res = self._run("envoy_on_request", stream.request_headers, stream.request_body, stream.request_trailers)
         if res is None:
             return None
-        self.lstream = res.stream
-        self._logs(res)
-        self.drain = self.drain or res.drain
         if res.headers is not None:
             stream.request_headers = res.headers
         if res.body is not None:
@@ -280,14 +283,10 @@ class LuaStreamFilter:
         if self.script is None or not self.script.has_response:
             return
         # A local reply's body is one chunk; an upstream's comes through the HTTP/1 codec.
-        res = self.script.run("envoy_on_response", self, self.lstream, stream.response_headers,
-                              stream.response_body or None, stream.response_trailers or None,
-                              not stream.local_reply)
+        res = self._run("envoy_on_response", stream.response_headers, stream.response_body,
+                        stream.response_trailers, not stream.local_reply)
         if res is None:
             return
-        self.lstream = res.stream
-        self._logs(res)
-        self.drain = self.drain or res.drain
         if res.headers is not None:
             stream.response_headers = res.headers
         if res.body is not None:

@@ -860,8 +860,12 @@ function Handle.trailers(self)
   return co_yield()
 end
 
-handle_object("metadata", function(h) return new_metadata({scope = h.scope, fields = facts(h.stream).route_metadata}) end)
-handle_object("filterContext", function(h) return new_metadata({scope = h.scope, fields = facts(h.stream).filter_context}) end)
+handle_object("metadata", function(h)
+  return new_metadata({scope = h.scope, fields = facts(h.stream).route_metadata})
+end)
+handle_object("filterContext", function(h)
+  return new_metadata({scope = h.scope, fields = facts(h.stream).filter_context})
+end)
 handle_object("streamInfo", function(h) return new_stream_info({scope = h.scope, handle = h}) end)
 handle_object("connection", function(h) return new_connection({scope = h.scope, handle = h}) end)
 -- Logging: luaL_checkstring; the whole string is logged, NUL bytes included (observed on 1.40:
@@ -1222,7 +1226,8 @@ end
 function Handle.setUpstreamOverrideHost(self, ...)
   local h = handle_state(self, "setUpstreamOverrideHost")
   local n, host, strict = select("#", ...), ...
-  if not HOST.is_ip_authority(arg_string(n, 1, host, "setUpstreamOverrideHost")) then error("host is not a valid IP address", 2) end
+  host = arg_string(n, 1, host, "setUpstreamOverrideHost")
+  if not HOST.is_ip_authority(host) then error("host is not a valid IP address", 2) end
   if n >= 2 and type(strict) ~= "boolean" then error(argerr(2, "boolean", "setUpstreamOverrideHost", n, strict), 2) end
   -- Observable only when strict: no test cluster has the host, so the router answers 503.
   if h.which == "request" and strict == true then h.stream.override_strict = true end
