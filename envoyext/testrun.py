@@ -45,7 +45,8 @@ class CaseResult:
 
 
 def run_scenario(artifact: Artifact, sc: Scenario, *, runners: tuple[str, ...] = (EMULATED, LIVE),
-                 runtime: str = "process") -> list[CaseResult]:
+                 runtime: str = "process", validated: bool = False) -> list[CaseResult]:
+    """`validated`: live.validate() already accepted this scenario's configuration."""
     by_runner: dict[str, dict[str, Observation]] = {}
     native: dict[str, Observation] = {}
     if EMULATED in runners:
@@ -54,10 +55,10 @@ def run_scenario(artifact: Artifact, sc: Scenario, *, runners: tuple[str, ...] =
     if LIVE in runners:
         from envoyext.runners import live
         by_runner[LIVE] = _guarded(LIVE, sc, lambda: live.run_scenario(
-            artifact, sc, runtime=runtime))
+            artifact, sc, runtime=runtime, check_config=not validated))
         if sc.oracle:
             native = _guarded("native", sc, lambda: live.run_scenario(
-                None, sc, oracle=True, runtime=runtime))
+                None, sc, oracle=True, runtime=runtime, check_config=not validated))
     results = []
     for case in sc.cases:
         r = CaseResult(sc.name, case.name)
@@ -94,9 +95,14 @@ def run_project(project: Project, artifact: Artifact, *, runners: tuple[str, ...
     scenarios = [scenario_mod.load(path, default_config=project.config) for path in project.scenario_files]
     for sc in scenarios:  # every bad input is reported before anything runs
         project.check_config(sc.config, sc.path)
+        if LIVE in runners:
+            from envoyext.runners import live
+            live.validate(artifact, sc)
+            if sc.oracle:
+                live.validate(None, sc, oracle=True)
     results = []
     for sc in scenarios:
-        for r in run_scenario(artifact, sc, runners=runners, runtime=runtime):
+        for r in run_scenario(artifact, sc, runners=runners, runtime=runtime, validated=LIVE in runners):
             results.append(r)
             if on_result:
                 on_result(r)

@@ -75,7 +75,8 @@ def test_config_envoy_rejects(tmp_path):
     # Envoy then refuses the plugin, and that refusal is what the user sees.
     project = scaffold(tmp_path, "c")
     (project / "scenarios" / "config.yaml").write_text("config: {nope: 1}\ncases: [{name: a}]\n")
-    assert_one_line_error(run_cli("test", project, "--only", "live"), "envoy config", "Wasm")
+    assert_one_line_error(run_cli("test", project, "--only", "live"), "scenarios/config.yaml", "Envoy rejects",
+                          "Unable to create Wasm plugin t-c", "configuration needs string fields")
 
 
 def test_lua_script_envoy_rejects_at_load(tmp_path):
@@ -164,3 +165,19 @@ def test_config_prints_the_bootstrap(tmp_path):
     doc = yaml.safe_load(r.stdout)
     hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     assert [f["name"] for f in hcm["http_filters"]] == ["t-lua", "envoy.filters.http.router"]
+
+
+def test_envoy_refusing_a_scenario_names_the_scenario_before_anything_runs(tmp_path):
+    project = scaffold(tmp_path, "lua")
+    (project / "scenarios" / "zz.yaml").write_text(
+        "routes: [{match: {prefix: /}, per_filter_config: {bogus: 1}}]\ncases: [{name: a}]\n")
+    r = run_cli("test", project)
+    assert_one_line_error(r, "scenarios/zz.yaml", "Envoy rejects", "no such field: 'bogus'", "typed_per_filter_config")
+    assert "PASS" not in r.stdout  # validated up front: the good scenario did not run first
+
+
+def test_wasm_per_route_config_needs_a_type(tmp_path):
+    project = scaffold(tmp_path, "c")
+    (project / "scenarios" / "zz.yaml").write_text(
+        "routes: [{name: r1, match: {prefix: /}, per_filter_config: {a: 1}}]\ncases: [{name: a}]\n")
+    assert_one_line_error(run_cli("test", project), "scenarios/zz.yaml", "routes.r1.per_filter_config", "@type")

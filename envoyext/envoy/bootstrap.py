@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from envoyext.artifact import Artifact, lua_code
+from envoyext.errors import UserError
 from envoyext.scenario import Route, Scenario
 
 STAT_PREFIX = "ingress_http"
@@ -61,13 +62,15 @@ def filter_config(artifact: Artifact, config: Any, lua_source: str | None = None
     return {"name": artifact.filter_name, "typed_config": {"@type": WASM, "config": plugin}}
 
 
-def per_filter_config(artifact: Artifact | None, value: Any) -> dict:
+def per_filter_config(artifact: Artifact | None, route: Route) -> dict:
     """A route's per-filter config: typed as given, or LuaPerRoute for a Lua filter."""
+    value = route.per_filter_config
     if isinstance(value, dict) and "@type" in value:
         return value
-    if artifact is not None and artifact.kind == "lua":
+    if artifact is not None and artifact.kind == "lua" and isinstance(value, dict):
         return {"@type": LUA_PER_ROUTE, **value}
-    raise ValueError("per_filter_config for a Wasm filter needs an explicit '@type'")
+    raise UserError("a Wasm filter's per-route config has no type", field=f"routes.{route.name}.per_filter_config",
+                    fix="give it an '@type' (Envoy's typed per-filter config for this filter)")
 
 
 def route_entry(route: Route, artifact: Artifact | None) -> dict:
@@ -92,7 +95,7 @@ def route_entry(route: Route, artifact: Artifact | None) -> dict:
         entry["metadata"] = {"filter_metadata": {artifact.filter_name: route.metadata}}
     if route.per_filter_config is not None and artifact is not None:
         entry["typed_per_filter_config"] = {
-            artifact.filter_name: per_filter_config(artifact, route.per_filter_config)}
+            artifact.filter_name: per_filter_config(artifact, route)}
     return entry
 
 

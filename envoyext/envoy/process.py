@@ -55,16 +55,29 @@ def _die_with_parent() -> None:
 
 
 def _first_error(log: str) -> str:
-    """Envoy's own reason for rejecting a config: its last critical/error line, trimmed."""
-    lines = [l for l in log.splitlines() if "[critical]" in l or "[error]" in l]
-    for line in reversed(lines):
+    """Envoy's own reason for rejecting a config: the 'error initializing configuration' line if
+    any, else its last critical/error line, else its last line; trimmed to place and cause."""
+    all_lines = [l for l in log.splitlines() if l.strip()]
+    # The filter's own error-level words (a Wasm plugin refusing its configuration, a Lua script
+    # failing to load) say more than Envoy's summary of them.
+    guest = [m.group(1) for l in all_lines if "[error]" in l or "[critical]" in l
+             for m in [re.search(r"(?:wasm log [^:]*|script log): (.*)$", l)] if m]
+    for line in reversed(all_lines):
         m = re.search(r"error initializing config(?:uration)? '[^']*': (.*)", line)
         if m:
-            return m.group(1)
+            return _shorter(m.group(1)) + (f": {guest[-1]}" if guest else "")
+    lines = [l for l in all_lines if "[critical]" in l or "[error]" in l]
     if lines:
-        return re.sub(r"^(\[[^\]]*\])+\s*(\[[^\]]*\]\s*)?", "", lines[-1])
-    tail = [l for l in log.splitlines() if l.strip()]
-    return tail[-1] if tail else "no output"
+        return _shorter(re.sub(r"^(\[[^\]]*\])+\s*(\[[^\]]*\]\s*)?", "", lines[-1]))
+    return _shorter(all_lines[-1]) if all_lines else "no output"
+
+
+def _shorter(reason: str) -> str:
+    """Envoy's proto errors name the place deep inside a wrapper sentence; keep place and cause."""
+    m = re.search(r"invalid JSON in\s+\S+\s+@\s+(\S+): (.*?)(?:\) has unknown fields)?$", reason)
+    if m:
+        return f"{m.group(2)} (at {m.group(1)})"
+    return reason
 
 
 def validate(config: dict, *, workdir: Path | None = None, binary: Path | None = None) -> None:

