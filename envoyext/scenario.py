@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from envoyext import prometheus, schemas
+from envoyext.errors import UserError
 from envoyext.upstreams import UpstreamSpec
 
 Headers = list[tuple[str, str]]
@@ -132,21 +133,23 @@ def from_dict(data: dict, path: Path, default_config: Any = None) -> Scenario:
     """Build a Scenario from already-validated data."""
     clusters = {n: UpstreamSpec.from_dict(s) for n, s in (data.get("clusters") or {}).items()}
     if UPSTREAM in clusters:
-        from envoyext.errors import UserError
         raise UserError(f"cluster name '{UPSTREAM}' is reserved for the default upstream",
                         file=path, field=f"clusters.{UPSTREAM}", fix="rename it, or configure it under 'upstream'")
     routes = []
     for i, r in enumerate(data.get("routes") or []):
         target = r.get("cluster", None if "direct_response" in r else UPSTREAM)
         if target is not None and target != UPSTREAM and target not in clusters:
-            from envoyext.errors import UserError
             raise UserError(f"route points at unknown cluster '{target}'", file=path,
                             field=f"routes[{i}].cluster", fix="declare it under 'clusters'")
         routes.append(Route(name=r.get("name", f"route{i}"), match=r["match"], cluster=target,
                             direct_response=r.get("direct_response"), metadata=r.get("metadata"),
                             per_filter_config=r.get("per_filter_config"), timeout_ms=r.get("timeout_ms")))
     cases = []
-    for c in data["cases"]:
+    for i, c in enumerate(data["cases"]):
+        for name in (c.get("expect") or {}).get("clusters") or {}:
+            if name not in clusters:
+                raise UserError(f"expectation on undeclared cluster '{name}'", file=path,
+                                field=f"cases[{i}].expect.clusters.{name}", fix="declare it under 'clusters'")
         rq = c.get("request") or {}
         cases.append(Case(
             name=c["name"],

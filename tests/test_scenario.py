@@ -82,3 +82,8 @@ def test_compare_ignores_volatile_headers_and_echoed_request_ids():
 def test_compare_stats_only_those_the_first_reports():
     assert S.compare(obs(stats={"mine": 1}), obs(stats={"mine": 1, "envoy.other": 9})) == []
     assert S.compare(obs(stats={"mine": 1}), obs(stats={"mine": 2}))[0].where == "stats.mine"
+
+
+def test_expectation_on_undeclared_cluster(tmp_path):
+    with pytest.raises(UserError, match=r"cases\[0\].expect.clusters.auth.*undeclared cluster 'auth'"):
+        S.load(write(tmp_path, "cases: [{name: a, expect: {clusters: {auth: {called: true}}}}]"))
