@@ -1,4 +1,4 @@
-"""Where the data that ships with envoyext lives (templates, filter library, SDK, CRD schemas).
+"""Where the data that ships with envoyext lives (templates and the filter library).
 
 In a source checkout these are the repository's top-level `templates/` and `filters/`; an
 installed wheel carries them as `envoyext/templates` and `envoyext/filters` (see pyproject)."""
@@ -24,6 +24,3 @@ def templates_dir() -> Path:
 def filters_dir() -> Path:
     return _data("filters")
 
-
-def sdk_dir() -> Path:
-    return PACKAGE / "sdk"

@@ -13,7 +13,6 @@ from envoyext.artifact import Artifact
 from envoyext.errors import UserError
 
 FILE = "filter.yaml"
-SDK_DIR = Path(__file__).parent / "sdk"
 ROUTER = "envoy.filters.http.router"
 
 
@@ -158,7 +157,8 @@ def build(project: Project, *, force: bool = False) -> Artifact:
         kind = "lua"
     elif project.lang == "c":
         out = project.build_dir / f"{project.name}.wasm"
-        inputs = project.sources + sorted(project.root.glob("*.h")) + sorted(SDK_DIR.glob("*"))
+        # A newer SDK (an envoyext upgrade) rebuilds too.
+        inputs = project.sources + sorted(project.root.glob("*.h")) + sorted(c.SDK_DIR.glob("*"))
         if force or _stale(out, inputs):
             c.compile_wasm([s for s in project.sources if s.suffix == ".c"], out, include_dirs=[project.root])
         kind = "wasm"

@@ -24,7 +24,6 @@ from envoyext.errors import BuildError, UserError
 log = logging.getLogger(__name__)
 
 SDK_DIR = Path(__file__).resolve().parent.parent / "sdk"
-SDK_HEADER = SDK_DIR / "proxy_wasm.h"
 SDK_RUNTIME = SDK_DIR / "proxy_wasm.c"
 
 TARGET = "wasm32-wasi"

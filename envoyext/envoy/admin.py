@@ -67,6 +67,10 @@ class Admin:
                 return sa["address"], int(sa["port_value"])
         raise RuntimeError(f"listener {name!r} not found")
 
-    def set_log_level(self, level: str, component: str | None = None) -> None:
+    def set_log_level(self, level: str, component: str | None = None) -> str:
+        """Set one component's log level (or all of them); returns Envoy's list of levels."""
         path = f"/logging?{component}={level}" if component else f"/logging?level={level}"
-        self.request("POST", path)
+        status, body = self.request("POST", path)
+        if status != 200:
+            raise RuntimeError(f"admin {path}: HTTP {status}: {body[:200]!r}")
+        return body.decode()

@@ -21,8 +21,7 @@ from envoyext.envoy.bootstrap import STAT_PREFIX
 from envoyext.scenario import UPSTREAM, Case, Headers, LogLine, Observation, Received, Response, Route, Scenario, first
 from envoyext.upstreams import SERVER_NAME, Reply, UpstreamSpec
 
-# What Envoy's router sends when it has no route, when a cluster refuses, and when it times out.
-NO_ROUTE = Response(404, [], b"")
+# What Envoy's router sends when a cluster refuses, and when it times out.
 CONNECT_FAILURE_BODY = (b"upstream connect error or disconnect/reset before headers. reset reason: "
                         b"remote connection failure")
 TIMEOUT_BODY = b"upstream request timeout"

@@ -32,6 +32,7 @@ def test_starts_serves_and_stops(tmp_path):
         assert ups.received["upstream"][0].path == "/p"
         assert any(c["name"] == "upstream" for c in envoy.admin.config_dump()["configs"][1]["static_clusters"]
                    for c in [c["cluster"]])
+        assert "lua: debug" in envoy.admin.set_log_level("debug", component="lua")
     assert pid not in envoy_pids()
 
 
