@@ -65,6 +65,17 @@ class Request:
     body: bytes = b""
     trailers: Headers = field(default_factory=list)
 
+    def framing(self) -> Headers:
+        """The framing headers the test client adds unless the case sets its own: chunked when
+        there are trailers, else a length for a body or for a method that carries one."""
+        if any(k in ("content-length", "transfer-encoding") for k, _ in self.headers):
+            return []
+        if self.trailers:
+            return [("transfer-encoding", "chunked")]
+        if self.body or self.method in ("POST", "PUT", "PATCH"):
+            return [("content-length", str(len(self.body)))]
+        return []
+
 
 @dataclass
 class Route:

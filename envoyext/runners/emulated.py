@@ -164,12 +164,7 @@ class EmulatedEnvoy:
         rq = case.request
         headers: Headers = [(":authority", rq.authority), (":path", rq.path), (":method", rq.method),
                             (":scheme", "http")]
-        headers += [(k, v) for k, v in rq.headers if k != "host"]
-        # As the live client sends it: a body with trailers is chunked, else it has a length.
-        if rq.trailers:
-            headers.append(("transfer-encoding", "chunked"))
-        elif (rq.body or rq.method in ("POST", "PUT", "PATCH")) and first(headers, "content-length") is None:
-            headers.append(("content-length", str(len(rq.body))))
+        headers += [(k, v) for k, v in rq.headers if k != "host"] + rq.framing()
         # The connection manager adds these before any filter runs (edge, use_remote_address false).
         headers.append(("x-forwarded-proto", "http"))
         if first(headers, "x-request-id") is None:

@@ -59,19 +59,16 @@ def send(url_host: str, port: int, rq: Request, timeout: float = 30) -> Response
     try:
         conn.putrequest(rq.method, rq.path, skip_host=True, skip_accept_encoding=True)
         conn.putheader("host", rq.authority)
-        for k, v in rq.headers:
+        for k, v in [*rq.headers, *rq.framing()]:
             if k != "host":
                 conn.putheader(k, v)
         if rq.trailers:
-            conn.putheader("transfer-encoding", "chunked")
             conn.endheaders()
             if rq.body:
                 conn.send(b"%x\r\n%s\r\n" % (len(rq.body), rq.body))
             conn.send(b"0\r\n" + b"".join(f"{k}: {v}\r\n".encode() for k, v in rq.trailers) + b"\r\n")
         else:
-            if rq.body or rq.method in ("POST", "PUT", "PATCH"):
-                conn.putheader("content-length", str(len(rq.body)))
-            conn.endheaders(rq.body or None)
+            conn.endheaders(rq.body or None)  # headers and body in one write, as most clients do
         resp = conn.getresponse()
         body = resp.read()
         return Response(resp.status, [(k.lower(), v) for k, v in resp.getheaders()], body)
