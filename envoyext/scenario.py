@@ -16,65 +16,19 @@ from typing import Any
 
 from envoyext import prometheus, schemas
 from envoyext.errors import UserError
-from envoyext.upstreams import UpstreamSpec
+from envoyext.messages import Headers, Request, Response, _text, header_list, values
 
-Headers = list[tuple[str, str]]
+# Re-exported: observations and expectations speak of these too.
+from envoyext.messages import Received as Received
+from envoyext.messages import first as first
+from envoyext.upstreams import UpstreamSpec
 
 # Cluster name of the default test upstream, in the bootstrap and in observations.
 UPSTREAM = "upstream"
 
 
-def header_list(spec: dict | None) -> Headers:
-    """YAML header mapping (values may be lists for repeated headers) -> ordered pairs."""
-    out: Headers = []
-    for name, value in (spec or {}).items():
-        name = str(name).lower()
-        if isinstance(value, list):
-            out += [(name, _text(v)) for v in value]
-        else:
-            out.append((name, value if isinstance(value, str) else _text(value)))
-    return out
-
-
-def _text(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return str(v)
-
-
-def values(headers: Headers, name: str) -> list[str]:
-    name = name.lower()
-    return [v for k, v in headers if k == name]
-
-
-def first(headers: Headers, name: str) -> str | None:
-    vs = values(headers, name)
-    return vs[0] if vs else None
-
-
 # ---------------------------------------------------------------------------------------------
 # The scenario
-
-
-@dataclass
-class Request:
-    method: str = "GET"
-    path: str = "/"
-    authority: str = "example.com"
-    headers: Headers = field(default_factory=list)
-    body: bytes = b""
-    trailers: Headers = field(default_factory=list)
-
-    def framing(self) -> Headers:
-        """The framing headers the test client adds unless the case sets its own: chunked when
-        there are trailers, else a length for a body or for a method that carries one."""
-        if any(k in ("content-length", "transfer-encoding") for k, _ in self.headers):
-            return []
-        if self.trailers:
-            return [("transfer-encoding", "chunked")]
-        if self.body or self.method in ("POST", "PUT", "PATCH"):
-            return [("content-length", str(len(self.body)))]
-        return []
 
 
 @dataclass
@@ -186,22 +140,6 @@ def load(path: Path | str, default_config: Any = None) -> Scenario:
 
 # ---------------------------------------------------------------------------------------------
 # Observations
-
-
-@dataclass
-class Received:
-    """One request as a test upstream (or named cluster) received it."""
-    method: str
-    path: str
-    headers: Headers
-    body: bytes = b""
-
-
-@dataclass
-class Response:
-    status: int
-    headers: Headers
-    body: bytes = b""
 
 
 @dataclass

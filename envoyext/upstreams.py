@@ -14,6 +14,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from envoyext.messages import Received, header_list
+
 
 @dataclass
 class Reply:
@@ -21,11 +23,6 @@ class Reply:
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
     delay_ms: int = 0
-
-
-def _pairs(spec: dict | None) -> list[tuple[str, str]]:
-    from envoyext.scenario import header_list
-    return header_list(spec)
 
 
 def echo_body(method: str, path: str, headers: list[tuple[str, str]], body: bytes) -> bytes:
@@ -53,7 +50,7 @@ class Rule:
             return False
         if "path_prefix" in w and not path.startswith(w["path_prefix"]):
             return False
-        for name, want in _pairs(w.get("headers")):
+        for name, want in header_list(w.get("headers")):
             if want not in [v for k, v in headers if k == name]:
                 return False
         for name in w.get("headers_absent", []):
@@ -63,7 +60,7 @@ class Rule:
 
 
 def _reply(d: dict) -> Reply:
-    headers = _pairs(d.get("headers"))
+    headers = header_list(d.get("headers"))
     body = d.get("body", "").encode()
     # A server must name a body's type; text/plain is what Envoy's direct_response uses too.
     if body and not any(k == "content-type" for k, _ in headers):
@@ -188,8 +185,6 @@ class UpstreamServers:
 
     def _handler(self, name: str, spec: UpstreamSpec):
         from aiohttp import web
-
-        from envoyext.scenario import Received
 
         async def handle(request: web.Request) -> web.StreamResponse:
             body = await request.read()
