@@ -15,13 +15,14 @@ def header_list(spec: dict | None) -> Headers:
     for name, value in (spec or {}).items():
         name = str(name).lower()
         if isinstance(value, list):
-            out += [(name, _text(v)) for v in value]
+            out += [(name, header_text(v)) for v in value]
         else:
-            out.append((name, value if isinstance(value, str) else _text(value)))
+            out.append((name, value if isinstance(value, str) else header_text(value)))
     return out
 
 
-def _text(v: Any) -> str:
+def header_text(v: Any) -> str:
+    """A YAML scalar as a header value (YAML booleans as HTTP spells them)."""
     if isinstance(v, bool):
         return "true" if v else "false"
     return str(v)

@@ -16,7 +16,7 @@ from typing import Any
 
 from envoyext import prometheus, schemas
 from envoyext.errors import UserError
-from envoyext.messages import Headers, Request, Response, _text, header_list, values
+from envoyext.messages import Headers, Request, Response, header_list, header_text, values
 
 # Re-exported: observations and expectations speak of these too.
 from envoyext.messages import Received as Received
@@ -209,11 +209,11 @@ def _check_headers(where: str, want: dict | None, absent: list | None, got: Head
     for name, value in (want or {}).items():
         have = values(got, name)
         if isinstance(value, list):
-            exp = [_text(v) for v in value]
+            exp = [header_text(v) for v in value]
             if have != exp:
                 out.append(Mismatch(f"{where}.{name}", exp, have or None))
         else:
-            exp = _text(value)
+            exp = header_text(value)
             if ",".join(have) != exp and exp not in have:
                 out.append(Mismatch(f"{where}.{name}", exp, ",".join(have) if have else None))
     for name in absent or []:
