@@ -26,7 +26,7 @@ from envoyext.wasm.abi import (
     StreamType,
     WasmResult,
 )
-from envoyext.wasm.host import GuestTrap, LoadError, WasmVm
+from envoyext.wasm.host import DEFAULT_DEADLINE_MS, GuestTrap, LoadError, WasmVm
 from envoyext.wasm.metrics import MetricStore, VmMetrics
 from envoyext.wasm.shared import SharedState
 
@@ -48,11 +48,6 @@ class Plugin:
     allow_on_headers_stop_iteration: bool = False
     environment: dict[str, str] = field(default_factory=dict)
 
-    @property
-    def log_prefix(self) -> str:
-        """cpp-host's makeLogPrefix: ' name root_id vm_id', empty parts left out."""
-        return "".join(f" {p}" for p in (self.name, self.root_id, self.vm_id) if p)
-
 
 @dataclass
 class Services:
@@ -64,9 +59,8 @@ class Services:
     metrics: MetricStore = field(default_factory=MetricStore)
     log_level: int = 0                              # Envoy's wasm logger level (trace)
     has_cluster: Callable[[str], bool] = lambda name: False
-    on_http_call: Callable[["Wasm", "HttpCall"], None] | None = None
     memory_limit: int = abi.MAX_MEMORY_BYTES
-    deadline_ms: int = 2000
+    deadline_ms: int = DEFAULT_DEADLINE_MS
 
 
 @dataclass
@@ -132,9 +126,6 @@ class Context:
             return self.root.http_call_response.trailers
         return None
 
-    def on_map_modified(self, t: int) -> None:
-        pass
-
     def buffer(self, t: int) -> Buffer | None:
         w = self.wasm
         if t == BufferType.VmConfiguration:
@@ -152,10 +143,10 @@ class Context:
         return None
 
     def continue_stream(self, t: int) -> WasmResult:
-        return WasmResult.Ok if t <= StreamType.Response else (
-            WasmResult.Unimplemented if t == StreamType.Upstream else WasmResult.Ok)
+        return WasmResult.Unimplemented if t == StreamType.Upstream else WasmResult.Ok
 
     def close_stream(self, t: int) -> WasmResult:
+        # Envoy resets the stream for Request/Response; the emulator does not model the reset.
         return WasmResult.Ok
 
     def send_local_response(self, status: int, body: bytes, headers, grpc_status: int, details: str) -> None:
@@ -191,14 +182,9 @@ class HttpContext(Context):
         self.stream = stream
         self.maps: dict[int, Headers | None] = {}     # what Envoy's *_headers_ pointers hold now
         self.body: dict[int, Buffer | None] = dict.fromkeys(_HTTP_BODIES)
-        self.end_of_stream = False
         self.access_log_phase = False
         self.local_reply: tuple | None = None          # (status, body, headers, grpc, details)
-        self.continued: set[int] = set()
-        self.closed: set[int] = set()
-        self.failure_reply_sent = False
-        self.destroyed = False
-        self.route_cache_cleared = 0
+        self.continued: set[int] = set()               # StreamTypes proxy_continue_stream resumed
 
     def mutable_map(self, t: int) -> Headers | None:
         # Envoy's getMap returns whatever the stream still holds, even while logging.
@@ -241,11 +227,6 @@ class HttpContext(Context):
             return WasmResult.Unimplemented
         return WasmResult.BadArgument
 
-    def close_stream(self, t: int) -> WasmResult:
-        if t in (StreamType.Request, StreamType.Response):
-            self.wasm.after_call(lambda: self.closed.add(t))
-        return WasmResult.Ok
-
     def send_local_response(self, status, body, headers, grpc_status, details) -> None:
         # Envoy defers the reply until the VM call returns; the first one wins.
         reply = (status, body, headers, grpc_status, details.replace(" ", "_").replace("\t", "_"))
@@ -256,7 +237,6 @@ class HttpContext(Context):
         self.wasm.after_call(send)
 
     def clear_route_cache(self) -> None:
-        self.route_cache_cleared += 1
         clear = getattr(self.stream, "clear_route_cache", None)
         if clear is not None:
             clear()
@@ -279,7 +259,6 @@ class Wasm:
         self.current: Context | None = None
         self.effective_id = 0
         self.in_configure = False
-        self.stop_next_iteration = False
         self.call_data = Buffer()
         self.actions: deque[Callable[[], None]] = deque()
         self.pending: deque[Callable[[], None]] = deque()   # work for later turns of the event loop
@@ -318,10 +297,8 @@ class Wasm:
             return None
         finally:
             self.current, self.effective_id = prev, prev_effective
-            if prev is None:
-                self.stop_next_iteration = False
-                if self.actions:
-                    self.run_actions()
+            if prev is None and self.actions:
+                self.run_actions()
 
     def fail(self, e: GuestTrap) -> None:
         if self.failure is None:
@@ -395,16 +372,13 @@ class Wasm:
         self.tick_period_ms = period_ms
         self.next_tick_ns = self.services.monotonic_ns() + period_ms * 1_000_000 if period_ms else None
 
-    def fire_due_ticks(self, now_ns: int) -> int:
+    def fire_due_ticks(self, now_ns: int) -> None:
         """on_tick for every period that has elapsed up to now_ns (the timer re-arms after each)."""
-        fired = 0
         while self.next_tick_ns is not None and self.next_tick_ns <= now_ns and not self.failed:
             due = self.next_tick_ns
             self.call(self.root, "proxy_on_tick", self.root.id)
-            fired += 1
             if self.tick_period_ms and self.next_tick_ns == due:
                 self.next_tick_ns = due + self.tick_period_ms * 1_000_000
-        return fired
 
     # -- HTTP callouts ---------------------------------------------------------------------------
     def http_call(self, cluster: str, headers, body: bytes, trailers, timeout_ms: int) -> tuple[WasmResult, int]:
@@ -424,8 +398,6 @@ class Wasm:
         call = HttpCall(token, cluster, headers, body, list(trailers), timeout_ms,
                         self.effective().id)
         self.http_calls[token] = call
-        if self.services.on_http_call is not None:
-            self.services.on_http_call(self, call)
         return WasmResult.Ok, token
 
     def deliver_http_response(self, token: int, response: HttpCallResponse | None) -> bool:

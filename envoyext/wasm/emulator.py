@@ -25,16 +25,13 @@ from envoyext.scenario import LogLine
 from envoyext.wasm.abi import LOG_LEVEL_NAMES
 from envoyext.wasm.context import HttpCall, HttpCallResponse, Plugin, Services, Wasm
 from envoyext.wasm.filter import WAIT, StreamFlow
-from envoyext.wasm.host import LoadError, compile_module
+from envoyext.wasm.host import DEFAULT_DEADLINE_MS, LoadError, compile_module
 from envoyext.wasm.imports import make_imports
 from envoyext.wasm.metrics import MetricStore
 from envoyext.wasm.properties import PropertySource
 from envoyext.wasm.shared import SharedState
 
 log = logging.getLogger(__name__)
-
-# Envoy runs a Wasm filter's encoder callbacks for the local reply that filter sent while decoding.
-SEES_OWN_LOCAL_REPLY = True
 
 # How long (virtual time) a paused stream may wait for a tick to resume it before the emulator
 # calls it stalled (Envoy's default stream_idle_timeout is 5 minutes).
@@ -59,7 +56,7 @@ class WasmFilterHost:
 
     def __init__(self, artifact: Artifact, config: Any, env, *, shared: SharedState | None = None,
                  metrics: MetricStore | None = None, log_level: int = 0, failure_policy: str | None = None,
-                 deadline_ms: int = 2000, memory_limit: int | None = None, auto_answer: bool = True,
+                 deadline_ms: int = DEFAULT_DEADLINE_MS, memory_limit: int | None = None, auto_answer: bool = True,
                  vm_configuration: bytes = b"", environment: dict[str, str] | None = None,
                  allow_on_headers_stop_iteration: bool = False, idle_vms: int = 2):
         self.artifact = artifact
@@ -92,7 +89,7 @@ class WasmFilterHost:
     def _start_vm(self) -> Wasm:
         try:
             w = Wasm(self.module, self.plugin, self.services, make_imports,
-                     lambda ctx: PropertySource(ctx, self.env, self.connections))
+                     lambda ctx: PropertySource(ctx, self.connections))
             w.start()
             w.start_plugin()
         except LoadError as e:
@@ -216,13 +213,11 @@ class WasmStreamFilter:
         r = self.flow.reply
         if r is None:
             return None
-        stream.local_reply_from_filter = True
         return LocalReply(r.status, r.body, list(r.headers), r.details)
 
     def encode(self, stream) -> None:
+        # Envoy runs the filter's encoder callbacks for its own local reply too.
         f = self.flow
-        if stream.local_reply and getattr(stream, "local_reply_from_filter", False) and not SEES_OWN_LOCAL_REPLY:
-            return
         self.host.drive(f.encode())
         if f.encode_reply is not None:
             r = f.encode_reply

@@ -121,7 +121,6 @@ class StreamFlow:
         chunks = self.request_chunks if self.request_chunks is not None else http1_chunks(s.request_body, has_trailers)
         eos = not chunks and not has_trailers
         ctx.maps[MapType.RequestHeaders] = s.request_headers
-        ctx.end_of_stream = eos
         if w.abi == AbiVersion.V0_1_0:
             r = w.call(ctx, "proxy_on_request_headers", ctx.id, len(s.request_headers))
         else:
@@ -166,7 +165,6 @@ class StreamFlow:
             eos = i == len(chunks) - 1 and not has_trailers
             buf = Buffer(pending + chunk, mutable=True)
             ctx.body[buf_type] = buf
-            ctx.end_of_stream = eos
             r = self.wasm.call(ctx, callback, ctx.id, buf.size(), int(eos))
             if self._stopped():
                 return out
@@ -202,7 +200,6 @@ class StreamFlow:
             else http1_chunks(s.response_body, has_trailers))
         eos = not chunks and not has_trailers
         ctx.maps[MapType.ResponseHeaders] = s.response_headers
-        ctx.end_of_stream = eos
         if w.abi == AbiVersion.V0_1_0:
             r = w.call(ctx, "proxy_on_response_headers", ctx.id, len(s.response_headers))
         else:
@@ -262,5 +259,4 @@ class StreamFlow:
             w.call(ctx, "proxy_on_done", ctx.id)
         if not w.failed:
             w.call(ctx, "proxy_on_delete", ctx.id)
-        ctx.destroyed = True
         w.contexts.pop(ctx.id, None)

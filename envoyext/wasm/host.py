@@ -253,7 +253,7 @@ class WasmVm:
         return scope["cb"]
 
     def _trap_for(self, e: BaseException) -> int:
-        """A host function raised: trap the guest. GuestExit/GuestAbort carry their own message;
+        """A host function raised: trap the guest. GuestAbort/GuestTrap carry their own message;
         anything else is a host bug, kept to be re-raised once the guest call unwinds."""
         if isinstance(e, (GuestAbort, GuestTrap)):
             msg = e.message
@@ -329,9 +329,6 @@ class WasmVm:
                 return False
             self.set_memory(ptr, data)
         return self.set_word(ptr_ptr, ptr) and self.set_word(size_ptr, len(data))
-
-    def memory_size(self) -> int:
-        return self._refresh_view()
 
     # -- calls into the guest -----------------------------------------------------------------
     def export(self, name: str) -> _Export | None:

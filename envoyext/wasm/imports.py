@@ -114,9 +114,7 @@ def make_imports(w: "Wasm") -> dict:
         details, body, pairs = mem(details_ptr, details_size), mem(body_ptr, body_size), mem(pairs_ptr, pairs_size)
         if details is None or body is None or pairs is None:
             return IMA
-        c = ctx()
-        c.send_local_response(code, body, _pairs(pairs), grpc_status, H.text(details))
-        w.stop_next_iteration = True
+        ctx().send_local_response(code, body, _pairs(pairs), grpc_status, H.text(details))
         return OK
 
     def proxy_clear_route_cache():

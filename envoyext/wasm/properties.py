@@ -21,10 +21,6 @@ if TYPE_CHECKING:
     from envoyext.wasm.context import Context
 
 
-class Str(str):
-    pass
-
-
 def i64(v: int) -> bytes:
     return struct.pack("<q", v)
 
@@ -79,11 +75,10 @@ class Lazy:
 
 
 class PropertySource:
-    """The attributes one context can see. `env` is the emulated Envoy around the stream."""
+    """The attributes one context can see (a stream's only while it has one)."""
 
-    def __init__(self, ctx: "Context", env: Any = None, connection_id: int = 0):
+    def __init__(self, ctx: "Context", connection_id: int = 0):
         self.ctx = ctx
-        self.env = env
         self.connection_id = connection_id
         self.stream = getattr(ctx, "stream", None)
 

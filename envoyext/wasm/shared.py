@@ -47,11 +47,9 @@ class SharedState:
         self._cas = (self._cas + 1) & 0xFFFFFFFF or 1
         return cas
 
-    def snapshot(self, vm_id: str | None = None) -> dict:
-        """{vm_id: {key: value}} (or {key: value} for one vm_id), for tests."""
-        if vm_id is not None:
-            return {k: v for k, (v, _) in self.data.get(vm_id, {}).items()}
-        return {vid: {k: v for k, (v, _) in m.items()} for vid, m in self.data.items()}
+    def snapshot(self, vm_id: str) -> dict[bytes, bytes]:
+        """One vm_id's keys and values (WasmPlugin.shared_data)."""
+        return {k: v for k, (v, _) in self.data.get(vm_id, {}).items()}
 
     # -- queues ------------------------------------------------------------------------------------
     def register_queue(self, vm_id: str, name: bytes, ready: Callable[[int], None]) -> int:
