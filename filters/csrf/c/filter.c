@@ -14,7 +14,6 @@
 #include "regex.h"
 
 #define MAX_ORIGINS 64
-#define MAX_HOST 1024
 
 typedef struct fraction {
     bool present;
@@ -211,25 +210,61 @@ static void host_and_port(const char *v, size_t n, const char **out, size_t *out
     }
 }
 
-static bool matches(matcher *m, const char *s, size_t n) {
-    char folded[MAX_HOST];
-    if (m->kind == M_REGEX) return re_full_match(&m->re, s, n); /* ignore_case: no effect, as Envoy */
-    if (m->ignore_case) {
-        if (n > sizeof folded) return false;
-        memcpy(folded, s, n);
-        lower(folded, n);
-        s = folded;
+/* s[0..n) equals text[0..n); text is already lower-case when fold is set. */
+static bool same_bytes(const char *s, const char *text, size_t n, bool fold) {
+    for (size_t i = 0; i < n; i++) {
+        char c = fold && s[i] >= 'A' && s[i] <= 'Z' ? (char)(s[i] + 32) : s[i];
+        if (c != text[i]) return false;
     }
+    return true;
+}
+
+static bool matches(matcher *m, const char *s, size_t n) {
+    if (m->kind == M_REGEX) return re_full_match(&m->re, s, n); /* ignore_case: no effect, as Envoy */
+    bool fold = m->ignore_case;
     switch (m->kind) {
-    case M_EXACT: return n == m->len && memcmp(s, m->text, n) == 0;
-    case M_PREFIX: return n >= m->len && memcmp(s, m->text, m->len) == 0;
-    case M_SUFFIX: return n >= m->len && memcmp(s + n - m->len, m->text, m->len) == 0;
+    case M_EXACT: return n == m->len && same_bytes(s, m->text, n, fold);
+    case M_PREFIX: return n >= m->len && same_bytes(s, m->text, m->len, fold);
+    case M_SUFFIX: return n >= m->len && same_bytes(s + n - m->len, m->text, m->len, fold);
     case M_CONTAINS:
         for (size_t i = 0; i + m->len <= n; i++)
-            if (memcmp(s + i, m->text, m->len) == 0) return true;
+            if (same_bytes(s + i, m->text, m->len, fold)) return true;
         return false;
     default: return false;
     }
+}
+
+/* The target: host[:port] of <scheme>://<Host>, parsed as the source is. A malloc'd URL, or NULL
+ * when there is no Host; *target points into it. */
+static char *target_origin(const char **target, size_t *target_len) {
+    char *host = pw_get_header(PW_MAP_HTTP_REQUEST_HEADERS, ":authority");
+    char *scheme = pw_get_header(PW_MAP_HTTP_REQUEST_HEADERS, ":scheme");
+    char *url = NULL;
+    if (host && host[0]) {
+        const char *sch = scheme && scheme[0] ? scheme : "http";
+        size_t sch_len = strlen(sch), host_len = strlen(host);
+        url = malloc(sch_len + 3 + host_len + 1);
+        if (url) {
+            memcpy(url, sch, sch_len);
+            memcpy(url + sch_len, "://", 3);
+            memcpy(url + sch_len + 3, host, host_len + 1);
+            host_and_port(url, sch_len + 3 + host_len, target, target_len);
+        }
+    }
+    free(host);
+    free(scheme);
+    return url;
+}
+
+/* Same origin as the target (both empty counts, as in Envoy), or one of additional_origins. */
+static bool origin_allowed(policy *p, const char *source, size_t source_len) {
+    const char *target = "";
+    size_t target_len = 0;
+    char *url = target_origin(&target, &target_len);
+    bool ok = target_len == source_len && memcmp(target, source, source_len) == 0;
+    free(url);
+    for (size_t i = 0; !ok && i < p->n_origins; i++) ok = matches(&p->origins[i], source, source_len);
+    return ok;
 }
 
 static bool is_modify_method(const char *m) {
@@ -263,30 +298,15 @@ pw_action pw_on_request_headers(pw_ctx *ctx, uint32_t num_headers, bool end_of_s
         if (referer && referer[0]) host_and_port(referer, strlen(referer), &source, &source_len);
     }
 
-    bool valid = false;
-    if (source_len == 0) {
-        pw_increment_metric(p->missing_source_origin, 1);
-    } else {
-        /* The target: host[:port] of <scheme>://<Host>, computed the same way. */
-        char *host = pw_get_header(PW_MAP_HTTP_REQUEST_HEADERS, ":authority");
-        char *scheme = pw_get_header(PW_MAP_HTTP_REQUEST_HEADERS, ":scheme");
-        const char *sch = scheme && scheme[0] ? scheme : "http";
-        size_t sch_len = strlen(sch), host_len = host ? strlen(host) : 0;
-        if (host_len && sch_len + 3 + host_len <= MAX_HOST) {
-            char url[MAX_HOST];
-            memcpy(url, sch, sch_len);
-            memcpy(url + sch_len, "://", 3);
-            memcpy(url + sch_len + 3, host, host_len);
-            const char *target;
-            size_t target_len;
-            host_and_port(url, sch_len + 3 + host_len, &target, &target_len);
-            valid = target_len == source_len && memcmp(target, source, source_len) == 0;
-        }
-        free(host);
-        free(scheme);
-        for (size_t i = 0; !valid && i < p->n_origins; i++) valid = matches(&p->origins[i], source, source_len);
-        pw_increment_metric(valid ? p->request_valid : p->request_invalid, 1);
+    /* As Envoy: a missing source counts missing_source_origin and is then still compared (an
+     * empty source never equals a non-empty Host), so it usually counts request_invalid too. */
+    bool valid = source_len > 0;
+    if (!valid) pw_increment_metric(p->missing_source_origin, 1);
+    if (!origin_allowed(p, source, source_len)) {
+        valid = false;
+        pw_increment_metric(p->request_invalid, 1);
     }
+    if (valid) pw_increment_metric(p->request_valid, 1);
     free(origin);
     free(referer);
 

@@ -298,6 +298,15 @@ local function target_origin(headers)
   return host_and_port((headers:get(":scheme") or "http") .. "://" .. host)
 end
 
+-- Same origin as the target, or one of additional_origins.
+local function origin_allowed(p, source, target)
+  if source == target then return true end
+  for _, matches in ipairs(p.origins) do
+    if matches(source) then return true end
+  end
+  return false
+end
+
 local function count(handle, name)
   handle:stats():counter("csrf." .. name):inc()
 end
@@ -321,20 +330,18 @@ function envoy_on_request(handle)
   local headers = handle:headers()
   if not MODIFY_METHODS[headers:get(":method") or ""] then return end
 
+  -- As Envoy: a missing source origin counts missing_source_origin and is then still compared
+  -- (an empty source never equals a non-empty Host), so it usually counts request_invalid too.
   local source = source_origin(headers)
-  if source == "" then
-    count(handle, "missing_source_origin")
-  else
-    local valid = source == target_origin(headers)
-    for _, matches in ipairs(policy.origins) do
-      if valid then break end
-      valid = matches(source)
-    end
-    if valid then
-      count(handle, "request_valid")
-      return
-    end
+  local valid = source ~= ""
+  if not valid then count(handle, "missing_source_origin") end
+  if not origin_allowed(policy, source, target_origin(headers)) then
+    valid = false
     count(handle, "request_invalid")
+  end
+  if valid then
+    count(handle, "request_valid")
+    return
   end
 
   if not enforce then return end -- shadow mode: counted, not blocked
