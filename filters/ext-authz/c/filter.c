@@ -64,21 +64,24 @@ static char *dup_n(const char *s, size_t n) {
     return out;
 }
 
-static bool match_one(const matcher *m, const char *s, size_t n) {
-    char folded[256];
-    if (m->ignore_case) {
-        if (n > sizeof folded) return false;
-        memcpy(folded, s, n);
-        lower(folded, n);
-        s = folded;
+/* s[0..n) equals text[0..n); text is already lower-case when fold is set. */
+static bool same_bytes(const char *s, const char *text, size_t n, bool fold) {
+    for (size_t i = 0; i < n; i++) {
+        char c = fold && s[i] >= 'A' && s[i] <= 'Z' ? (char)(s[i] + 32) : s[i];
+        if (c != text[i]) return false;
     }
+    return true;
+}
+
+static bool match_one(const matcher *m, const char *s, size_t n) {
+    bool fold = m->ignore_case;
     switch (m->kind) {
-    case M_EXACT: return n == m->len && memcmp(s, m->text, n) == 0;
-    case M_PREFIX: return n >= m->len && memcmp(s, m->text, m->len) == 0;
-    case M_SUFFIX: return n >= m->len && memcmp(s + n - m->len, m->text, m->len) == 0;
+    case M_EXACT: return n == m->len && same_bytes(s, m->text, n, fold);
+    case M_PREFIX: return n >= m->len && same_bytes(s, m->text, m->len, fold);
+    case M_SUFFIX: return n >= m->len && same_bytes(s + n - m->len, m->text, m->len, fold);
     case M_CONTAINS:
         for (size_t i = 0; i + m->len <= n; i++)
-            if (memcmp(s + i, m->text, m->len) == 0) return true;
+            if (same_bytes(s + i, m->text, m->len, fold)) return true;
         return false;
     }
     return false;
@@ -212,7 +215,11 @@ bool pw_on_configure(pw_root *root, const char *text, size_t len) {
     pw_json_get_bool(cfg, "failure_mode_allow", &c->failure_mode_allow);
     int64_t code = 403;
     pw_json_get_int(cfg, "status_on_error.code", &code);
-    c->status_on_error = (code >= 200 && code <= 599) ? (uint32_t)code : 403;
+    if (code < 200 || code > 599) {
+        pw_log(PW_LOG_ERROR, "ext-authz: status_on_error.code must be 200-599");
+        goto bad;
+    }
+    c->status_on_error = (uint32_t)code;
 
     pw_define_metric(PW_METRIC_COUNTER, "ext_authz.ok", &c->m_ok);
     pw_define_metric(PW_METRIC_COUNTER, "ext_authz.denied", &c->m_denied);
