@@ -32,9 +32,9 @@ from envoyext.runners import emulated
 from envoyext.scenario import LogLine, Scenario, default_routes, header_list
 from envoyext.upstreams import UpstreamSpec
 from envoyext.wasm import headers as H
-from envoyext.wasm.context import HttpCall, HttpCallResponse
-from envoyext.wasm.emulator import WasmFilterHost
-from envoyext.wasm.filter import Reply, StreamFlow
+from envoyext.wasm.context import HttpCall, HttpCallResponse, Reply
+from envoyext.wasm.emulator import WasmFilterHost, local_reply
+from envoyext.wasm.filter import StreamFlow
 
 run_scenario = emulated.run_scenario
 
@@ -102,8 +102,7 @@ class Exchange:
         if self._gen is None and r is not None and not self._local_encoded:
             # Envoy encodes a local reply at once, through this filter's encoder callbacks too.
             self._local_encoded = True
-            from envoyext.runners.emulated import LocalReply
-            self.plugin.env._set_local_reply(self.stream, LocalReply(r.status, r.body, list(r.headers), r.details))
+            self.plugin.env._set_local_reply(self.stream, local_reply(r))
             self._gen = self.plugin.host.drive(self.flow.encode(), stall_ok=True)
         # Only a paused exchange has anything to resume; the plugin forgets finished ones (a test
         # running many cycles would otherwise keep every stream alive and slow the GC down).

@@ -76,6 +76,16 @@ class HttpCall:
 
 
 @dataclass
+class Reply:
+    """A reply generated in the filter chain (the filter's own, or the fail-closed 503)."""
+    status: int
+    body: bytes = b""
+    headers: list = field(default_factory=list)
+    details: str = ""
+    grpc_status: int | None = None
+
+
+@dataclass
 class HttpCallResponse:
     headers: list[tuple[str, str]]     # with :status
     body: bytes = b""
@@ -183,7 +193,7 @@ class HttpContext(Context):
         self.maps: dict[int, Headers | None] = {}     # what Envoy's *_headers_ pointers hold now
         self.body: dict[int, Buffer | None] = dict.fromkeys(_HTTP_BODIES)
         self.access_log_phase = False
-        self.local_reply: tuple | None = None          # (status, body, headers, grpc, details)
+        self.local_reply: Reply | None = None          # proxy_send_local_response's, once the call returned
         self.continued: set[int] = set()               # StreamTypes proxy_continue_stream resumed
 
     def mutable_map(self, t: int) -> Headers | None:
@@ -229,7 +239,8 @@ class HttpContext(Context):
 
     def send_local_response(self, status, body, headers, grpc_status, details) -> None:
         # Envoy defers the reply until the VM call returns; the first one wins.
-        reply = (status, body, headers, grpc_status, details.replace(" ", "_").replace("\t", "_"))
+        reply = Reply(status, body, headers, details.replace(" ", "_").replace("\t", "_"),
+                      grpc_status if 0 <= grpc_status <= 16 else None)
 
         def send():
             if self.local_reply is None:

@@ -23,7 +23,7 @@ from envoyext.errors import EnvoyRejected, UserError
 from envoyext.runners.emulated import CONNECT_FAILURE_BODY, TIMEOUT_BODY, LocalReply
 from envoyext.scenario import LogLine
 from envoyext.wasm.abi import LOG_LEVEL_NAMES
-from envoyext.wasm.context import HttpCall, HttpCallResponse, Plugin, Services, Wasm
+from envoyext.wasm.context import HttpCall, HttpCallResponse, Plugin, Reply, Services, Wasm
 from envoyext.wasm.filter import WAIT, StreamFlow
 from envoyext.wasm.host import DEFAULT_DEADLINE_MS, LoadError, compile_module
 from envoyext.wasm.imports import make_imports
@@ -195,6 +195,11 @@ class WasmFilterHost:
             vm.shutdown()
 
 
+def local_reply(r: Reply) -> LocalReply:
+    """The filter's reply as the emulated Envoy sends it."""
+    return LocalReply(r.status, r.body, list(r.headers), r.details)
+
+
 def _local_response(status: int, body: bytes) -> HttpCallResponse:
     """What Envoy's async client hands back when its router answers locally."""
     return HttpCallResponse([(":status", str(status)), ("content-length", str(len(body))),
@@ -211,17 +216,14 @@ class WasmStreamFilter:
     def decode(self, stream) -> LocalReply | None:
         self.host.drive(self.flow.decode())
         r = self.flow.reply
-        if r is None:
-            return None
-        return LocalReply(r.status, r.body, list(r.headers), r.details)
+        return None if r is None else local_reply(r)
 
     def encode(self, stream) -> None:
         # Envoy runs the filter's encoder callbacks for its own local reply too.
         f = self.flow
         self.host.drive(f.encode())
         if f.encode_reply is not None:
-            r = f.encode_reply
-            stream.env._set_local_reply(stream, LocalReply(r.status, r.body, list(r.headers), r.details))
+            stream.env._set_local_reply(stream, local_reply(f.encode_reply))
 
     def complete(self, stream) -> None:
         self.flow.complete()

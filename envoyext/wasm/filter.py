@@ -15,7 +15,6 @@ buffer; a local reply (from any callback) ends decoding at once; a VM failure an
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 from envoyext.wasm.abi import (
     AbiVersion,
@@ -26,7 +25,7 @@ from envoyext.wasm.abi import (
     MapType,
     StreamType,
 )
-from envoyext.wasm.context import Buffer, HttpContext, Wasm, data_status, headers_status, trailers_status
+from envoyext.wasm.context import Buffer, HttpContext, Reply, Wasm, data_status, headers_status, trailers_status
 
 WAIT = object()   # what the flows yield while the stream is paused
 
@@ -38,16 +37,6 @@ def http1_chunks(body: bytes, trailers: bool = False) -> list[bytes]:
     if trailers:
         return [body] if body else []
     return [body, b""] if body else []
-
-
-@dataclass
-class Reply:
-    """A reply generated in the filter chain (the filter's own, or the fail-closed 503)."""
-    status: int
-    body: bytes = b""
-    headers: list = field(default_factory=list)
-    details: str = ""
-    grpc_status: int | None = None
 
 
 class StreamFlow:
@@ -88,11 +77,9 @@ class StreamFlow:
         """After a callback: did the stream end (local reply or failure)?"""
         if self.wasm.failed:
             return self._vm_failed()
-        lr = self.ctx.local_reply
-        if lr is None:
+        if self.ctx.local_reply is None:
             return False
-        status, body, headers, grpc, details = lr
-        self.reply = Reply(status, body, headers, details, grpc if 0 <= grpc <= 16 else None)
+        self.reply = self.ctx.local_reply
         return True
 
     def _wait(self, which: int) -> Iterator:
@@ -139,7 +126,7 @@ class StreamFlow:
                 chunks = [b"".join(chunks)]
         s.request_body = yield from self._body(chunks, has_trailers, BufferType.HttpRequestBody,
                                                "proxy_on_request_body", StreamType.Request)
-        if self.reply is not None or (self.ctx.local_reply is not None):
+        if self.reply is not None or ctx.local_reply is not None:
             return
         if has_trailers and not self._passthrough():
             ctx.maps[MapType.RequestTrailers] = s.request_trailers
@@ -237,10 +224,8 @@ class StreamFlow:
             self.failed_reply_sent = True
             self.encode_reply = Reply(503, details="wasm_fail_stream")
             return True
-        lr = self.ctx.local_reply
-        if lr is not None:
-            status, body, headers, grpc, details = lr
-            self.encode_reply = Reply(status, body, headers, details)
+        if self.ctx.local_reply is not None:
+            self.encode_reply = self.ctx.local_reply
             return True
         return False
 
