@@ -20,7 +20,9 @@
 #define MAX_LABELS 10
 #define MAX_LIST 100
 #define MAX_VALUE 64
-#define MAX_NAME 1024
+#define MAX_PREFIX 64 /* schema: prefix maxLength */
+#define MAX_DEPTH 5   /* schema: depth maximum */
+#define NS_PER_MS 1000000
 
 typedef enum { F_METHOD, F_PATH_PREFIX, F_ROUTE, F_CODE, F_CODE_CLASS, F_HEADER, F_CLUSTER } source;
 
@@ -34,7 +36,7 @@ typedef struct {
 } label;
 
 typedef struct {
-    char prefix[65];
+    char prefix[MAX_PREFIX + 1];
     label labels[MAX_LABELS];
     size_t n_labels;
 } config;
@@ -110,35 +112,76 @@ static bool parse_list(pw_json obj, const char *key, label *l) {
     return true;
 }
 
+static bool valid_name(const char *s) { /* schema: ^[a-z_][a-z0-9_]*$ - it goes into a stat name */
+    if (!s || !*s || (*s >= '0' && *s <= '9')) return false;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') || *s == '_')) return false;
+    return true;
+}
+
+/* One entry of `labels`; false with the reason logged (the entry's index in the message). */
+static bool parse_label(pw_json item, size_t i, config *c) {
+    label *l = &c->labels[i];
+    pw_json v;
+    int64_t depth = 1;
+    l->name = pw_json_get_string(item, "name");
+    if (!valid_name(l->name)) {
+        pw_logf(PW_LOG_ERROR, "custom-metrics: labels[%zu].name must match ^[a-z_][a-z0-9_]*$", i);
+        return false;
+    }
+    for (size_t j = 0; j < i; j++) {
+        if (strcmp(c->labels[j].name, l->name) == 0) {
+            pw_logf(PW_LOG_ERROR, "custom-metrics: labels[%zu].name '%s' is listed twice", i, l->name);
+            return false;
+        }
+    }
+    if (!pw_json_get(item, "from", &v) || !parse_source(v, &l->from)) {
+        pw_logf(PW_LOG_ERROR, "custom-metrics: labels[%zu].from is missing or unknown", i);
+        return false;
+    }
+    if (l->from == F_HEADER && !(l->header = pw_json_get_string(item, "header"))) {
+        pw_logf(PW_LOG_ERROR, "custom-metrics: labels[%zu].header is required with from: header", i);
+        return false;
+    }
+    const char *list_key = l->from == F_HEADER ? "values" : "prefixes";
+    if (!parse_list(item, list_key, l)) {
+        pw_logf(PW_LOG_ERROR, "custom-metrics: labels[%zu].%s must be a list of at most %d strings", i, list_key,
+                MAX_LIST);
+        return false;
+    }
+    if (pw_json_get(item, "depth", &v) && (!pw_json_int(v, &depth) || depth < 1 || depth > MAX_DEPTH)) {
+        pw_logf(PW_LOG_ERROR, "custom-metrics: labels[%zu].depth must be 1-%d", i, MAX_DEPTH);
+        return false;
+    }
+    l->depth = (int)depth;
+    return true;
+}
+
 /* The schema has been checked by `envoyext test`; this re-checks what the code relies on, because
- * a mesh may hand the plugin any bytes. Returning false makes Envoy reject the configuration. */
+ * a mesh may hand the plugin any bytes. NULL (reason logged) makes Envoy reject the configuration. */
 static config *parse_config(const char *text, size_t len) {
     pw_json root, labels, item, v;
     config *c = calloc(1, sizeof(config));
     if (!c) return NULL;
     strcpy(c->prefix, "envoyext");
     if (len == 0) return c;
-    if (!pw_json_parse(text, len, &root) || pw_json_typeof(root) != PW_JSON_OBJECT) goto bad;
-    if (pw_json_get(root, "prefix", &v) && !pw_json_string(v, c->prefix, sizeof c->prefix, NULL)) goto bad;
+    if (!pw_json_parse(text, len, &root) || pw_json_typeof(root) != PW_JSON_OBJECT) {
+        pw_log(PW_LOG_ERROR, "custom-metrics: the configuration is not a JSON object");
+        goto bad;
+    }
+    if (pw_json_get(root, "prefix", &v) &&
+        (!pw_json_string(v, c->prefix, sizeof c->prefix, NULL) || !valid_name(c->prefix))) {
+        pw_log(PW_LOG_ERROR, "custom-metrics: prefix must match ^[a-z_][a-z0-9_]*$, at most 64 characters");
+        goto bad;
+    }
     if (!pw_json_get(root, "labels", &labels)) return c;
-    if (pw_json_typeof(labels) != PW_JSON_ARRAY || pw_json_count(labels) > MAX_LABELS) goto bad;
+    if (pw_json_typeof(labels) != PW_JSON_ARRAY || pw_json_count(labels) > MAX_LABELS) {
+        pw_logf(PW_LOG_ERROR, "custom-metrics: labels must be a list of at most %d labels", MAX_LABELS);
+        goto bad;
+    }
     for (size_t i = 0; pw_json_index(labels, i, &item); i++) {
-        label *l = &c->labels[c->n_labels];
-        int64_t depth = 1;
-        if (!pw_json_get(item, "from", &v) || !parse_source(v, &l->from)) goto bad;
-        l->name = pw_json_get_string(item, "name");
-        if (!l->name) goto bad;
-        c->n_labels++;
-        for (size_t j = 0; j + 1 < c->n_labels; j++) {
-            if (strcmp(c->labels[j].name, l->name) == 0) {
-                pw_logf(PW_LOG_ERROR, "custom-metrics: label '%s' is listed twice", l->name);
-                goto bad;
-            }
-        }
-        if (l->from == F_HEADER && !(l->header = pw_json_get_string(item, "header"))) goto bad;
-        if (!parse_list(item, l->from == F_HEADER ? "values" : "prefixes", l)) goto bad;
-        pw_json_get_int(item, "depth", &depth);
-        l->depth = depth < 1 ? 1 : depth > 5 ? 5 : (int)depth;
+        c->n_labels = i + 1; /* so free_config frees what parse_label allocated */
+        if (!parse_label(item, i, c)) goto bad;
     }
     return c;
 bad:
@@ -148,10 +191,7 @@ bad:
 
 bool pw_on_configure(pw_root *root, const char *text, size_t len) {
     config *c = parse_config(text, len);
-    if (!c) {
-        pw_log(PW_LOG_ERROR, "custom-metrics: invalid configuration (see schema.json)");
-        return false;
-    }
+    if (!c) return false;
     free_config(root->data);
     root->data = c;
     return true;
@@ -268,9 +308,43 @@ pw_action pw_on_request_headers(pw_ctx *ctx, uint32_t n, bool eos) {
     return PW_CONTINUE;
 }
 
-static void append(char *buf, size_t *at, const char *s) {
-    size_t n = strlen(s);
-    if (*at + n < MAX_NAME) { memcpy(buf + *at, s, n); *at += n; buf[*at] = 0; }
+/* The labels as `.name=.=value;.;name=.=value;.;` (empty without labels), malloc'd. Values are
+ * cleaned here, so the whole suffix is built once per request at its exact size. */
+static char *label_suffix(const config *c, const stream *s, const char *status) {
+    char *values[MAX_LABELS] = {0};
+    size_t total = 1; /* the leading '.', or the NUL */
+    for (size_t i = 0; i < c->n_labels; i++) {
+        const label *l = &c->labels[i];
+        char *raw = s->values[i] ? NULL : response_value(l, status);
+        values[i] = clean(s->values[i] ? s->values[i] : raw ? raw : "unknown");
+        free(raw);
+        if (!values[i]) goto fail;
+        total += strlen(l->name) + strlen("=.=") + strlen(values[i]) + strlen(";.;");
+    }
+    char *out = malloc(total + 1), *at = out;
+    if (!out) goto fail;
+    *at = 0;
+    for (size_t i = 0; i < c->n_labels; i++)
+        at += sprintf(at, "%s%s=.=%s;.;", i == 0 ? "." : "", c->labels[i].name, values[i]);
+    for (size_t i = 0; i < c->n_labels; i++) free(values[i]);
+    return out;
+fail:
+    for (size_t i = 0; i < c->n_labels; i++) free(values[i]);
+    return NULL;
+}
+
+static void record(const char *prefix, const char *metric, const char *suffix, pw_metric_type type,
+                   uint64_t value) {
+    size_t n = strlen(prefix) + strlen(metric) + strlen(suffix) + 1;
+    char *name = malloc(n);
+    uint32_t id;
+    if (!name) return;
+    snprintf(name, n, "%s%s%s", prefix, metric, suffix);
+    if (metric_id(type, name, &id)) {
+        if (type == PW_METRIC_COUNTER) pw_increment_metric(id, (int64_t)value);
+        else pw_record_metric(id, value);
+    }
+    free(name);
 }
 
 pw_action pw_on_response_headers(pw_ctx *ctx, uint32_t n, bool eos) {
@@ -278,30 +352,16 @@ pw_action pw_on_response_headers(pw_ctx *ctx, uint32_t n, bool eos) {
     stream *s = ctx->data;
     if (!c || !s || s->start_ns == 0) return PW_CONTINUE; /* no request seen, or already recorded */
     char *status = pw_get_header(PW_MAP_HTTP_RESPONSE_HEADERS, ":status");
-    char tags[MAX_NAME] = "";
-    size_t at = 0;
-    for (size_t i = 0; i < c->n_labels; i++) {
-        const label *l = &c->labels[i];
-        char *raw = s->values[i] ? strdup(s->values[i]) : response_value(l, status ? status : "0");
-        char *v = raw ? clean(raw) : NULL;
-        append(tags, &at, i == 0 ? "." : "");
-        append(tags, &at, l->name);
-        append(tags, &at, "=.=");
-        append(tags, &at, v ? v : "unknown");
-        append(tags, &at, ";.;");
-        free(raw);
-        free(v);
-    }
+    char *suffix = label_suffix(c, s, status ? status : "0");
     free(status);
-
-    char name[MAX_NAME + 128];
-    uint32_t id;
-    snprintf(name, sizeof name, "%s_requests_total%s", c->prefix, tags);
-    if (metric_id(PW_METRIC_COUNTER, name, &id)) pw_increment_metric(id, 1);
-    uint64_t now = pw_now_ns();
-    snprintf(name, sizeof name, "%s_request_duration_milliseconds%s", c->prefix, tags);
-    if (now >= s->start_ns && metric_id(PW_METRIC_HISTOGRAM, name, &id))
-        pw_record_metric(id, (now - s->start_ns) / 1000000);
+    if (suffix) {
+        uint64_t now = pw_now_ns();
+        record(c->prefix, "_requests_total", suffix, PW_METRIC_COUNTER, 1);
+        if (now >= s->start_ns)
+            record(c->prefix, "_request_duration_milliseconds", suffix, PW_METRIC_HISTOGRAM,
+                   (now - s->start_ns) / NS_PER_MS);
+        free(suffix);
+    }
     s->start_ns = 0; /* once per request, even if the host calls again (e.g. 100-continue) */
     return PW_CONTINUE;
 }

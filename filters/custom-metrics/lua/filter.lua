@@ -78,11 +78,29 @@ local function response_value(label, status, route)
   return "unknown"
 end
 
+-- The configuration, compiled on first use (envoyext_config is assigned after this chunk runs).
+-- A label name listed twice is kept once: two tags of one name would break the stat name.
+local compiled
+
+local function config()
+  if compiled == nil then
+    local cfg = envoyext_config or {}
+    local labels, seen = {}, {}
+    for _, label in ipairs(cfg.labels or {}) do
+      if not seen[label.name] then
+        seen[label.name] = true
+        labels[#labels + 1] = label
+      end
+    end
+    compiled = {prefix = cfg.prefix or "envoyext", labels = labels}
+  end
+  return compiled
+end
+
 function envoy_on_request(handle)
-  local cfg = envoyext_config or {}
   local meta = handle:streamInfo():dynamicMetadata()
   local req = handle:headers()
-  for i, label in ipairs(cfg.labels or {}) do
+  for i, label in ipairs(config().labels) do
     local v = request_value(label, req)
     if v ~= nil then meta:set(META, tostring(i), v) end
   end
@@ -90,25 +108,21 @@ function envoy_on_request(handle)
 end
 
 function envoy_on_response(handle)
-  local cfg = envoyext_config or {}
-  local prefix = cfg.prefix or "envoyext"
+  local cfg = config()
   local info = handle:streamInfo()
   local meta = info:dynamicMetadata():get(META) or {}
   local status = handle:headers():get(":status") or "0"
   local route = info:routeName()
-  local parts, seen = {}, {}
-  for i, label in ipairs(cfg.labels or {}) do
-    if not seen[label.name] then  -- a repeated name would make two tags of one name
-      seen[label.name] = true
-      local v = meta[tostring(i)] or response_value(label, status, route)
-      parts[#parts + 1] = label.name .. "=.=" .. clean(v) .. ";.;"
-    end
+  local parts = {}
+  for i, label in ipairs(cfg.labels) do
+    local v = meta[tostring(i)] or response_value(label, status, route)
+    parts[#parts + 1] = label.name .. "=.=" .. clean(v) .. ";.;"
   end
   local suffix = #parts > 0 and ("." .. table.concat(parts)) or ""
   local stats = handle:stats()
-  stats:counter(prefix .. "_requests_total" .. suffix):inc()
+  stats:counter(cfg.prefix .. "_requests_total" .. suffix):inc()
   if meta.start_ms then
     local ms = handle:timestamp() - meta.start_ms
-    stats:histogram(prefix .. "_request_duration_milliseconds" .. suffix):recordValue(ms)
+    stats:histogram(cfg.prefix .. "_request_duration_milliseconds" .. suffix):recordValue(ms)
   end
 end
