@@ -37,7 +37,7 @@ class LogLevel(IntEnum):
 
 
 # LogLine.level names, by proxy_log_level_t.
-LOG_LEVEL_NAMES = ("trace", "debug", "info", "warn", "error", "critical")
+LOG_LEVEL_NAMES = tuple(level.name for level in LogLevel)
 
 
 class BufferType(IntEnum):

@@ -117,7 +117,7 @@ class Buffer:
 
 class Context:
     """cpp-host's ContextBase: an id, a root, and what the host functions may touch right now."""
-    is_root = False
+    access_log_phase = False   # an HttpContext's on_log: maps read from the finished stream
 
     def __init__(self, wasm: "Wasm", cid: int, root: "RootContext | None"):
         self.wasm = wasm
@@ -170,8 +170,6 @@ class Context:
 
 
 class RootContext(Context):
-    is_root = True
-
     def __init__(self, wasm: "Wasm", cid: int):
         super().__init__(wasm, cid, None)
         self.http_call_response: HttpCallResponse | None = None
@@ -192,7 +190,6 @@ class HttpContext(Context):
         self.stream = stream
         self.maps: dict[int, Headers | None] = {}     # what Envoy's *_headers_ pointers hold now
         self.body: dict[int, Buffer | None] = dict.fromkeys(_HTTP_BODIES)
-        self.access_log_phase = False
         self.local_reply: Reply | None = None          # proxy_send_local_response's, once the call returned
         self.continued: set[int] = set()               # StreamTypes proxy_continue_stream resumed
 

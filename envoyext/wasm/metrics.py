@@ -69,9 +69,8 @@ class VmMetrics:
             if offset <= 0:
                 return WasmResult.BadArgument
             self.store.values[key] += offset
-        else:
-            self.store.values[key] = max(0, self.store.values[key] + offset) if offset < 0 else \
-                self.store.values[key] + offset
+        else:   # a gauge, clamped at zero
+            self.store.values[key] = max(0, self.store.values[key] + offset)
         return WasmResult.Ok
 
     def record(self, mid: int, value: int) -> WasmResult:

@@ -115,8 +115,7 @@ class PropertySource:
             return Lazy(self._upstream)
         if name == "xds":
             return Lazy(self._xds)
-        state = getattr(s, "filter_state", {}).get("wasm." + name)
-        return state
+        return getattr(s, "filter_state", {}).get("wasm." + name)
 
     def _headers_map(self, headers) -> Lazy:
         def lookup(k):
@@ -176,7 +175,7 @@ class PropertySource:
         s = self.stream
         rh = s.response_headers
         if k == "headers":
-            return self._headers_map([(a, b) for a, b in rh])
+            return self._headers_map(rh)
         if k == "trailers":
             return self._headers_map(s.response_trailers)
         if k == "code":
@@ -242,9 +241,7 @@ class PropertySource:
         for part in parts[1:]:
             if value is None:
                 return WasmResult.NotFound, b""
-            if isinstance(value, Lazy):
-                value = value.get(part)
-            elif isinstance(value, dict):
+            if isinstance(value, (Lazy, dict)):
                 value = value.get(part)
             else:
                 return WasmResult.NotFound, b""
