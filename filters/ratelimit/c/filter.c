@@ -25,6 +25,8 @@
 #define MAX_DESCRIPTORS 64
 #define MAX_ENTRIES 8
 #define CAS_RETRIES 32
+#define MAX_FILL_SECONDS 999999 /* schema: up to six digits of seconds */
+#define MIN_FILL_NS 50000000 /* Envoy refuses fill intervals under 50 ms */
 #define BODY "local_rate_limited"
 
 typedef struct {
@@ -94,10 +96,13 @@ static void free_config(config *c) {
 static bool parse_duration(const char *s, int64_t *ns) {
     int64_t whole = 0, frac = 0, scale = 1000000000;
     if (!s || !*s) return false;
-    for (; *s >= '0' && *s <= '9'; s++) whole = whole * 10 + (*s - '0');
+    for (; *s >= '0' && *s <= '9'; s++) {
+        whole = whole * 10 + (*s - '0');
+        if (whole > MAX_FILL_SECONDS) return false; /* checked per digit: no signed overflow */
+    }
     if (*s == '.')
         for (s++; *s >= '0' && *s <= '9' && scale > 1; s++) { scale /= 10; frac += (*s - '0') * scale; }
-    if (strcmp(s, "s") != 0 || whole > 1000000) return false;
+    if (strcmp(s, "s") != 0) return false;
     *ns = whole * 1000000000 + frac;
     return true;
 }
@@ -110,8 +115,7 @@ static bool parse_bucket(pw_json obj, bucket_spec *b) {
     b->max = 0;
     pw_json_get_int(obj, "max_tokens", &b->max);
     pw_json_get_int(obj, "tokens_per_fill", &per_fill);
-    /* Envoy refuses fill intervals under 50 ms; so do we. */
-    if (!ok || interval < 50000000 || b->max < 1 || per_fill < 1) return false;
+    if (!ok || interval < MIN_FILL_NS || b->max < 1 || per_fill < 1) return false;
     b->ns_per_token = interval / per_fill;
     if (b->ns_per_token < 1) b->ns_per_token = 1;
     b->rate = (double)per_fill * 1e9 / (double)interval;
@@ -151,18 +155,28 @@ static uint64_t fnv64(uint64_t h, const char *s, size_t n) {
  * a mesh may hand the plugin any bytes. Returning false makes Envoy reject the configuration. */
 static config *parse_config(const char *text, size_t len) {
     pw_json root, v, arr, item, entries, entry;
+    const char *why = "the configuration is not a JSON object";
     config *c = calloc(1, sizeof(config));
     if (!c) return NULL;
     c->always_default = true;
     c->headers = true;
     c->max_dynamic = 1000;
     if (!pw_json_parse(text, len, &root) || pw_json_typeof(root) != PW_JSON_OBJECT) goto bad;
-    if (!pw_json_get(root, "token_bucket", &v) || !parse_bucket(v, &c->bucket)) goto bad;
+    if (!pw_json_get(root, "token_bucket", &v) || !parse_bucket(v, &c->bucket)) {
+        why = "token_bucket needs max_tokens >= 1, tokens_per_fill >= 1 and fill_interval >= 0.05s";
+        goto bad;
+    }
     pw_json_get_bool(root, "always_consume_default_token_bucket", &c->always_default);
     pw_json_get_int(root, "max_dynamic_descriptors", &c->max_dynamic);
+    if (c->max_dynamic < 1) {
+        why = "max_dynamic_descriptors must be at least 1";
+        goto bad;
+    }
     if (pw_json_get(root, "enable_x_ratelimit_headers", &v)) c->headers = !pw_json_streq(v, "OFF");
 
     if (pw_json_get(root, "rate_limits", &arr)) {
+        why = "rate_limits: at most 16 entries, each with 1-8 actions of request_headers "
+              "{header_name, descriptor_key}, remote_address or generic_key {descriptor_value}";
         if (pw_json_count(arr) > MAX_RATE_LIMITS) goto bad;
         for (size_t i = 0; pw_json_index(arr, i, &item); i++) {
             rate_limit *rl = &c->rate_limits[c->n_rate_limits++];
@@ -173,6 +187,7 @@ static config *parse_config(const char *text, size_t len) {
         }
     }
     if (pw_json_get(root, "descriptors", &arr)) {
+        why = "descriptors: at most 64, each with 1-8 entries {key, value} and a valid token_bucket";
         if (pw_json_count(arr) > MAX_DESCRIPTORS) goto bad;
         for (size_t i = 0; pw_json_index(arr, i, &item); i++) {
             descriptor *d = &c->descriptors[c->n_descriptors++];
@@ -199,16 +214,14 @@ static config *parse_config(const char *text, size_t len) {
     snprintf(c->key_prefix, sizeof c->key_prefix, "envoyext.ratelimit/%016llx", (unsigned long long)h);
     return c;
 bad:
+    pw_logf(PW_LOG_ERROR, "ratelimit: invalid configuration: %s", why);
     free_config(c);
     return NULL;
 }
 
 bool pw_on_configure(pw_root *root, const char *text, size_t len) {
     config *c = parse_config(text, len);
-    if (!c) {
-        pw_log(PW_LOG_ERROR, "ratelimit: invalid configuration (see schema.json)");
-        return false;
-    }
+    if (!c) return false;
     free_config(root->data);
     root->data = c;
     return true;
