@@ -14,26 +14,24 @@ Envoy's cpp-host looks at, in the order and with the quirks that toolchain has:
 * malloc_restricted: what a module's allocator may call while the host copies data in.
 
 `<name>.yaml` is the scenario; every case must meet its expectations under both runners and the
-two observations must agree. `(;helpers;)` in a .wat is replaced by HELPERS (a bump allocator
+two observations must agree (tests/differential.py). `(;helpers;)` in a .wat is replaced by HELPERS (a bump allocator
 and an integer formatter) so each file stays about its shape.
 """
 
 from __future__ import annotations
 
 import hashlib
-import tempfile
-from functools import cache
 from pathlib import Path
 
 import pytest
 import wasmtime
 
 from envoyext.artifact import Artifact
-from envoyext.runners import emulated, live
-from envoyext.scenario import check, compare, load
+from tests.differential import Differential, scenario_cases
+
+from .conftest import CACHE
 
 SHAPES = Path(__file__).parent / "sdk_modules" / "shapes"
-CACHE = Path(tempfile.gettempdir()) / "envoyext-wasm-test-modules"
 
 HELPERS = """
   (global $heap (mut i32) (i32.const 65536))
@@ -76,36 +74,14 @@ def build(name: str) -> Path:
     return out
 
 
-def artifact(name: str, **kw) -> Artifact:
-    return Artifact("wasm", build(name), name.replace("_", "-"), root_id="r", vm_id="v", **kw)
+def artifact(path: Path) -> Artifact:
+    return Artifact("wasm", build(path.stem), path.stem.replace("_", "-"), root_id="r", vm_id="v")
 
 
 FILES = sorted(SHAPES.glob("*.yaml"))
+DIFFERENTIAL = Differential(artifact)
 
 
-def cases():
-    for f in FILES:
-        for c in load(f).cases:
-            yield pytest.param(f, c.name, id=f"{f.stem}:{c.name}")
-
-
-@cache
-def observations(path: Path):
-    emu = {o.case: o for o in emulated.run_scenario(artifact(path.stem), load(path))}
-    real = {o.case: o for o in live.run_scenario(artifact(path.stem), load(path))}
-    return load(path), emu, real
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _no_cached_envoy():
-    yield
-    observations.cache_clear()
-
-
-@pytest.mark.parametrize("path,name", list(cases()))
+@pytest.mark.parametrize("path,name", scenario_cases(FILES))
 def test_shape_runs_in_emulator_as_in_envoy(path, name):
-    scenario, emu, real = observations(path)
-    case = next(c for c in scenario.cases if c.name == name)
-    assert check(case, emu[name]) == [], "emulator misses the case's expectations"
-    assert check(case, real[name]) == [], "Envoy misses the case's expectations"
-    assert compare(emu[name], real[name]) == [], "emulator and Envoy disagree"
+    DIFFERENTIAL.assert_agree(path, name)
