@@ -14,6 +14,7 @@
 #define DELAY_PERCENT_HEADER "x-envoy-fault-delay-request-percentage"
 #define ABORT_HEADER "x-envoy-fault-abort-request"
 #define ABORT_PERCENT_HEADER "x-envoy-fault-abort-request-percentage"
+#define MAX_DELAY_MS 3600000 /* schema: fixed_delay_ms maximum */
 #define ABORT_BODY "fault filter abort" /* Envoy's own local-reply body for an injected abort */
 
 typedef enum { M_EXACT, M_PREFIX, M_SUFFIX, M_CONTAINS, M_PRESENT } match_kind;
@@ -52,17 +53,31 @@ typedef struct {
 /* ------------------------------------------------------------------------ */
 /* Configuration                                                             */
 
-static bool read_fault(pw_json cfg, const char *key, const char *fixed_key, const char *header_key, fault *f) {
+/* `delay` or `abort`: exactly one of fixed_key (lo..hi) and header_key, an optional percentage
+ * 0-100. False with the field named in the log. */
+static bool read_fault(pw_json cfg, const char *key, const char *fixed_key, int64_t lo, int64_t hi,
+                       const char *header_key, fault *f) {
     pw_json obj;
     if (!pw_json_get(cfg, key, &obj)) return true; /* not configured */
-    if (pw_json_typeof(obj) != PW_JSON_OBJECT) return false;
     int64_t fixed = 0;
     f->on = true;
     f->percent = 100; /* Istio's default: fault every matching request */
     pw_json_get_bool(obj, header_key, &f->from_header);
-    pw_json_get_number(obj, "percentage", &f->percent);
-    if (pw_json_get_int(obj, fixed_key, &fixed)) f->fixed = (uint32_t)fixed;
-    return f->from_header || f->fixed > 0;
+    bool has_fixed = pw_json_get_int(obj, fixed_key, &fixed);
+    if (pw_json_typeof(obj) != PW_JSON_OBJECT || has_fixed == f->from_header) {
+        pw_logf(PW_LOG_ERROR, "fault: %s needs exactly one of %s and %s: true", key, fixed_key, header_key);
+        return false;
+    }
+    if (has_fixed && (fixed < lo || fixed > hi)) {
+        pw_logf(PW_LOG_ERROR, "fault: %s.%s must be %lld-%lld", key, fixed_key, (long long)lo, (long long)hi);
+        return false;
+    }
+    if (pw_json_get_number(obj, "percentage", &f->percent) && !(f->percent >= 0 && f->percent <= 100)) {
+        pw_logf(PW_LOG_ERROR, "fault: %s.percentage must be 0-100", key);
+        return false;
+    }
+    f->fixed = (uint32_t)fixed;
+    return true;
 }
 
 static bool read_matcher(pw_json m, matcher *out) {
@@ -98,13 +113,19 @@ bool pw_on_configure(pw_root *root, const char *json, size_t len) {
     pw_json cfg, list, item;
     config *c = calloc(1, sizeof *c);
     if (!c || !pw_json_parse(json, len, &cfg) || pw_json_typeof(cfg) != PW_JSON_OBJECT) goto bad;
-    if (!read_fault(cfg, "delay", "fixed_delay_ms", "header_delay", &c->delay)) goto bad;
-    if (!read_fault(cfg, "abort", "http_status", "header_abort", &c->abort)) goto bad;
+    if (!read_fault(cfg, "delay", "fixed_delay_ms", 1, MAX_DELAY_MS, "header_delay", &c->delay)) goto bad;
+    if (!read_fault(cfg, "abort", "http_status", 200, 599, "header_abort", &c->abort)) goto bad;
     if (pw_json_get(cfg, "headers", &list)) {
         c->n_matchers = pw_json_count(list);
         c->matchers = calloc(c->n_matchers ? c->n_matchers : 1, sizeof *c->matchers);
-        for (size_t i = 0; i < c->n_matchers; i++)
-            if (!pw_json_index(list, i, &item) || !read_matcher(item, &c->matchers[i])) goto bad;
+        if (!c->matchers) goto bad;
+        for (size_t i = 0; i < c->n_matchers; i++) {
+            if (!pw_json_index(list, i, &item) || !read_matcher(item, &c->matchers[i])) {
+                pw_logf(PW_LOG_ERROR, "fault: headers[%zu] needs a name and one of exact, prefix, suffix, "
+                        "contains, present", i);
+                goto bad;
+            }
+        }
     }
     /* Named as Envoy's own fault stats (http.<prefix>.fault.*), in the Wasm stats namespace. */
     pw_define_metric(PW_METRIC_COUNTER, "fault.delays_injected", &c->delays_injected);
@@ -156,12 +177,16 @@ static bool header_uint(const char *name, uint64_t *out) {
     return ok;
 }
 
+/* Envoy's HeaderMatcher: an absent header fails every value matcher, inverted or not; only
+ * `present` (and its inversion) can match it. */
 static bool header_matches(const matcher *m) {
     char *v = pw_get_header(PW_MAP_HTTP_REQUEST_HEADERS, m->name);
     bool ok = false;
     if (m->kind == M_PRESENT) {
         ok = (v != NULL) == m->present;
-    } else if (v != NULL) {
+    } else if (v == NULL) {
+        return false;
+    } else {
         size_t n = strlen(v), k = strlen(m->value);
         switch (m->kind) {
         case M_EXACT: ok = strcmp(v, m->value) == 0; break;
@@ -269,6 +294,7 @@ void pw_on_tick(pw_root *root) {
 
 pw_action pw_on_request_headers(pw_ctx *ctx, uint32_t num_headers, bool end_of_stream) {
     config *c = ctx->root->data;
+    if (!c) return PW_CONTINUE;
     for (size_t i = 0; i < c->n_matchers; i++)
         if (!header_matches(&c->matchers[i])) return PW_CONTINUE;
 

@@ -58,13 +58,14 @@ local function parse_uint(value)
 end
 
 -- Envoy's HeaderMatcher (exact/prefix/suffix/contains/present, invert_match) on one header.
+-- An absent header fails every value matcher, inverted or not; only `present` can match it.
 local function header_matches(headers, m)
   local value = headers:get(m.name)
   local ok
   if m.present ~= nil then
     ok = (value ~= nil) == m.present
   elseif value == nil then
-    ok = false
+    return false
   elseif m.exact ~= nil then
     ok = value == m.exact
   elseif m.prefix ~= nil then
