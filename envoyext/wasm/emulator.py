@@ -171,10 +171,7 @@ class WasmFilterHost:
         if self.wasm.failed and self.failure_policy == "reload":
             self.wasm = self._start_vm()
         self.connections += 1
-        w = self.wasm
-        usable = not w.failed
-        flow = StreamFlow(w if usable else None, stream, fail_open=self.plugin.fail_open)
-        return WasmStreamFilter(self, flow)
+        return WasmStreamFilter(self, StreamFlow(self.wasm, stream, fail_open=self.plugin.fail_open))
 
     def advance(self, env=None) -> None:
         """Virtual time moved: fire the ticks now due, then whatever they set in motion."""

@@ -32,18 +32,17 @@ WAIT = object()   # what the flows yield while the stream is paused
 
 def http1_chunks(body: bytes, trailers: bool = False) -> list[bytes]:
     """How Envoy's HTTP/1 codec hands a message body to filters: the data (end_stream false),
-    then an empty end_stream chunk; with trailers, the data and then the trailers end it.
-    A local reply's body comes in one end_stream chunk."""
+    then an empty end_stream chunk; with trailers, the data and then the trailers end it."""
     if trailers:
         return [body] if body else []
     return [body, b""] if body else []
 
 
 class StreamFlow:
-    """The filter's instance for one stream. `ctx` is None when the filter is skipped (fail open
-    after a VM failure) or stands in for a failed VM (fail closed: every callback answers 503)."""
+    """The filter's instance for one stream. `ctx` is None when the VM had already failed: the
+    filter is skipped (fail open) or answers 503 (fail closed)."""
 
-    def __init__(self, wasm: Wasm | None, stream, *, fail_open: bool, body_chunks: list[bytes] | None = None,
+    def __init__(self, wasm: Wasm, stream, *, fail_open: bool, body_chunks: list[bytes] | None = None,
                  response_chunks: list[bytes] | None = None):
         self.wasm = wasm
         self.stream = stream
@@ -51,27 +50,23 @@ class StreamFlow:
         self.ctx: HttpContext | None = None
         self.reply: Reply | None = None          # set when decoding ended in a local reply
         self.encode_reply: Reply | None = None   # set when encoding replaced the response
-        self.failed_reply_sent = False
-        self.skipped = wasm is None and fail_open
         self.request_chunks = body_chunks
         self.response_chunks = response_chunks
-        if wasm is not None and not wasm.failed:
+        if not wasm.failed:
             self.ctx = wasm.new_http_context(stream)
 
     # -- helpers -------------------------------------------------------------------------------
     def _vm_failed(self) -> bool:
         """CHECK_FAIL: a failed VM fails the stream once (503) or lets it through (fail open)."""
-        if self.wasm is not None and not self.wasm.failed and self.ctx is not None:
+        if (self.ctx is not None and not self.wasm.failed) or self.fail_open:
             return False
-        if self.skipped or self.fail_open:
-            return False
-        if not self.failed_reply_sent:
-            self.failed_reply_sent = True
+        if self.reply is None:
             self.reply = Reply(503, details="wasm_fail_stream")
         return True
 
     def _passthrough(self) -> bool:
-        return self.skipped or (self.fail_open and (self.wasm is None or self.wasm.failed or self.ctx is None))
+        """Fail open after a VM failure: the filter is skipped."""
+        return self.fail_open and (self.ctx is None or self.wasm.failed)
 
     def _stopped(self) -> bool:
         """After a callback: did the stream end (local reply or failure)?"""
@@ -95,9 +90,7 @@ class StreamFlow:
     # -- the request path ----------------------------------------------------------------------
     def decode(self) -> Iterator:
         s = self.stream
-        if self._passthrough():
-            return
-        if self._vm_failed():
+        if self._passthrough() or self._vm_failed():
             return
         ctx, w = self.ctx, self.wasm
         w.call(ctx, "proxy_on_context_create", ctx.id, ctx.root.id)
@@ -173,15 +166,15 @@ class StreamFlow:
 
     # -- the response path ---------------------------------------------------------------------
     def encode(self) -> Iterator:
-        """Response headers/body/trailers. Skipped after the fail-closed 503, as Envoy does."""
+        """Response headers/body/trailers. Skipped once the VM failed (after the fail-closed 503,
+        or skipped altogether failing open), as Envoy does."""
         s = self.stream
-        if self.ctx is None or self.failed_reply_sent or self._passthrough():
-            return
         ctx, w = self.ctx, self.wasm
-        if w.failed:
+        if ctx is None or w.failed:
             return
         ctx.local_reply = None
         has_trailers = bool(s.response_trailers)
+        # A local reply's body comes in one end_stream chunk.
         chunks = self.response_chunks if self.response_chunks is not None else (
             ([s.response_body] if s.response_body else []) if getattr(s, "local_reply", False)
             else http1_chunks(s.response_body, has_trailers))
@@ -221,7 +214,6 @@ class StreamFlow:
         if self.wasm.failed:
             if self.fail_open:
                 return True
-            self.failed_reply_sent = True
             self.encode_reply = Reply(503, details="wasm_fail_stream")
             return True
         if self.ctx.local_reply is not None:
@@ -233,9 +225,10 @@ class StreamFlow:
     def complete(self) -> None:
         """on_log (access-log phase), then on_done and on_delete, as Envoy destroys the stream."""
         ctx, w = self.ctx, self.wasm
-        if ctx is None or w is None or w.failed or not ctx.created_in_vm:
-            if ctx is not None and w is not None:
-                w.contexts.pop(ctx.id, None)
+        if ctx is None:
+            return
+        if w.failed or not ctx.created_in_vm:
+            w.contexts.pop(ctx.id, None)
             return
         ctx.access_log_phase = True
         w.call(ctx, "proxy_on_log", ctx.id)
