@@ -449,10 +449,6 @@ class Wasm:
         self.contexts[ctx.id] = ctx
         return ctx
 
-    def done(self, ctx: Context) -> WasmResult:
-        """proxy_done: only a root context that on_done kept alive is pending; Envoy keeps none."""
-        return WasmResult.NotFound
-
     def shutdown(self) -> None:
         """Envoy's shutdown of a plugin: on_done then on_delete on the root context."""
         if self.root is not None and not self.failed:

@@ -162,7 +162,7 @@ class WasmFilterHost:
                     if self.env.clock.ns - paused_at < MAX_PAUSE_MS * 1_000_000 and self.next_tick():
                         break
                     raise StreamStalled(
-                        "the filter paused the stream and nothing pending can resume it",
+                        "the filter paused the stream and nothing pending can resume it", file=self.artifact.path,
                         fix="call proxy_continue_stream (e.g. from on_http_call_response), or send a local reply")
         return None
 

@@ -43,11 +43,10 @@ def _pairs(data: bytes):
 
 def make_imports(w: "Wasm") -> dict:
 
-    def mem(ptr, size):
+    def mem(ptr, size):   # w.vm is created from this table, so it is looked up per call
         return w.vm.get_memory(ptr, size)
 
-    def ctx():
-        return w.effective()
+    ctx = w.effective     # the context a host call acts on
 
     # -- logging, time, timers -----------------------------------------------------------------
     def proxy_log(level, ptr, size):
@@ -128,7 +127,8 @@ def make_imports(w: "Wasm") -> dict:
         return OK
 
     def proxy_done():
-        return w.done(ctx())
+        # Only a root context that on_done kept alive is pending, and Envoy keeps none alive.
+        return NOT_FOUND
 
     def proxy_call_foreign_function(name_ptr, name_size, args_ptr, args_size, results_ptr, results_size_ptr):
         if mem(name_ptr, name_size) is None or mem(args_ptr, args_size) is None:

@@ -284,3 +284,21 @@ def test_request_with_trailers_gets_body_then_trailers(probe):
     p.request({"x-probe": "none", ":method": "POST"}, b"abc", trailers={"x-t": "1"})
     assert p.logs() == ["request headers path=/ eos=0 cmd=none", "request body size=3 eos=0",
                         "request trailers n=1"]
+
+
+def test_a_stream_nothing_can_resume_is_one_user_error_naming_the_module(tmp_path):
+    import wasmtime
+
+    from envoyext.artifact import Artifact
+    from envoyext.errors import UserError
+    from envoyext.runners import emulated
+    from envoyext.scenario import load
+    wat = '(module (memory (export "memory") 1) (func (export "proxy_abi_version_0_2_1"))' \
+          ' (func (export "malloc") (param i32) (result i32) i32.const 1024)' \
+          ' (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) i32.const 1))'
+    path = tmp_path / "stall.wasm"
+    path.write_bytes(wasmtime.wat2wasm(wat))
+    (tmp_path / "s.yaml").write_text("cases: [{name: paused, request: {}}]\n")
+    with pytest.raises(UserError) as e:
+        emulated.run_scenario(Artifact("wasm", path, "stall"), load(tmp_path / "s.yaml"))
+    assert str(e.value).startswith(f"{path}: the filter paused the stream") and "\n" not in str(e.value)
