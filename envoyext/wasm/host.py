@@ -151,7 +151,7 @@ class _Export:
 
     def __init__(self, name: str, func: wasmtime.Func, ty: wasmtime.FuncType):
         self.name = name
-        self.func = func
+        self.func = func     # owns the wasmtime_func_t that addr points into
         self.addr = ctypes.c_void_p(ctypes.addressof(func._func))
         self.nparams = len(ty.params)
         self.nresults = len(ty.results)
@@ -227,7 +227,7 @@ class WasmVm:
         mem = exports.get("memory") if "memory" in self.export_names else None
         if not isinstance(mem, wasmtime.Memory):
             raise LoadError("Failed to load Wasm module: it exports no memory")
-        self.memory = mem
+        self.memory = mem    # owns the wasmtime_memory_t that mem_addr points into
         self.mem_addr = ctypes.c_void_p(ctypes.addressof(mem._memory))
         self.malloc = self._exports.get("malloc") or self._exports.get("proxy_on_memory_allocate")
 
