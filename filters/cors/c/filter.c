@@ -32,17 +32,23 @@ typedef struct {
 /* ------------------------------------------------------------------------ */
 /* Configuration                                                             */
 
-/* A header value: a string as is, a list joined with ','; "" when absent. */
+/* A header value: a string as is, a list of strings joined with ','; "" when absent. NULL (the
+ * field named in the log) for anything else: a typo must not silently drop the header. */
 static char *list_value(pw_json cfg, const char *key) {
     pw_json v, item;
     if (!pw_json_get(cfg, key, &v)) return strdup("");
     if (pw_json_typeof(v) == PW_JSON_STRING) return pw_json_strdup(v);
+    bool ok = pw_json_typeof(v) == PW_JSON_ARRAY;
     size_t n = pw_json_count(v), total = 1;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; ok && i < n; i++) {
         size_t len = 0;
-        pw_json_index(v, i, &item);
-        pw_json_string(item, NULL, 0, &len);
+        ok = pw_json_index(v, i, &item) && pw_json_typeof(item) == PW_JSON_STRING;
+        if (ok) pw_json_string(item, NULL, 0, &len);
         total += len + 1;
+    }
+    if (!ok) {
+        pw_logf(PW_LOG_ERROR, "cors: %s must be a string or a list of strings", key);
+        return NULL;
     }
     char *out = calloc(1, total), *p = out;
     for (size_t i = 0; out && i < n; i++) {
@@ -102,6 +108,7 @@ bool pw_on_configure(pw_root *root, const char *json, size_t len) {
     if (!c || !pw_json_parse(json, len, &cfg) || !pw_json_get(cfg, "allow_origins", &list)) goto bad;
     c->n_origins = pw_json_count(list);
     c->origins = calloc(c->n_origins ? c->n_origins : 1, sizeof *c->origins);
+    if (!c->origins) goto bad;
     for (size_t i = 0; i < c->n_origins; i++)
         if (!pw_json_index(list, i, &item) || !read_origin(item, &c->origins[i])) goto bad;
     c->methods = list_value(cfg, "allow_methods");
