@@ -179,17 +179,18 @@ def run(path, scenario_file):
 
     from envoyext.runners import live
     p, artifact, sc = _built_with_scenario(path, scenario_file)
-    with live.started(artifact, sc) as (envoy, _):
-        click.echo(f"filter {p.name} listening on {envoy.url}")
-        click.echo(f"admin: {envoy.admin.url}   log: {envoy.log_path}")
-        click.echo("Ctrl-C to stop")
-        try:
+    try:  # Ctrl-C is how this command ends, whenever it comes once Envoy is up
+        with live.started(artifact, sc) as (envoy, _):
+            click.echo(f"filter {p.name} listening on {envoy.url}")
+            click.echo(f"admin: {envoy.admin.url}   log: {envoy.log_path}")
+            click.echo("Ctrl-C to stop")
             while envoy.proc.poll() is None:
                 time.sleep(0.5)
-        except KeyboardInterrupt:
-            click.echo("stopping")
-            return
-    raise UserError("Envoy exited unexpectedly", fix="see its log above")
+            log = envoy.log_text().strip().splitlines()[-1:]
+    except KeyboardInterrupt:
+        click.echo("stopped")
+        return
+    raise UserError(f"Envoy exited unexpectedly: {log[0] if log else 'no log'}", fix="see Envoy's log")
 
 
 if __name__ == "__main__":
