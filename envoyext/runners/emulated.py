@@ -42,6 +42,11 @@ class Clock:
         return self.ns // 1_000_000
 
 
+class StreamStuck(Exception):
+    """The filter paused a stream that nothing can resume. Live Envoy would hold it until its
+    stream idle timeout (minutes); the emulator fails that case at once, with this reason."""
+
+
 @dataclass
 class CalloutResult:
     """The answer to an HTTP callout (Lua httpCall, proxy_http_call) from a named cluster."""
@@ -321,19 +326,24 @@ def run_scenario(artifact: Artifact, scenario: Scenario) -> list[Observation]:
             host.take_logs()
             env.take_received()
             responses = []
+            error = None
             for _ in range(case.repeat):
-                responses.append(env.request(host, case))
+                try:
+                    responses.append(env.request(host, case))
+                except StreamStuck as e:
+                    error = str(e)
+                    break
                 env.clock.advance_ms(1)
                 host.advance(env)
             after = {**env.stats, **host.stats()}
             prom = prometheus.delta(prom_before, _series(host, artifact)) if scrape else None
             received = env.take_received()
             observations.append(Observation(
-                case=case.name, runner=host.runner, response=responses[-1], responses=responses,
-                upstream=received.pop(UPSTREAM, []), clusters={k: v for k, v in received.items()},
+                case=case.name, runner=host.runner, response=None if error else responses[-1],
+                responses=responses, upstream=received.pop(UPSTREAM, []), clusters=received,
                 logs=host.take_logs(),
                 stats={k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)},
-                prometheus=prom))
+                prometheus=prom, error=error))
     finally:
         host.close()
     return observations

@@ -19,8 +19,8 @@ import logging
 from typing import Any
 
 from envoyext.artifact import Artifact
-from envoyext.errors import EnvoyRejected, UserError
-from envoyext.runners.emulated import CONNECT_FAILURE_BODY, TIMEOUT_BODY, LocalReply
+from envoyext.errors import EnvoyRejected
+from envoyext.runners.emulated import CONNECT_FAILURE_BODY, TIMEOUT_BODY, LocalReply, StreamStuck
 from envoyext.scenario import LogLine
 from envoyext.wasm.abi import LOG_LEVEL_NAMES
 from envoyext.wasm.context import HttpCall, HttpCallResponse, Plugin, Reply, Services, Wasm
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 MAX_PAUSE_MS = 300_000
 
 
-class StreamStalled(UserError):
+class StreamStalled(StreamStuck):
     """The filter paused the stream and nothing that could resume it is pending."""
 
 
@@ -162,8 +162,8 @@ class WasmFilterHost:
                     if self.env.clock.ns - paused_at < MAX_PAUSE_MS * 1_000_000 and self.next_tick():
                         break
                     raise StreamStalled(
-                        "the filter paused the stream and nothing pending can resume it", file=self.artifact.path,
-                        fix="call proxy_continue_stream (e.g. from on_http_call_response), or send a local reply")
+                        f"{self.artifact.path}: the filter paused the stream and nothing pending can resume it "
+                        "(fix: call proxy_continue_stream, e.g. from on_http_call_response, or send a local reply)")
         return None
 
     # -- FilterHost ------------------------------------------------------------------------------
