@@ -187,6 +187,12 @@ class WasmFilterHost:
     def stats(self) -> dict[str, int]:
         return self.services.metrics.stats()
 
+    def gauge_names(self) -> set[str]:
+        return self.services.metrics.gauge_names()
+
+    def histograms(self) -> dict[str, list[int]]:
+        return self.services.metrics.histograms()
+
     def close(self) -> None:
         for vm in [self.wasm, *self.idle]:
             vm.shutdown()

@@ -36,6 +36,13 @@ class MetricStore:
         """Counters and gauges under their /stats names (histograms have no single value there)."""
         return {stat_name(n): v for (t, n), v in self.values.items() if t != MetricType.Histogram}
 
+    def gauge_names(self) -> set[str]:
+        return {stat_name(n) for (t, n) in self.values if t == MetricType.Gauge}
+
+    def histograms(self) -> dict[str, list[int]]:
+        """Every value recorded, per histogram, under its /stats name."""
+        return {stat_name(n): list(v) for n, v in self.samples.items()}
+
 
 class VmMetrics:
     """One VM's metric ids: type in the low two bits, +4 per definition (cpp-host's scheme)."""
