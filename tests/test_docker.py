@@ -1,6 +1,7 @@
 """The Docker runtime: its compose file is generated (and checked) everywhere; it runs only
 where a Docker engine answers."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,7 @@ import pytest
 from envoyext.artifact import Artifact
 from envoyext.envoy import bootstrap
 from envoyext.envoy.docker import IMAGE, compose_file, engine_available
-from envoyext.scenario import Request, from_dict
+from envoyext.scenario import Request, check, from_dict
 
 SCENARIO = from_dict({"cases": [{"name": "-"}]}, Path("t.yaml"))
 
@@ -25,6 +26,22 @@ def test_compose_file_runs_the_pinned_image_with_the_bootstrap(tmp_path):
     assert f"{(tmp_path / 'mods').resolve()}:{(tmp_path / 'mods').resolve()}:ro" in svc["volumes"]
     assert svc["command"][:3] == ["envoy", "-c", f"{work}/envoy.json"]
     assert "--admin-address-path" in svc["command"]
+
+
+def test_docker_runtime_plumbing_with_a_stand_in_docker(tmp_path, monkeypatch):
+    """No engine here: tests/fake_docker/docker runs the compose file's command with the real
+    Envoy binary, which proves the command line, mounts and readiness wait are right."""
+    from envoyext.envoy.process import envoy_binary
+    from envoyext.runners import live
+    monkeypatch.setenv("ENVOYEXT_ENVOY", str(envoy_binary()))
+    monkeypatch.setenv("PATH", f"{Path(__file__).parent / 'fake_docker'}:{os.environ['PATH']}")
+    assert engine_available()
+    script = tmp_path / "f.lua"
+    script.write_text("function envoy_on_response(h) h:headers():add('x-d', '1') h:logInfo('seen') end\n")
+    sc = from_dict({"cases": [{"name": "a", "expect": {"headers": {"x-d": "1"}, "logs_contain": "seen"}},
+                              {"name": "b", "expect": {"logs_contain": "seen"}}]}, Path("t.yaml"))
+    observations = live.run_scenario(Artifact("lua", script, "d"), sc, runtime="docker")
+    assert [check(c, o) for c, o in zip(sc.cases, observations)] == [[], []]  # logs read per case
 
 
 @pytest.mark.skipif(not engine_available(), reason="no Docker engine")

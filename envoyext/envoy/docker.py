@@ -66,7 +66,9 @@ def compose_file(config: dict, workdir: Path, *, image: str = IMAGE, concurrency
                         "--concurrency", str(concurrency), "-l", "info",
                         "--component-log-level", component_log_level,
                         "--log-format", "[%Y-%m-%d %T.%e][%t][%l][%n] %v",
-                        "--log-path", f"{workdir}/envoy.log",
+                        # A log file is flushed in 64 KiB blocks by default; each case reads its
+                        # filter's lines right after the request, so flush every write.
+                        "--log-path", f"{workdir}/envoy.log", "--file-flush-min-size-kb", "0",
                         "--admin-address-path", f"{workdir}/admin-address"],
         }},
     }
