@@ -2,6 +2,7 @@
 where a Docker engine answers."""
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,12 +30,17 @@ def test_compose_file_runs_the_pinned_image_with_the_bootstrap(tmp_path):
 
 
 def test_docker_runtime_plumbing_with_a_stand_in_docker(tmp_path, monkeypatch):
-    """No engine here: tests/fake_docker/docker runs the compose file's command with the real
-    Envoy binary, which proves the command line, mounts and readiness wait are right."""
+    """No engine here: tests/fake_docker.py, as `docker`, runs the compose file's command with the
+    real Envoy binary, which proves the command line, mounts and readiness wait are right."""
     from envoyext.envoy.process import envoy_binary
     from envoyext.runners import live
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = Path(__file__).parent / "fake_docker.py"
+    (bin_dir / "docker").write_text(f'#!/bin/sh\nexec "{sys.executable}" "{fake}" "$@"\n')
+    (bin_dir / "docker").chmod(0o755)
     monkeypatch.setenv("ENVOYEXT_ENVOY", str(envoy_binary()))
-    monkeypatch.setenv("PATH", f"{Path(__file__).parent / 'fake_docker'}:{os.environ['PATH']}")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     assert engine_available()
     script = tmp_path / "f.lua"
     script.write_text("function envoy_on_response(h) h:headers():add('x-d', '1') h:logInfo('seen') end\n")

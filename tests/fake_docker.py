@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """A stand-in `docker` for machines with no Docker engine: runs the compose file's one service
 command with the real Envoy binary (ENVOYEXT_ENVOY) on the host network, as `docker compose`
 would run it in the envoyproxy/envoy image. Only what envoyext.envoy.docker calls is understood."""
