@@ -7,7 +7,6 @@ at a time and to see exactly what the module asked of the host. It is not the em
 
 from __future__ import annotations
 
-import socket
 import struct
 from pathlib import Path
 
@@ -20,12 +19,6 @@ PROBE_C = HERE / "sdk_probe.c"
 STRICT = ["-Wall", "-Wextra", "-Werror"]
 
 OK, NOT_FOUND, BAD_ARGUMENT, CAS_MISMATCH = 0, 1, 2, 8
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serialize_pairs(pairs) -> bytes:
