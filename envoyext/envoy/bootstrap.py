@@ -27,12 +27,17 @@ WASM_RUNTIME = "envoy.wasm.runtime.v8"
 FAILURE_POLICY = {"fail_closed": "FAIL_CLOSED", "fail_open": "FAIL_OPEN", "reload": "FAIL_RELOAD"}
 
 
-def plugin_configuration(config: Any) -> dict | None:
-    """Wasm plugins receive their configuration as bytes; JSON for structured config."""
+def plugin_configuration_text(config: Any) -> str | None:
+    """The bytes a Wasm plugin receives as its configuration: a string as is, else compact JSON.
+    The emulator hands its plugins exactly this too."""
     if config is None:
         return None
-    value = config if isinstance(config, str) else json.dumps(config, separators=(",", ":"), sort_keys=True)
-    return {"@type": STRING_VALUE, "value": value}
+    return config if isinstance(config, str) else json.dumps(config, separators=(",", ":"), sort_keys=True)
+
+
+def plugin_configuration(config: Any) -> dict | None:
+    text = plugin_configuration_text(config)
+    return None if text is None else {"@type": STRING_VALUE, "value": text}
 
 
 def filter_config(artifact: Artifact, config: Any, lua_source: str | None = None) -> dict:

@@ -14,11 +14,11 @@ starts a fresh VM for the next stream instead.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
 from envoyext.artifact import Artifact
+from envoyext.envoy.bootstrap import plugin_configuration_text
 from envoyext.errors import EnvoyRejected
 from envoyext.runners.emulated import CONNECT_FAILURE_BODY, TIMEOUT_BODY, LocalReply, StreamStuck
 from envoyext.scenario import LogLine
@@ -42,15 +42,6 @@ class StreamStalled(StreamStuck):
     """The filter paused the stream and nothing that could resume it is pending."""
 
 
-def plugin_configuration(config: Any) -> bytes:
-    """The bytes a plugin receives, as the bootstrap generator passes a scenario's config."""
-    if config is None:
-        return b""
-    if isinstance(config, str):
-        return config.encode()
-    return json.dumps(config, separators=(",", ":"), sort_keys=True).encode()
-
-
 class WasmFilterHost:
     runner = "wasm-emulator"
 
@@ -62,7 +53,8 @@ class WasmFilterHost:
         self.artifact = artifact
         self.env = env
         self.plugin = Plugin(name=artifact.name, root_id=artifact.root_id, vm_id=artifact.vm_id,
-                             configuration=plugin_configuration(config), vm_configuration=vm_configuration,
+                             configuration=(plugin_configuration_text(config) or "").encode(),
+                             vm_configuration=vm_configuration,
                              fail_open=artifact.fail_open, environment=dict(environment or {}),
                              allow_on_headers_stop_iteration=allow_on_headers_stop_iteration)
         self.failure_policy = failure_policy or artifact.failure_policy
