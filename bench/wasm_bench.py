@@ -12,23 +12,14 @@ Prints figures only.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-MODULES = ROOT / "tests" / "wasm" / "modules"
 
-
-def build(name: str) -> Path:
-    out = Path(tempfile.gettempdir()) / f"envoyext-bench-{name}.wasm"
-    subprocess.run([sys.executable, "-m", "ziglang", "cc", "--target=wasm32-wasi", "-mexec-model=reactor", "-O2",
-                    "-s", f"-I{MODULES}", "-Wl,--export=malloc", str(MODULES / f"{name}.c"), "-o", str(out)],
-                   check=True, capture_output=True)
-    return out
+from tests.wasm.conftest import build  # noqa: E402  (the suite's module builder, cached by content)
 
 
 def fast_cycles(path: Path, seconds: float) -> float:

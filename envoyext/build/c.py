@@ -48,8 +48,10 @@ def _zig() -> list[str]:
 
 
 def compile_wasm(sources: Sequence[Path | str], out: Path | str, *, include_dirs: Iterable[Path | str] = (),
-                 optimize: str = "-O2", cflags: Sequence[str] = (), strip: bool = True) -> Path:
-    """Compile C `sources` (plus the SDK runtime) into the proxy-wasm module `out`; return its path.
+                 optimize: str = "-O2", cflags: Sequence[str] = (), strip: bool = True,
+                 sdk_runtime: bool = True) -> Path:
+    """Compile C `sources` (plus the SDK runtime, unless `sdk_runtime=False`) into the proxy-wasm
+    module `out`; return its path.
 
     The module is written next to `out` under a temporary name and renamed into place only on
     success, so a failed build leaves `out` as it was (absent, or the previous good build).
@@ -67,8 +69,9 @@ def compile_wasm(sources: Sequence[Path | str], out: Path | str, *, include_dirs
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    # A project may vendor the runtime; never link it twice.
-    runtime = [] if any(s.resolve() == SDK_RUNTIME for s in srcs) else [SDK_RUNTIME]
+    # A project may vendor the runtime; never link it twice. Modules that define the proxy-wasm
+    # exports themselves (host test modules) link none.
+    runtime = [] if not sdk_runtime or any(s.resolve() == SDK_RUNTIME for s in srcs) else [SDK_RUNTIME]
     cmd = [*_zig(), "cc", f"--target={TARGET}", "-mexec-model=reactor", optimize,
            f"-I{SDK_DIR}", *(f"-I{d}" for d in include_dirs),
            f"-Wl,-z,stack-size={STACK_SIZE}"]
