@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -39,9 +39,10 @@ class Admin:
             return False
         return status == 200 and body.strip() == b"LIVE"
 
-    def stats(self) -> dict[str, int]:
-        """Counters and gauges by their admin /stats names."""
-        doc = json.loads(self.get("/stats?format=json"))
+    def stats(self, filter_regex: str | None = None) -> dict[str, int]:
+        """Counters and gauges by their admin /stats names (those matching `filter_regex`)."""
+        query = "/stats?format=json" + (f"&filter={quote(filter_regex)}" if filter_regex else "")
+        doc = json.loads(self.get(query))
         return {s["name"]: s["value"] for s in doc.get("stats", []) if "value" in s}
 
     def prometheus(self) -> dict[str, list[tuple[dict, float]]]:
