@@ -19,6 +19,7 @@ from typing import Any
 
 from envoyext.artifact import Artifact
 from envoyext.envoy.bootstrap import plugin_configuration_text
+from envoyext.envoy.facts import disabled_by_route
 from envoyext.errors import EnvoyRejected
 from envoyext.runners.emulated import CONNECT_FAILURE_BODY, TIMEOUT_BODY, LocalReply, StreamStuck
 from envoyext.scenario import LogLine
@@ -159,7 +160,10 @@ class WasmFilterHost:
         return None
 
     # -- FilterHost ------------------------------------------------------------------------------
-    def new_stream(self, stream) -> "WasmStreamFilter":
+    def new_stream(self, stream) -> "WasmStreamFilter | SkippedFilter":
+        route = stream.route
+        if route is not None and disabled_by_route(route.per_filter_config):
+            return SkippedFilter()
         if self.wasm.failed and self.failure_policy == "reload":
             self.wasm = self._start_vm()
         self.connections += 1
@@ -199,6 +203,19 @@ def _local_response(status: int, body: bytes) -> HttpCallResponse:
     """What Envoy's async client hands back when its router answers locally."""
     return HttpCallResponse([(":status", str(status)), ("content-length", str(len(body))),
                              ("content-type", "text/plain")], body)
+
+
+class SkippedFilter:
+    """The filter as a route's FilterConfig {disabled: true} leaves it: not in the stream's chain."""
+
+    def decode(self, stream) -> None:
+        return None
+
+    def encode(self, stream) -> None:
+        pass
+
+    def complete(self, stream) -> None:
+        pass
 
 
 class WasmStreamFilter:
