@@ -284,6 +284,9 @@ class Wasm:
         self.vm = WasmVm(module, imports_factory(self), memory_limit=services.memory_limit,
                          deadline_ms=services.deadline_ms)
         self._fn = {name: self.vm.export(name) for name in self.vm.export_names}
+        failures = abi.export_failures(self.abi, self.vm.export_signatures())
+        if failures:
+            raise LoadError(failures[0], fix=f"export it with the signature proxy-wasm ABI {self.abi.value} wants")
         if self.vm.malloc is None:
             raise LoadError("Wasm module is missing malloc function.")
         self.vm_context = Context(self, 0, None)

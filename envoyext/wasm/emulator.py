@@ -88,7 +88,7 @@ class WasmFilterHost:
         except LoadError as e:
             raise EnvoyRejected(f"Unable to create Wasm HTTP filter {self.artifact.name}: {e}",
                                 file=self.artifact.path,
-                                fix="see the plugin's log lines; Envoy refuses this filter too") from None
+                                fix=e.fix or "see the plugin's log lines; Envoy refuses this filter too") from None
         return w
 
     def _log(self, level: int, message: str) -> None:
