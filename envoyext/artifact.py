@@ -35,9 +35,11 @@ class Artifact:
 
 
 # Envoy's Lua filter has no configuration field for the script itself, so a Lua filter's JSON
-# configuration is handed over the way Istio users inline it: as Lua data in the script. It is
-# appended, not prepended, so line numbers and the chunk name Envoy derives from the first line
-# (`[string "..."]:LINE:`) stay those of the user's file.
+# configuration is handed over the way Istio users inline it: as Lua data in the script. The
+# assignment goes in front of the user's first line, on that same line, so the global is set before
+# any of the user's code runs and every line keeps its number. Envoy loads the script with
+# luaL_dostring, which names the chunk after its first line: errors read
+# `[string "envoyext_config = ..."]:LINE:` in Envoy and the emulator alike (which load this same text).
 LUA_CONFIG_GLOBAL = "envoyext_config"
 
 
@@ -64,7 +66,8 @@ def _lua_char(c: str) -> str:
     if c == "\n":
         return "\\n"
     if ord(c) < 32 or ord(c) == 127:
-        return f"\\{ord(c)}"
+        # Fixed width: a shorter decimal escape would swallow the digits that follow ("\\1" "23").
+        return f"\\{ord(c):03d}"
     return c
 
 
@@ -72,5 +75,4 @@ def lua_code(source: str, config: Any) -> str:
     """The exact script Envoy runs (and the emulator, and publish emit) for this config."""
     if config is None:
         return source
-    sep = "" if source.endswith("\n") else "\n"
-    return f"{source}{sep}{LUA_CONFIG_GLOBAL} = {to_lua(config)}\n"
+    return f"{LUA_CONFIG_GLOBAL} = {to_lua(config)}; {source}"

@@ -62,9 +62,9 @@ def test_real_envoy_accepts_the_lua_bootstrap():
     validate(config_for("lua", {"name": "alt"}))
 
 
-def test_lua_config_is_appended_as_lua_data():
+def test_lua_config_is_lua_data_on_the_first_line():
     from envoyext.artifact import lua_code, to_lua
     assert to_lua({"a": [1, True, None], "b": 'q"\n'}) == '{["a"] = {1, true, nil}, ["b"] = "q\\"\\n"}'
+    assert to_lua("\x01" "23") == '"\\00123"'  # fixed-width escape: not "\123" ("{")
     code = lua_code("line1\nline2", {"k": 1})
-    assert code.splitlines()[:2] == ["line1", "line2"]  # user's line numbers unchanged
-    assert code.endswith('envoyext_config = {["k"] = 1}\n')
+    assert code.splitlines() == ['envoyext_config = {["k"] = 1}; line1', "line2"]  # line numbers unchanged

@@ -1,15 +1,16 @@
 """The Lua filter host for the emulated Envoy (`envoyext.runners.emulated`).
 
 `LuaFilterHost` is one `envoy.filters.http.lua` filter configuration: the default script (the
-artifact, with the scenario's JSON config appended as `envoyext_config = ...`, exactly as the live
-bootstrap inlines it), named `source_codes`, and the per-route `LuaPerRoute` configs of the
-scenario's routes, each in its own LuaJIT state. `LuaStreamFilter` runs one stream through it as
-Envoy's Lua filter does: envoy_on_request over the request, envoy_on_response over the response
-(local replies included), script errors counted and logged and the stream let through.
+artifact, with the scenario's JSON config set as `envoyext_config = ...` on its first line by
+artifact.lua_code, exactly as the live bootstrap inlines it), named `source_codes`, and the
+per-route `LuaPerRoute` configs of the scenario's routes, each in its own LuaJIT state.
+`LuaStreamFilter` runs one stream through it as Envoy's Lua filter does: envoy_on_request over
+the request, envoy_on_response over the response (local replies included), script errors counted
+and logged and the stream let through.
 
 The rest of the Lua filter proto (`source_codes`, `stat_prefix`, `clear_route_cache`) comes from
 `filter.yaml`'s `lua:` block as `Artifact.lua_options`; `lua_config` overrides it (tests, the Python
-API). Every named script gets the JSON config appended as the default one does, exactly as
+API). Every named script gets the JSON config as the default one does, exactly as
 `envoyext.envoy.bootstrap.filter_config` inlines them for live Envoy.
 
 Lua states and workers: Envoy keeps one lua_State per script per worker (the live runner starts
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from envoyext.artifact import Artifact, lua_code
+from envoyext.envoy.facts import disabled_by_route
 from envoyext.errors import UserError
 from envoyext.lua.host import Callouts, LuaScript, StatsStore
 from envoyext.runners.emulated import DEFAULT_ROUTE_TIMEOUT_MS, LocalReply, Stream
@@ -109,7 +111,9 @@ class LuaFilterHost:
                 raise UserError("per_filter_config for a Lua filter must be a LuaPerRoute mapping",
                                 field=f"routes.{route.name}.per_filter_config")
             context = pfc.get("filter_context") or {}
-            if pfc.get("disabled"):
+            # LuaPerRoute {disabled: true} (the filter stays in the chain, idle) or Envoy's generic
+            # FilterConfig {disabled: true} (left out of the chain): either way no script runs.
+            if pfc.get("disabled") or disabled_by_route(pfc):
                 script = None
             elif pfc.get("name"):
                 # An unknown name runs nothing (perLuaCodeSetup returns null).

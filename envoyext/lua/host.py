@@ -21,6 +21,7 @@ from typing import Any
 
 import lupa.luajit21 as lupa
 
+from envoyext.envoy import facts
 from envoyext.errors import BuildError
 
 RUNTIME_SOURCE = resources.files("envoyext.lua").joinpath("runtime.lua").read_text()
@@ -212,7 +213,7 @@ class LuaScript:
             "import_public_key": c.import_public_key, "verify_signature": c.verify_signature,
             "is_ip_authority": c.is_ip_authority, "stat": c.stats.op,
             "request_headers": lambda ctx: headers_blob(ctx.request_headers()),
-            "stream_facts": lambda ctx: ctx.stream_facts(self)}))
+            "stream_facts": lambda ctx: ctx.stream_facts(self), "inline": self._inline_headers()}))
         err = rt.load(wire(code), g)
         if err is not None:
             raise ScriptLoadError(f"script load error: {text(err)}", file=source)
@@ -221,6 +222,14 @@ class LuaScript:
         self.null = rt.NULL
         self.has_request = rt.functions.envoy_on_request is not None
         self.has_response = rt.functions.envoy_on_response is not None
+
+    def _inline_headers(self):
+        """Envoy's inline header names per map (envoyext.envoy.facts), as the runtime's sets."""
+        maps = {"request_headers": facts.INLINE_REQUEST_HEADERS, "request_trailers": facts.INLINE_REQUEST_TRAILERS,
+                "response_headers": facts.INLINE_RESPONSE_HEADERS,
+                "response_trailers": facts.INLINE_RESPONSE_TRAILERS}
+        return self.lua.table_from({key: self.lua.table_from(dict.fromkeys(names, True))
+                                    for key, names in maps.items()})
 
     def counters(self) -> tuple[int, int]:
         errors, executions = self.rt.counters()

@@ -161,18 +161,10 @@ end
 -- Header maps: an ordered list of entries. Envoy keeps pseudo-headers first, and for its "inline"
 -- (O(1)) headers a second add() appends to the existing value with "," rather than adding an entry
 -- (observed: content-type "a" + add "b" -> one entry "a,b"). The inline sets are Envoy 1.40's,
--- as it prints them at startup ("HTTP header map info").
+-- handed in by M.init from envoyext.envoy.facts, the one table the Wasm emulator reads too.
 
-local function set_of(s)
-  local t = {}
-  for name in s:gmatch("[^,]+") do t[name] = true end
-  return t
-end
-local INLINE_REQUEST = set_of(":authority,:method,:path,:protocol,:scheme,accept,accept-encoding,access-control-request-headers,access-control-request-method,access-control-request-private-network,authentication,authorization,cache-control,cdn-loop,connection,content-encoding,content-length,content-type,expect,grpc-accept-encoding,grpc-timeout,if-match,if-modified-since,if-none-match,if-range,if-unmodified-since,keep-alive,origin,pragma,proxy-connection,proxy-status,referer,te,transfer-encoding,upgrade,user-agent,via,x-client-trace-id,x-envoy-attempt-count,x-envoy-decorator-operation,x-envoy-downstream-service-cluster,x-envoy-downstream-service-node,x-envoy-expected-rq-timeout-ms,x-envoy-external-address,x-envoy-force-trace,x-envoy-hedge-on-per-try-timeout,x-envoy-internal,x-envoy-ip-tags,x-envoy-is-timeout-retry,x-envoy-max-retries,x-envoy-original-host,x-envoy-original-path,x-envoy-original-url,x-envoy-retriable-header-names,x-envoy-retriable-status-codes,x-envoy-retry-grpc-on,x-envoy-retry-on,x-envoy-upstream-alt-stat-name,x-envoy-upstream-rq-per-try-timeout-ms,x-envoy-upstream-rq-timeout-alt-response,x-envoy-upstream-rq-timeout-ms,x-envoy-upstream-stream-duration-ms,x-forwarded-client-cert,x-forwarded-for,x-forwarded-host,x-forwarded-port,x-forwarded-proto,x-request-id")
-local INLINE_RESPONSE = set_of(":status,access-control-allow-credentials,access-control-allow-headers,access-control-allow-methods,access-control-allow-origin,access-control-allow-private-network,access-control-expose-headers,access-control-max-age,age,cache-control,connection,content-encoding,content-length,content-type,date,etag,expires,grpc-message,grpc-status,keep-alive,last-modified,location,proxy-connection,proxy-status,server,transfer-encoding,upgrade,vary,via,x-envoy-attempt-count,x-envoy-decorator-operation,x-envoy-degraded,x-envoy-immediate-health-check-fail,x-envoy-ratelimited,x-envoy-upstream-canary,x-envoy-upstream-healthchecked-cluster,x-envoy-upstream-service-time,x-request-id")
-local INLINE_RESPONSE_TRAILERS = set_of("grpc-message,grpc-status")
+local INLINE_REQUEST, INLINE_RESPONSE, INLINE_REQUEST_TRAILERS, INLINE_RESPONSE_TRAILERS
 local INLINE_NONE = {}
-M.INLINE = {request = INLINE_REQUEST, response = INLINE_RESPONSE}
 
 -- store: {k = {...}, v = {...}, n = count, inline = set, dirty = bool, base = entries it came with,
 -- pure = nothing but appends since}. A pure store goes back as its new entries only (most scripts
@@ -1370,7 +1362,8 @@ function M.run(fname, ctx, stream, hblob, body, tblob, split)
   -- decodeData / encodeData. Envoy's HTTP/1 codecs deliver a body and then, at the end of the
   -- message, an empty chunk with end_stream (observed: bodyChunks() sees two chunks); with
   -- trailers, or for a local reply, the body is one chunk.
-  local trailers = tblob and store_from_blob(tblob, which == "request" and INLINE_NONE or INLINE_RESPONSE_TRAILERS)
+  local trailers = tblob and store_from_blob(tblob, which == "request" and INLINE_REQUEST_TRAILERS
+                                                          or INLINE_RESPONSE_TRAILERS)
   local passed = {}
   if body ~= nil and not h.dead then
     if split and tblob == nil then
@@ -1453,8 +1446,13 @@ function M.counters()
   return M.errors, M.executions
 end
 
+-- host.inline: {request_headers, request_trailers, response_headers, response_trailers} of
+-- {name = true} sets.
 function M.init(host)
   HOST = host
+  local inline = host.inline
+  INLINE_REQUEST, INLINE_REQUEST_TRAILERS = inline.request_headers, inline.request_trailers
+  INLINE_RESPONSE, INLINE_RESPONSE_TRAILERS = inline.response_headers, inline.response_trailers
 end
 
 -- Load the user's script the way Envoy does (luaL_dostring: the chunk is named by its own text),

@@ -120,6 +120,67 @@ def abi_version(export_names) -> AbiVersion:
     return AbiVersion.Unknown
 
 
+# The guest callbacks cpp-host's WasmBase::getFunctions() looks up (FOR_ALL_MODULE_FUNCTIONS, in
+# its order), with the signature each must have: (name, number of i32 params, returns an i32).
+MODULE_CALLBACKS = (
+    ("proxy_validate_configuration", 2, True), ("proxy_on_vm_start", 2, True), ("proxy_on_configure", 2, True),
+    ("proxy_on_tick", 1, False), ("proxy_on_context_create", 2, False), ("proxy_on_new_connection", 1, True),
+    ("proxy_on_downstream_data", 3, True), ("proxy_on_upstream_data", 3, True),
+    ("proxy_on_downstream_connection_close", 2, False), ("proxy_on_upstream_connection_close", 2, False),
+    ("proxy_on_request_body", 3, True), ("proxy_on_request_trailers", 2, True),
+    ("proxy_on_request_metadata", 2, True), ("proxy_on_response_body", 3, True),
+    ("proxy_on_response_trailers", 2, True), ("proxy_on_response_metadata", 2, True),
+    ("proxy_on_http_call_response", 5, False), ("proxy_on_grpc_receive", 3, False),
+    ("proxy_on_grpc_close", 3, False), ("proxy_on_grpc_receive_initial_metadata", 3, False),
+    ("proxy_on_grpc_receive_trailing_metadata", 3, False), ("proxy_on_queue_ready", 2, False),
+    ("proxy_on_done", 1, True), ("proxy_on_log", 1, False), ("proxy_on_delete", 1, False),
+)
+# Then the ones whose signature the declared ABI version decides (ABI 0.1.0 has no end_of_stream
+# argument on the header callbacks, and no foreign functions).
+ABI_CALLBACKS = {
+    AbiVersion.V0_1_0: (("proxy_on_request_headers", 2, True), ("proxy_on_response_headers", 2, True)),
+    AbiVersion.V0_2_0: (("proxy_on_request_headers", 3, True), ("proxy_on_response_headers", 3, True),
+                        ("proxy_on_foreign_function", 3, False)),
+}
+ABI_CALLBACKS[AbiVersion.V0_2_1] = ABI_CALLBACKS[AbiVersion.V0_2_0]
+
+Signature = tuple[tuple[str, ...], tuple[str, ...]]   # (param types, result types), e.g. (("i32",), ())
+
+
+def signature_text(sig: Signature) -> str:
+    """cpp-host's printValTypes rendering: "i32 i32 -> i32", "void" for none."""
+    params, results = sig
+    return f"{' '.join(params) or 'void'} -> {' '.join(results) or 'void'}"
+
+
+def export_failures(version: AbiVersion, exports: dict[str, Signature]) -> list[str]:
+    """What cpp-host's getFunctions() fails the VM with for these function exports, in its order
+    (Envoy logs each and refuses the plugin): each looked-up export whose signature is not the one
+    wanted. Exports it does not look up are never checked."""
+    failures: list[str] = []
+
+    def found(name: str, nparams: int, returns_word: bool) -> bool:
+        if name not in exports:
+            return False
+        want = (("i32",) * nparams, ("i32",) if returns_word else ())
+        if exports[name] != want:
+            failures.append(f"Bad function signature for: {name}, want: {signature_text(want)}, "
+                            f"but the module exports: {signature_text(exports[name])}")
+            return False
+        return True
+
+    if found("_initialize", 0, False):
+        found("main", 2, True)
+        found("__main_void", 0, True)
+    else:
+        found("_start", 0, False)
+    if not found("malloc", 1, True):
+        found("proxy_on_memory_allocate", 1, True)   # (none at all: Wasm's own "missing malloc")
+    for name, nparams, returns_word in MODULE_CALLBACKS + ABI_CALLBACKS.get(version, ()):
+        found(name, nparams, returns_word)
+    return failures
+
+
 # WASI errno values cpp-host returns.
 class Errno(IntEnum):
     SUCCESS = 0

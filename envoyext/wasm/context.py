@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from envoyext.wasm import abi
+from envoyext.wasm import headers as H
 from envoyext.wasm.abi import (
     AbiVersion,
     BufferType,
@@ -235,8 +236,12 @@ class HttpContext(Context):
         return WasmResult.BadArgument
 
     def send_local_response(self, status, body, headers, grpc_status, details) -> None:
-        # Envoy defers the reply until the VM call returns; the first one wins.
-        reply = Reply(status, body, headers, details.replace(" ", "_").replace("\t", "_"),
+        # Envoy defers the reply until the VM call returns; the first one wins. Its headers go
+        # into the reply's header map with addCopy: lower-cased, inline names joined.
+        reply_headers: Headers = []
+        for k, v in headers:
+            H.add(reply_headers, k, v, H.INLINE_BY_MAP[MapType.ResponseHeaders])
+        reply = Reply(status, body, reply_headers, details.replace(" ", "_").replace("\t", "_"),
                       grpc_status if 0 <= grpc_status <= 16 else None)
 
         def send():
@@ -279,6 +284,9 @@ class Wasm:
         self.vm = WasmVm(module, imports_factory(self), memory_limit=services.memory_limit,
                          deadline_ms=services.deadline_ms)
         self._fn = {name: self.vm.export(name) for name in self.vm.export_names}
+        failures = abi.export_failures(self.abi, self.vm.export_signatures())
+        if failures:
+            raise LoadError(failures[0], fix=f"export it with the signature proxy-wasm ABI {self.abi.value} wants")
         if self.vm.malloc is None:
             raise LoadError("Wasm module is missing malloc function.")
         self.vm_context = Context(self, 0, None)

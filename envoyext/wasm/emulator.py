@@ -19,6 +19,7 @@ from typing import Any
 
 from envoyext.artifact import Artifact
 from envoyext.envoy.bootstrap import plugin_configuration_text
+from envoyext.envoy.facts import disabled_by_route
 from envoyext.errors import EnvoyRejected
 from envoyext.runners.emulated import CONNECT_FAILURE_BODY, TIMEOUT_BODY, LocalReply, StreamStuck
 from envoyext.scenario import LogLine
@@ -87,7 +88,7 @@ class WasmFilterHost:
         except LoadError as e:
             raise EnvoyRejected(f"Unable to create Wasm HTTP filter {self.artifact.name}: {e}",
                                 file=self.artifact.path,
-                                fix="see the plugin's log lines; Envoy refuses this filter too") from None
+                                fix=e.fix or "see the plugin's log lines; Envoy refuses this filter too") from None
         return w
 
     def _log(self, level: int, message: str) -> None:
@@ -159,7 +160,10 @@ class WasmFilterHost:
         return None
 
     # -- FilterHost ------------------------------------------------------------------------------
-    def new_stream(self, stream) -> "WasmStreamFilter":
+    def new_stream(self, stream) -> "WasmStreamFilter | SkippedFilter":
+        route = stream.route
+        if route is not None and disabled_by_route(route.per_filter_config):
+            return SkippedFilter()
         if self.wasm.failed and self.failure_policy == "reload":
             self.wasm = self._start_vm()
         self.connections += 1
@@ -199,6 +203,19 @@ def _local_response(status: int, body: bytes) -> HttpCallResponse:
     """What Envoy's async client hands back when its router answers locally."""
     return HttpCallResponse([(":status", str(status)), ("content-length", str(len(body))),
                              ("content-type", "text/plain")], body)
+
+
+class SkippedFilter:
+    """The filter as a route's FilterConfig {disabled: true} leaves it: not in the stream's chain."""
+
+    def decode(self, stream) -> None:
+        return None
+
+    def encode(self, stream) -> None:
+        pass
+
+    def complete(self, stream) -> None:
+        pass
 
 
 class WasmStreamFilter:

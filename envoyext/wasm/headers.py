@@ -1,30 +1,28 @@
 """Envoy's HeaderMapImpl semantics on the emulator's header lists (ordered (name, value) pairs).
 
 What a guest sees and does through proxy_*_header_map_* must match Envoy: keys are lowercased;
-pseudo-headers stay ahead of the others; adding a header Envoy keeps "inline" (a known header
-such as user-agent or x-forwarded-for) when it is already present appends to its value with a
-comma (cookie: "; "); replacing removes every occurrence and adds one at the end.
+pseudo-headers stay ahead of the others; adding a header the map holds "inline" (a known header
+such as user-agent or x-forwarded-for, envoyext.envoy.facts) when it is already present appends
+to its value with a comma; replacing removes every occurrence and adds one at the end.
 """
 
 from __future__ import annotations
 
-# Headers Envoy's request/response header maps hold inline (source/common/http/header_map_impl.h,
-# INLINE_REQ_*/INLINE_RESP_*/INLINE_REQ_RESP_* in headers.h). A repeated add joins values.
-INLINE = frozenset("""
-:authority :method :path :protocol :scheme :status connection content-length content-type
-date expect grpc-timeout keep-alive location proxy-connection server te transfer-encoding
-upgrade user-agent via x-client-trace-id x-envoy-attempt-count x-envoy-decorator-operation
-x-envoy-degraded x-envoy-downstream-service-cluster x-envoy-downstream-service-node
-x-envoy-expected-rq-timeout-ms x-envoy-external-address x-envoy-force-trace
-x-envoy-hedge-on-per-try-timeout x-envoy-immediate-health-check-fail x-envoy-internal
-x-envoy-ip-tags x-envoy-is-timeout-retry x-envoy-max-retries x-envoy-original-path
-x-envoy-original-url x-envoy-ratelimited x-envoy-retriable-header-names
-x-envoy-retriable-status-codes x-envoy-retry-grpc-on x-envoy-retry-on
-x-envoy-upstream-alt-stat-name x-envoy-upstream-canary x-envoy-upstream-healthchecked-cluster
-x-envoy-upstream-rq-per-try-timeout-ms x-envoy-upstream-rq-timeout-alt-response
-x-envoy-upstream-rq-timeout-ms x-envoy-upstream-service-time x-envoy-upstream-stream-duration-ms
-x-forwarded-client-cert x-forwarded-for x-forwarded-host x-forwarded-proto x-request-id
-""".split())
+from envoyext.envoy import facts
+from envoyext.wasm.abi import MapType
+
+# Which of Envoy's header maps each proxy-wasm map type is (gRPC metadata and a callout's reply
+# are response maps), and so which names it holds inline.
+INLINE_BY_MAP = {
+    MapType.RequestHeaders: facts.INLINE_REQUEST_HEADERS,
+    MapType.RequestTrailers: facts.INLINE_REQUEST_TRAILERS,
+    MapType.ResponseHeaders: facts.INLINE_RESPONSE_HEADERS,
+    MapType.ResponseTrailers: facts.INLINE_RESPONSE_TRAILERS,
+    MapType.GrpcReceiveInitialMetadata: facts.INLINE_RESPONSE_HEADERS,
+    MapType.GrpcReceiveTrailingMetadata: facts.INLINE_RESPONSE_TRAILERS,
+    MapType.HttpCallResponseHeaders: facts.INLINE_RESPONSE_HEADERS,
+    MapType.HttpCallResponseTrailers: facts.INLINE_RESPONSE_TRAILERS,
+}
 
 
 def text(b: bytes) -> str:
@@ -44,12 +42,13 @@ def get(headers: list, key: str) -> str | None:
     return None
 
 
-def add(headers: list, key: str, value: str) -> None:
+def add(headers: list, key: str, value: str, inline: frozenset = frozenset()) -> None:
+    """HeaderMapImpl::addCopy; `inline` is the names this map holds inline."""
     key = key.lower()
-    if key in INLINE:
+    if key in inline:
         for i, (k, v) in enumerate(headers):
             if k == key:
-                headers[i] = (k, v + ("; " if key == "cookie" else ",") + value)
+                headers[i] = (k, v + "," + value)
                 return
     if key.startswith(":"):
         at = 0
@@ -65,15 +64,15 @@ def remove(headers: list, key: str) -> None:
     headers[:] = [h for h in headers if h[0] != key]
 
 
-def replace(headers: list, key: str, value: str) -> None:
+def replace(headers: list, key: str, value: str, inline: frozenset = frozenset()) -> None:
     remove(headers, key)
-    add(headers, key, value)
+    add(headers, key, value, inline)
 
 
-def set_all(headers: list, pairs) -> None:
+def set_all(headers: list, pairs, inline: frozenset = frozenset()) -> None:
     headers.clear()
     for k, v in pairs:
-        add(headers, k, v)
+        add(headers, k, v, inline)
 
 
 def byte_size(headers: list) -> int:

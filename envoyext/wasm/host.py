@@ -51,6 +51,10 @@ class GuestTrap(Exception):
 class LoadError(Exception):
     """The module cannot become a VM (Envoy's 'Failed to load Wasm module ...' family)."""
 
+    def __init__(self, message: str, fix: str | None = None):
+        super().__init__(message)
+        self.fix = fix    # what to change in the module, when the cause says it
+
 
 # -- raw C entry points with address-typed arguments (fresh handles: wasmtime-py's own stay as they are)
 _dll = ffi.dll
@@ -230,6 +234,11 @@ class WasmVm:
         self.memory = mem    # owns the wasmtime_memory_t that mem_addr points into
         self.mem_addr = ctypes.c_void_p(ctypes.addressof(mem._memory))
         self.malloc = self._exports.get("malloc") or self._exports.get("proxy_on_memory_allocate")
+
+    def export_signatures(self) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+        """Each exported function's (param types, result types), as "i32"-style names."""
+        return {e.name: (tuple(str(t) for t in e.type.params), tuple(str(t) for t in e.type.results))
+                for e in self.module.exports if isinstance(e.type, wasmtime.FuncType)}
 
     # -- host functions -------------------------------------------------------------------------
     def _trampoline(self, fn: HostFunction, key: str):

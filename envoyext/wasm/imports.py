@@ -220,7 +220,7 @@ def make_imports(w: "Wasm") -> dict:
         m = ctx().mutable_map(t)
         if m is None:
             return BAD
-        H.set_all(m, _pairs(data))
+        H.set_all(m, _pairs(data), H.INLINE_BY_MAP[t])
         return OK
 
     def _mutate(t, key_ptr, key_size, value_ptr, value_size, op):
@@ -233,7 +233,7 @@ def make_imports(w: "Wasm") -> dict:
         m = ctx().mutable_map(t)
         if m is None:
             return BAD
-        op(m, H.text(key), H.text(value))
+        op(m, H.text(key), H.text(value), H.INLINE_BY_MAP[t])
         return OK
 
     def proxy_add_header_map_value(t, kp, ks, vp, vs):
@@ -243,7 +243,7 @@ def make_imports(w: "Wasm") -> dict:
         return _mutate(t, kp, ks, vp, vs, H.replace)
 
     def proxy_remove_header_map_value(t, kp, ks):
-        return _mutate(t, kp, ks, None, 0, lambda m, k, v: H.remove(m, k))
+        return _mutate(t, kp, ks, None, 0, lambda m, k, v, inline: H.remove(m, k))
 
     def proxy_get_header_map_size(t, result_ptr):
         if t > MAP_MAX:
