@@ -29,12 +29,11 @@ from envoyext.artifact import Artifact, lua_code
 from envoyext.errors import UserError
 from envoyext.lua.host import Callouts, LuaScript, StatsStore
 from envoyext.runners.emulated import DEFAULT_ROUTE_TIMEOUT_MS, LocalReply, Stream
-from envoyext.scenario import LogLine, Response, first
+from envoyext.scenario import LUA_FILTER_NAMESPACE, LogLine, Response, first
 
 # The HCM stat prefix of the bootstrap both runners use; the filter's stats live under
 # "http.<prefix>.lua.[<stat_prefix>.]" (verified on Envoy 1.40 admin /stats).
 HCM_STAT_PREFIX = "ingress_http"
-CANONICAL_NAME = "envoy.filters.http.lua"
 
 # What Envoy's async client hands a Lua httpCall when the cluster fails (observed on 1.40: these
 # arrive through onSuccess as the router's local replies; "upstream failure" is only for resets).
@@ -93,8 +92,10 @@ class LuaFilterHost:
         self.logs: list[LogLine] = []
         self.scripts: list[LuaScript] = []
         path = Path(artifact.path)
-        code = source if source is not None else path.read_text()
-        self.default = self._load(lua_code(code, config), str(path))
+        self.default: LuaScript | None = None  # default_source_code absent: routes select scripts
+        if source is not None or artifact.has_default_script:
+            code = source if source is not None else path.read_text()
+            self.default = self._load(lua_code(code, config), str(path))
         base = Path(getattr(env.scenario, "path", ".")).parent
         self.named = {name: self._load(lua_code(read_source(spec, base, f"config.source_codes.{name}"), config),
                                        name)
@@ -179,14 +180,14 @@ class LuaFilterHost:
         return self.default, {}
 
     def route_metadata(self, script: LuaScript, route) -> Any:
-        """handle:metadata(): a scenario route's `metadata` is what the bootstrap puts under
-        filter_metadata[<filter name>] (Envoy falls back to "envoy.filters.http.lua", which a
-        scenario cannot fill)."""
+        """handle:metadata(): the route's filter_metadata under the filter's name, else under
+        "envoy.filters.http.lua" (Envoy 1.40's order, measured)."""
         if route is None:
             return None
         key = (id(script), route.name)
         if key not in self._route_md:
-            md = route.metadata
+            namespaces = route.filter_metadata(self.filter_name)
+            md = namespaces.get(self.filter_name, namespaces.get(LUA_FILTER_NAMESPACE))
             self._route_md[key] = script.to_lua(md) if md else None
         return self._route_md[key]
 

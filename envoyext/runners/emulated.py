@@ -18,7 +18,19 @@ from typing import Any, Protocol
 from envoyext import prometheus
 from envoyext.artifact import Artifact
 from envoyext.envoy.bootstrap import STAT_PREFIX
-from envoyext.scenario import UPSTREAM, Case, Headers, LogLine, Observation, Received, Response, Route, Scenario, first
+from envoyext.scenario import (
+    UPSTREAM,
+    Case,
+    Headers,
+    LogLine,
+    Observation,
+    Received,
+    Response,
+    Route,
+    Scenario,
+    first,
+    startup_logs,
+)
 from envoyext.upstreams import SERVER_NAME, Reply, UpstreamSpec
 
 # What Envoy's router sends when a cluster refuses, and when it times out.
@@ -87,7 +99,7 @@ class Stream:
     def route(self) -> Route | None:
         """Selected lazily and cached, as Envoy does; clear_route_cache() forgets it."""
         if not self._route_known:
-            path = first(self.request_headers, ":path") or "/"
+            path = first(self.request_headers, ":path")  # None for CONNECT
             self._route = self.env.scenario.route_for(path, self.request_headers)
             self._route_known = True
         return self._route
@@ -167,8 +179,9 @@ class EmulatedEnvoy:
     # -- one request through the filter ---------------------------------------------------------
     def request(self, host: FilterHost, case: Case) -> Response:
         rq = case.request
-        headers: Headers = [(":authority", rq.authority), (":path", rq.path), (":method", rq.method),
-                            (":scheme", "http")]
+        # A CONNECT has no :path (Envoy 1.40, measured): its target is the authority.
+        path = [] if rq.path is None else [(":path", rq.path)]
+        headers: Headers = [(":authority", rq.authority), *path, (":method", rq.method), (":scheme", "http")]
         headers += [(k, v) for k, v in rq.headers if k != "host"] + rq.framing()
         # The connection manager adds these before any filter runs (edge, use_remote_address false).
         headers.append(("x-forwarded-proto", "http"))
@@ -252,6 +265,9 @@ def http1_response(method: str, status: int, headers: Headers, body: bytes) -> R
         # in answer to HEAD, where Envoy (seen live) announces chunked encoding instead.
         chunked = bool(body) or method == "HEAD"
         out.append(("transfer-encoding", "chunked") if chunked else ("content-length", "0"))
+    if method == "CONNECT" and not 200 <= status < 300:
+        # No tunnel: the HTTP/1 codec cannot read on after a refused CONNECT and closes (measured).
+        out.append(("connection", "close"))
     # A response to HEAD keeps its headers but loses its body on the wire.
     return Response(status, out, b"" if method == "HEAD" else body)
 
@@ -312,9 +328,13 @@ def run_scenario(artifact: Artifact, scenario: Scenario) -> list[Observation]:
     """Run every case of `scenario` through the emulated filter; one Observation per case."""
     env = EmulatedEnvoy(scenario)
     host = load_host(artifact, env)
+    started = startup_logs(host.take_logs())  # what the filter logged while it loaded
     observations = []
     try:
         for case in scenario.cases:
+            if case.startup:
+                observations.append(Observation(case=case.name, runner=host.runner, logs=started))
+                continue
             if case.only == "live":
                 continue
             if case.wait_ms:
