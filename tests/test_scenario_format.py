@@ -299,3 +299,30 @@ def test_emulate_refuses_an_artifact_of_another_language(tmp_path):
     scenario = write(tmp_path, {"cases": [{"name": "c"}]})
     r = run_cli("emulate", str(HERE / "probe.lua"), "--scenario", str(scenario), "--project", str(root))
     assert r.returncode == 2 and "filter.yaml: lang:" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_connect_tunnel_is_not_emulated(tmp_path):
+    """A CONNECT that a connect_matcher route sends upstream is a tunnel: the emulator says it
+    cannot run the case instead of inventing an answer (the bootstrap gives Envoy the route)."""
+    doc = {"routes": [{"match": {"connect_matcher": {}}, "upgrade_configs": [{"upgrade_type": "CONNECT"}]},
+                      {"match": {"prefix": "/"}}],
+           "cases": [{"name": "tunnel", "request": {"method": "CONNECT", "authority": "example.com:443"}},
+                     {"name": "get", "expect": {"status": 200}}]}
+    sc = load(write(tmp_path, doc))
+    tunnel, get = emulated.run_scenario(Artifact("lua", HERE / "probe.lua", "probe"), sc)
+    assert "only: live" in tunnel.error and check(sc.cases[1], get) == []
+
+
+def test_lua_library_loads_with_require(tmp_path):
+    """Envoy's Lua filter has no library-path option; its LuaJIT has `require`, searching
+    package.path (default relative to Envoy's working directory): a script that puts its library
+    directory on package.path loads it in both runners (measured on Envoy 1.40)."""
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "greeting.lua").write_text('return {text = "hello from a library"}\n')
+    script = tmp_path / "uses_lib.lua"
+    script.write_text(f'package.path = "{tmp_path}/lib/?.lua;" .. package.path\n'
+                      'local greeting = require("greeting")\n'
+                      'function envoy_on_request(h) h:headers():add("x-greeting", greeting.text) end\n')
+    doc = {"cases": [{"name": "library", "expect": {"upstream": {"headers": {"x-greeting": "hello from a library"}}}},
+                     {"name": "wrong: another text", "expect": {"upstream": {"headers": {"x-greeting": "hi"}}}}]}
+    assert_verdicts(run_both(Artifact("lua", script, "uses-lib"), write(tmp_path, doc)))

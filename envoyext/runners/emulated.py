@@ -59,6 +59,10 @@ class StreamStuck(Exception):
     stream idle timeout (minutes); the emulator fails that case at once, with this reason."""
 
 
+class NotModelled(StreamStuck):
+    """The case needs what the emulator does not model (a CONNECT tunnel): only live Envoy can run it."""
+
+
 @dataclass
 class CalloutResult:
     """The answer to an HTTP callout (Lua httpCall, proxy_http_call) from a named cluster."""
@@ -228,6 +232,9 @@ class EmulatedEnvoy:
             stream.direct_response = True
             d = route.direct_response
             return self._set_local_reply(stream, LocalReply(d["status"], d.get("body", "").encode()))
+        if first(stream.request_headers, ":method") == "CONNECT":
+            raise NotModelled("a CONNECT routed upstream opens a tunnel, which the emulator does not model; "
+                              "mark the case 'only: live'")
         spec = self.clusters[route.cluster]
         stream.cluster_name = route.cluster
         timeout = route.timeout_ms if route.timeout_ms is not None else DEFAULT_ROUTE_TIMEOUT_MS
