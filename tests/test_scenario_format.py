@@ -326,3 +326,19 @@ def test_lua_library_loads_with_require(tmp_path):
     doc = {"cases": [{"name": "library", "expect": {"upstream": {"headers": {"x-greeting": "hello from a library"}}}},
                      {"name": "wrong: another text", "expect": {"upstream": {"headers": {"x-greeting": "hi"}}}}]}
     assert_verdicts(run_both(Artifact("lua", script, "uses-lib"), write(tmp_path, doc)))
+
+
+def test_emulate_takes_lua_options_from_filter_yaml(tmp_path):
+    """The Lua project without a default script: emulate runs its build with filter.yaml's `lua:`
+    block (source_codes, stat_prefix) and config; without the project the same scenario fails."""
+    root = lua_project(tmp_path)
+    assert run_cli("build", str(root)).returncode == 0
+    scenario = root / "scenarios" / "perroute.yaml"
+    r = run_cli("emulate", str(root / "build" / "perroute.lua"), "--scenario", str(scenario), "--json")
+    results = {x["case"]: x["passed"] for x in json.loads(r.stdout)["results"]}
+    assert results == {"a named script": True, "an inline per-route script": True, "disabled": True,
+                       "no default script runs nothing": True, "wrong: the default route runs a script": False}
+    alone = tmp_path / "alone.lua"
+    alone.write_text((root / "build" / "perroute.lua").read_text())
+    r = run_cli("emulate", str(alone), "--scenario", str(scenario), "--json")
+    assert not json.loads(r.stdout)["results"][0]["passed"]  # no source_codes: the named route runs nothing
