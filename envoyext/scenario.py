@@ -46,6 +46,20 @@ class Route:
     timeout_ms: int | None = None
     upgrade_configs: list[dict] | None = None
 
+    def _connect_upgrade(self) -> dict | None:
+        """The route's enabled CONNECT upgrade (RouteAction.upgrade_configs), if any."""
+        return next((u for u in self.upgrade_configs or []
+                     if u["upgrade_type"].upper() == "CONNECT" and u.get("enabled", True)), None)
+
+    @property
+    def allows_connect(self) -> bool:
+        return self._connect_upgrade() is not None
+
+    @property
+    def terminates_connect(self) -> bool:
+        """connect_config: Envoy answers the CONNECT itself and tunnels to the cluster over TCP."""
+        return "connect_config" in (self._connect_upgrade() or {})
+
     def filter_metadata(self, filter_name: str) -> dict[str, dict]:
         """Envoy's `Metadata.filter_metadata` of this route: the full form as written, or the
         short form (bare keys) under the filter's own name."""

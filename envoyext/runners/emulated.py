@@ -193,7 +193,8 @@ class EmulatedEnvoy:
             headers.append(("x-request-id", str(uuid.uuid4())))
         stream = Stream(headers, rq.body, list(rq.trailers), self, start_ns=self.clock.ns)
         sf = host.new_stream(stream)
-        local = sf.decode(stream)
+        refused = self._refused_upgrade(stream)
+        local = refused if refused is not None else sf.decode(stream)
         if local is None:
             self._route_and_forward(stream)
         else:
@@ -203,6 +204,15 @@ class EmulatedEnvoy:
         status = int(first(stream.response_headers, ":status") or 0)
         self._count_request(status, stream)
         return http1_response(rq.method, status, stream.response_headers, stream.response_body)
+
+    @staticmethod
+    def _refused_upgrade(stream: Stream) -> LocalReply | None:
+        """A CONNECT whose route has no CONNECT upgrade: the connection manager answers 403 before
+        any filter decodes it (the filters still see the reply; Envoy 1.40, measured)."""
+        route = stream.route if first(stream.request_headers, ":method") == "CONNECT" else None
+        if route is not None and not route.allows_connect:
+            return LocalReply(403, details="upgrade_failed")
+        return None
 
     def _count_request(self, status: int, stream: Stream) -> None:
         prefix = f"http.{STAT_PREFIX}."
@@ -233,8 +243,7 @@ class EmulatedEnvoy:
             d = route.direct_response
             return self._set_local_reply(stream, LocalReply(d["status"], d.get("body", "").encode()))
         if first(stream.request_headers, ":method") == "CONNECT":
-            raise NotModelled("a CONNECT routed upstream opens a tunnel, which the emulator does not model; "
-                              "mark the case 'only: live'")
+            return self._open_tunnel(stream, route)
         spec = self.clusters[route.cluster]
         stream.cluster_name = route.cluster
         timeout = route.timeout_ms if route.timeout_ms is not None else DEFAULT_ROUTE_TIMEOUT_MS
@@ -253,6 +262,19 @@ class EmulatedEnvoy:
                                    + [("x-envoy-upstream-service-time", "0")])
         stream.response_body = reply.body
 
+    def _open_tunnel(self, stream: Stream, route: Route) -> None:
+        """A CONNECT on a route with `connect_config`: Envoy connects to the cluster over TCP and
+        answers 200 itself (no HTTP request reaches the upstream; measured). Without it, Envoy
+        sends the CONNECT on to the upstream, and the test upstreams are no CONNECT proxies."""
+        if not route.terminates_connect:
+            raise NotModelled("a CONNECT sent on upstream (upgrade without connect_config) is not emulated; "
+                              "mark the case 'only: live' or give the upgrade connect_config: {}")
+        stream.cluster_name = route.cluster
+        if self.clusters[route.cluster].down:
+            return self._set_local_reply(stream, LocalReply(503, CONNECT_FAILURE_BODY))
+        stream.upstream_address = "127.0.0.1:8080"
+        stream.response_headers = [(":status", "200")]
+
 
 # Methods whose bodiless requests Envoy's HTTP/1 codec sends without a content-length (seen
 # live with Envoy 1.40); any other bodiless request goes out with `content-length: 0`.
@@ -266,13 +288,14 @@ def http1_response(method: str, status: int, headers: Headers, body: bytes) -> R
     if first(out, "date") is None:
         out.append(("date", http_date()))
     out.append(("server", "envoy"))
+    tunnel = method == "CONNECT" and 200 <= status < 300  # what follows the headers is the tunnel's
     if (first(out, "content-length") is None and first(out, "transfer-encoding") is None
-            and not bodiless_status(status)):
+            and not bodiless_status(status) and not tunnel):
         # No length known: a body is chunked; an empty one gets `content-length: 0`, except
         # in answer to HEAD, where Envoy (seen live) announces chunked encoding instead.
         chunked = bool(body) or method == "HEAD"
         out.append(("transfer-encoding", "chunked") if chunked else ("content-length", "0"))
-    if method == "CONNECT" and not 200 <= status < 300:
+    if method == "CONNECT" and not tunnel:
         # No tunnel: the HTTP/1 codec cannot read on after a refused CONNECT and closes (measured).
         out.append(("connection", "close"))
     # A response to HEAD keeps its headers but loses its body on the wire.

@@ -72,7 +72,9 @@ def send(url_host: str, port: int, rq: Request, timeout: float = 30) -> Response
         else:
             conn.endheaders(rq.body or None)  # headers and body in one write, as most clients do
         resp = conn.getresponse()
-        body = resp.read()
+        # A CONNECT answered 2xx is a tunnel: nothing after the headers is the response's body.
+        tunnel = rq.method == "CONNECT" and 200 <= resp.status < 300
+        body = b"" if tunnel else resp.read()
         return Response(resp.status, [(k.lower(), v) for k, v in resp.getheaders()], body)
     except (http.client.RemoteDisconnected, ConnectionResetError):
         return None

@@ -1,5 +1,6 @@
 -- A Lua filter for tests/test_scenario_format.py: logs what it sees of the request (headers
--- as pseudo-headers and all, but the per-request x-request-id) and the route metadata key `who`.
+-- as pseudo-headers and all, but the per-request x-request-id), the route metadata key `who`, and
+-- the status of the response.
 function envoy_on_request(handle)
   local seen = {}
   for name, value in pairs(handle:headers()) do
@@ -8,4 +9,8 @@ function envoy_on_request(handle)
   handle:logInfo("request " .. table.concat(seen, " "))
   local who = handle:metadata():get("who")
   handle:logInfo("metadata who=" .. tostring(who))
+end
+
+function envoy_on_response(handle)
+  handle:logInfo("response " .. handle:headers():get(":status"))
 end
