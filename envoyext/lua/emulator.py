@@ -10,7 +10,8 @@ Envoy's Lua filter does: envoy_on_request over the request, envoy_on_response ov
 The rest of the Lua filter proto (`source_codes`, `stat_prefix`, `clear_route_cache`) comes from
 `filter.yaml`'s `lua:` block as `Artifact.lua_options`; `lua_config` overrides it (tests, the Python
 API). Every named script gets the JSON config appended as the default one does, exactly as
-`envoyext.envoy.bootstrap.filter_config` inlines them for live Envoy.
+`envoyext.envoy.bootstrap.filter_config` inlines them for live Envoy. A filter without a default
+script (`default_source_code` absent) runs only the scripts routes select.
 
 Lua states and workers: Envoy keeps one lua_State per script per worker (the live runner starts
 `--concurrency 2`), so globals a script keeps between streams are per worker, and which worker a

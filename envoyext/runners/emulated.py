@@ -59,8 +59,9 @@ class StreamStuck(Exception):
     stream idle timeout (minutes); the emulator fails that case at once, with this reason."""
 
 
-class NotModelled(StreamStuck):
-    """The case needs what the emulator does not model (a CONNECT tunnel): only live Envoy can run it."""
+class NotModelled(Exception):
+    """The case needs what the emulator does not model (a CONNECT sent upstream): the case fails
+    with this reason, as only live Envoy can run it."""
 
 
 @dataclass
@@ -380,7 +381,7 @@ def run_scenario(artifact: Artifact, scenario: Scenario) -> list[Observation]:
             for _ in range(case.repeat):
                 try:
                     responses.append(env.request(host, case))
-                except StreamStuck as e:
+                except (StreamStuck, NotModelled) as e:
                     error = str(e)
                     break
                 env.clock.advance_ms(1)
