@@ -383,3 +383,13 @@ def test_emulate_takes_lua_options_from_filter_yaml(tmp_path):
     alone.write_text((root / "build" / "perroute.lua").read_text())
     r = run_cli("emulate", str(alone), "--scenario", str(scenario), "--json")
     assert not json.loads(r.stdout)["results"][0]["passed"]  # no source_codes: the named route runs nothing
+
+
+def test_artifact_for_takes_every_run_setting_of_filter_yaml(tmp_path):
+    root = wasm_project(tmp_path)
+    module = root / "build" / "proj.wasm"
+    a = project.artifact_for(module, project.beside(module))
+    assert (a.name, a.root_id, a.vm_id, a.failure_policy, a.config) == (
+        "proj", "from-yaml", "vm-yaml", "fail_open", {"from": "yaml"})
+    assert project.artifact_for(module, None).failure_policy == "fail_closed"  # control: no project
+    assert project.artifact_for(module, project.beside(module), vm_id="x").vm_id == "x"
