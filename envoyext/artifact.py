@@ -19,7 +19,8 @@ class Artifact:
     # reload (a fresh VM). Envoy's PluginConfig.failure_policy; Istio's WasmPlugin failStrategy.
     failure_policy: str = "fail_closed"
     # Lua: the rest of Envoy's Lua filter config, in its proto's shape: stat_prefix,
-    # clear_route_cache, source_codes {name: {"filename": absolute path}}.
+    # clear_route_cache, source_codes {name: {"filename": absolute path}}; default_source_code:
+    # False when the filter has none (then `path` is its first named script).
     lua_options: dict | None = None
     # Envoy stats_config.stats_tags: which parts of the filter's stat names become Prometheus labels.
     stats_tags: tuple = ()
@@ -27,6 +28,12 @@ class Artifact:
     @property
     def fail_open(self) -> bool:
         return self.failure_policy == "fail_open"
+
+    @property
+    def has_default_script(self) -> bool:
+        """Lua: whether `path` is Envoy's default_source_code. A filter.yaml with no `sources`
+        has none: only routes whose LuaPerRoute names a script (or holds one) run any."""
+        return (self.lua_options or {}).get("default_source_code", True) is not False
 
     @property
     def filter_name(self) -> str:

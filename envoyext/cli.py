@@ -109,24 +109,28 @@ def test(path, only, runtime, as_json):
 @main.command()
 @click.argument("artifact", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--scenario", "scenario_file", required=True, type=click.Path(path_type=Path))
+@click.option("--project", "project_dir", type=click.Path(path_type=Path), default=None,
+              help="The filter.yaml to take config, root_id, vm_id, failure_policy and lua options from "
+                   "(default: the one next to ARTIFACT or above its build/ dir, if any).")
 @click.option("--config", "config_text", default=None, help="Filter configuration (JSON) if the scenario has none.")
-@click.option("--root-id", default="", help="Wasm root_id.")
+@click.option("--root-id", default=None, help="Wasm root_id (overrides filter.yaml's).")
+@click.option("--vm-id", default=None, help="Wasm vm_id (overrides filter.yaml's).")
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
-def emulate(artifact, scenario_file, config_text, root_id, as_json):
+def emulate(artifact, scenario_file, project_dir, config_text, root_id, vm_id, as_json):
     """Run one scenario file in the emulator alone (ARTIFACT: a .wasm or .lua)."""
+    from envoyext import project as proj
     from envoyext import report, testrun
     from envoyext import scenario as scenario_mod
-    from envoyext.artifact import Artifact
-    kind = {".wasm": "wasm", ".lua": "lua"}.get(artifact.suffix)
-    if kind is None:
-        raise UserError("expected a .wasm or .lua file", file=artifact)
     try:
-        default_config = json.loads(config_text) if config_text else None
+        config = json.loads(config_text) if config_text else None
     except ValueError as e:
         raise UserError(f"--config is not JSON: {e}", fix="pass a JSON value") from None
-    sc = scenario_mod.load(scenario_file, default_config=default_config)
-    a = Artifact(kind=kind, path=artifact.resolve(), name=artifact.stem, root_id=root_id)
+    p = proj.load(project_dir) if project_dir else proj.beside(artifact)
+    a = proj.artifact_for(artifact, p, root_id=root_id, vm_id=vm_id)
+    sc = scenario_mod.load(scenario_file, default_config=config if config_text else a.config)
+    if p is not None:
+        p.check_config(sc.config, sc.path)
     results = testrun.run_scenario(a, sc, runners=(testrun.EMULATED,))
     if as_json:
         click.echo(json.dumps({"results": [r.to_json() for r in results]}, indent=2))

@@ -41,7 +41,7 @@ def first(headers: Headers, name: str) -> str | None:
 @dataclass
 class Request:
     method: str = "GET"
-    path: str = "/"
+    path: str | None = "/"          # None for CONNECT: its target is the authority
     authority: str = "example.com"
     headers: Headers = field(default_factory=list)
     body: bytes = b""

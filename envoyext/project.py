@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import shutil
 from dataclasses import dataclass, field
@@ -72,9 +73,10 @@ def load(path: Path | str | None = None) -> Project:
             raise UserError("source file not found", file=file, field=f"sources[{i}]",
                             fix=f"create {s.relative_to(root)} or correct the path")
     if lang == "lua":
-        if len(sources) != 1 or sources[0].suffix != ".lua":
+        only_named = not sources and (data.get("lua") or {}).get("source_codes")
+        if not only_named and (len(sources) != 1 or sources[0].suffix != ".lua"):
             raise UserError("a Lua filter has exactly one .lua source", file=file, field="sources",
-                            fix="list one .lua file, e.g. sources: [filter.lua]")
+                            fix="list one .lua file, e.g. sources: [filter.lua] (or only lua.source_codes)")
     elif lang == "c":
         if not sources or any(s.suffix not in (".c", ".h") for s in sources):
             raise UserError("a C filter lists its .c sources", file=file, field="sources",
@@ -112,11 +114,40 @@ def load(path: Path | str | None = None) -> Project:
             named[name] = {"filename": str((root / rel).resolve())}
         if named:
             lua_options["source_codes"] = named
+        if not sources:  # Envoy's default_source_code absent: per-route scripts only
+            lua_options["default_source_code"] = False
     return Project(root=root, name=data["name"], lang=lang, sources=sources, module=module,
                    root_id=data.get("root_id", ""), vm_id=data.get("vm_id", ""),
                    failure_policy=data.get("failure_policy", "fail_closed"), config=config, attach=attach,
                    scenario_files=scenario_files, stats_tags=data.get("stats_tags", []),
                    config_schema=config_schema, lua_options=lua_options)
+
+
+def beside(artifact: Path) -> Project | None:
+    """The project an artifact was built in: filter.yaml next to it, or above its build/ dir."""
+    here = artifact.resolve().parent
+    for root in (here, here.parent) if here.name == "build" else (here,):
+        if (root / FILE).is_file():
+            return load(root)
+    return None
+
+
+def artifact_for(path: Path, project: Project | None, *, root_id: str | None = None,
+                 vm_id: str | None = None) -> Artifact:
+    """A prebuilt .wasm or .lua as the given project configures it (its name, config, root_id,
+    vm_id, failure_policy, lua options, stats_tags); without a project, named after the file."""
+    kind = {".wasm": "wasm", ".lua": "lua"}.get(path.suffix)
+    if kind is None:
+        raise UserError("expected a .wasm or .lua file", file=path, fix="pass a built filter")
+    if project is None:
+        base = Artifact(kind=kind, path=path.resolve(), name=path.stem)
+    else:
+        if (kind == "lua") != (project.lang == "lua"):
+            raise UserError(f"a .{path.suffix[1:]} artifact for a '{project.lang}' project", file=project.file,
+                            field="lang", fix="pass the project's own artifact, or --project for this one")
+        base = build_artifact(project, path)
+    overrides = {k: v for k, v in {"root_id": root_id, "vm_id": vm_id}.items() if v is not None}
+    return dataclasses.replace(base, **overrides)
 
 
 def validate_config(config: Any, schema_file: Path, file: Path, field_name: str) -> None:
@@ -145,27 +176,31 @@ def build(project: Project, *, force: bool = False) -> Artifact:
 
     project.build_dir.mkdir(exist_ok=True)
     if project.lang == "lua":
-        src = project.sources[0]
-        lua.check_lua(src)
-        for named in (project.lua_options or {}).get("source_codes", {}).values():
-            lua.check_lua(Path(named["filename"]))
+        named = [Path(n["filename"]) for n in (project.lua_options or {}).get("source_codes", {}).values()]
+        for script in project.sources + named:
+            lua.check_lua(script)
+        # Without a default script the artifact is the first named one (the bootstrap inlines none).
+        src = project.sources[0] if project.sources else named[0]
         out = project.build_dir / f"{project.name}.lua"
         if force or _stale(out, [src]):
             tmp = out.with_suffix(".lua.tmp")
             shutil.copyfile(src, tmp)
             tmp.replace(out)
-        kind = "lua"
     elif project.lang == "c":
         out = project.build_dir / f"{project.name}.wasm"
         # A newer SDK (an envoyext upgrade) rebuilds too.
         inputs = project.sources + sorted(project.root.glob("*.h")) + sorted(c.SDK_DIR.glob("*"))
         if force or _stale(out, inputs):
             c.compile_wasm([s for s in project.sources if s.suffix == ".c"], out, include_dirs=[project.root])
-        kind = "wasm"
     else:
         out = project.module
-        kind = "wasm"
-    return Artifact(kind=kind, path=out.resolve(), name=project.name, root_id=project.root_id,
-                    vm_id=project.vm_id, config=project.config, failure_policy=project.failure_policy,
-                    lua_options=project.lua_options, stats_tags=tuple(project.stats_tags))
+    return build_artifact(project, out)
+
+
+def build_artifact(project: Project, path: Path) -> Artifact:
+    """The artifact at `path` with everything filter.yaml says about how it runs."""
+    return Artifact(kind="lua" if project.lang == "lua" else "wasm", path=path.resolve(), name=project.name,
+                    root_id=project.root_id, vm_id=project.vm_id, config=project.config,
+                    failure_policy=project.failure_policy, lua_options=project.lua_options,
+                    stats_tags=tuple(project.stats_tags))
 

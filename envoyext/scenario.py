@@ -25,6 +25,10 @@ from envoyext.upstreams import UpstreamSpec
 
 # Cluster name of the default test upstream, in the bootstrap and in observations.
 UPSTREAM = "upstream"
+# The case a scenario's `startup:` block becomes: what the filter logged while it started.
+STARTUP = "startup"
+# Envoy's Lua filter reads route metadata under its own filter name, then under this one.
+LUA_FILTER_NAMESPACE = "envoy.filters.http.lua"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -40,14 +44,42 @@ class Route:
     metadata: dict | None = None
     per_filter_config: Any = None
     timeout_ms: int | None = None
+    upgrade_configs: list[dict] | None = None
 
-    def matches(self, path: str, headers: Headers) -> bool:
-        """Envoy's route match for the subset of fields the scenario format allows."""
+    def _connect_upgrade(self) -> dict | None:
+        """The route's enabled CONNECT upgrade (RouteAction.upgrade_configs), if any."""
+        return next((u for u in self.upgrade_configs or []
+                     if u["upgrade_type"].upper() == "CONNECT" and u.get("enabled", True)), None)
+
+    @property
+    def allows_connect(self) -> bool:
+        return self._connect_upgrade() is not None
+
+    @property
+    def terminates_connect(self) -> bool:
+        """connect_config: Envoy answers the CONNECT itself and tunnels to the cluster over TCP."""
+        return "connect_config" in (self._connect_upgrade() or {})
+
+    def filter_metadata(self, filter_name: str) -> dict[str, dict]:
+        """Envoy's `Metadata.filter_metadata` of this route: the full form as written, or the
+        short form (bare keys) under the filter's own name."""
+        md = self.metadata
+        if not md:
+            return {}
+        if "filter_metadata" in md:
+            return md["filter_metadata"]
+        return {filter_name: md}
+
+    def matches(self, path: str | None, headers: Headers) -> bool:
+        """Envoy's route match for the subset of fields the scenario format allows. A CONNECT
+        request (no :path) matches only a `connect_matcher` route, and only it matches one."""
         m = self.match
-        bare = path.split("?", 1)[0]
+        if ("connect_matcher" in m) != (first(headers, ":method") == "CONNECT"):
+            return False
+        bare = (path or "").split("?", 1)[0]
         if "path" in m and bare != m["path"]:
             return False
-        if "prefix" in m and not path.startswith(m["prefix"]):
+        if "prefix" in m and not (path or "").startswith(m["prefix"]):
             return False
         for name, want in header_list(m.get("headers")):
             if want not in values(headers, name):
@@ -63,6 +95,7 @@ class Case:
     repeat: int = 1
     wait_ms: int = 0
     only: str | None = None  # "live" | "emulated" | None (both)
+    startup: bool = False    # no request: the expectations are on the logs of the filter's start
 
 
 @dataclass
@@ -83,7 +116,7 @@ class Scenario:
     cases: list[Case]
     oracle: Oracle | None = None
 
-    def route_for(self, path: str, headers: Headers) -> Route | None:
+    def route_for(self, path: str | None, headers: Headers) -> Route | None:
         return next((r for r in self.routes if r.matches(path, headers)), None)
 
     def all_clusters(self) -> dict[str, UpstreamSpec]:
@@ -106,22 +139,19 @@ def from_dict(data: dict, path: Path, default_config: Any = None) -> Scenario:
         if target is not None and target != UPSTREAM and target not in clusters:
             raise UserError(f"route points at unknown cluster '{target}'", file=path,
                             field=f"routes[{i}].cluster", fix="declare it under 'clusters'")
+        _check_metadata(r.get("metadata"), path, f"routes[{i}].metadata")
         routes.append(Route(name=r.get("name", f"route{i}"), match=r["match"], cluster=target,
                             direct_response=r.get("direct_response"), metadata=r.get("metadata"),
-                            per_filter_config=r.get("per_filter_config"), timeout_ms=r.get("timeout_ms")))
-    cases = []
+                            per_filter_config=r.get("per_filter_config"), timeout_ms=r.get("timeout_ms"),
+                            upgrade_configs=r.get("upgrade_configs")))
+    cases = [_startup_case(data["startup"], data["cases"], path)] if "startup" in data else []
     for i, c in enumerate(data["cases"]):
         for name in (c.get("expect") or {}).get("clusters") or {}:
             if name not in clusters:
                 raise UserError(f"expectation on undeclared cluster '{name}'", file=path,
                                 field=f"cases[{i}].expect.clusters.{name}", fix="declare it under 'clusters'")
-        rq = c.get("request") or {}
         cases.append(Case(
-            name=c["name"],
-            request=Request(method=rq.get("method", "GET"), path=rq.get("path", "/"),
-                            authority=rq.get("authority", "example.com"),
-                            headers=header_list(rq.get("headers")),
-                            body=rq.get("body", "").encode(), trailers=header_list(rq.get("trailers"))),
+            name=c["name"], request=_request(c.get("request") or {}, path, f"cases[{i}].request"),
             expect=c.get("expect") or {}, repeat=c.get("repeat", 1), wait_ms=c.get("wait_ms", 0),
             only=c.get("only")))
     o = data.get("oracle")
@@ -131,6 +161,47 @@ def from_dict(data: dict, path: Path, default_config: Any = None) -> Scenario:
                     config=data["config"] if "config" in data else default_config,
                     upstream=UpstreamSpec.from_dict(data.get("upstream") or {}),
                     clusters=clusters, routes=routes or default_routes(), cases=cases, oracle=oracle)
+
+
+def _request(rq: dict, path: Path, where: str) -> Request:
+    """A case's request. CONNECT has no path: its target is the authority (`host:port`)."""
+    method = rq.get("method", "GET")
+    if method == "CONNECT" and "path" in rq:
+        raise UserError("a CONNECT request has no path (its target is the authority)", file=path,
+                        field=f"{where}.path", fix="remove it and give authority: host:port")
+    return Request(method=method, path=None if method == "CONNECT" else rq.get("path", "/"),
+                   authority=rq.get("authority", "example.com"), headers=header_list(rq.get("headers")),
+                   body=rq.get("body", "").encode(), trailers=header_list(rq.get("trailers")))
+
+
+def _startup_case(expect: dict, cases: list[dict], path: Path) -> Case:
+    """The `startup:` block as a case of its own, checked and compared like any other."""
+    for i, c in enumerate(cases):
+        if c["name"] == STARTUP:
+            raise UserError(f"the case name '{STARTUP}' is taken by the startup block", file=path,
+                            field=f"cases[{i}].name", fix="rename the case")
+    return Case(name=STARTUP, request=Request(), expect=expect, startup=True)
+
+
+def _check_metadata(md: dict | None, path: Path, where: str) -> None:
+    """The full form (`filter_metadata: {namespace: {...}}`) stands alone; anything else is the
+    short form, put under the filter's own name."""
+    if md and "filter_metadata" in md and len(md) > 1:
+        extra = sorted(k for k in md if k != "filter_metadata")[0]
+        raise UserError("route metadata mixes the full form (filter_metadata) with bare keys", file=path,
+                        field=f"{where}.{extra}", fix="move it under filter_metadata.<filter name>")
+
+
+def startup_logs(lines: list[LogLine]) -> list[LogLine]:
+    """What a filter logged while it started, each distinct line once: Envoy starts the plugin in a
+    VM per worker and on the main thread (3 times with 1 worker, measured), the emulator in its own."""
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for line in lines:
+        if (line.level, line.message) not in seen:
+            seen.add((line.level, line.message))
+            out.append(line)
+    return out
 
 
 def load(path: Path | str, default_config: Any = None) -> Scenario:

@@ -68,3 +68,26 @@ def test_lua_config_is_lua_data_on_the_first_line():
     assert to_lua("\x01" "23") == '"\\00123"'  # fixed-width escape: not "\123" ("{")
     code = lua_code("line1\nline2", {"k": 1})
     assert code.splitlines() == ['envoyext_config = {["k"] = 1}; line1', "line2"]  # line numbers unchanged
+
+
+def test_connect_route_full_metadata_and_no_default_script_are_envoy_config():
+    """The scenario format's connect_matcher + upgrade_configs, full route Metadata, and a Lua
+    filter without default_source_code, as Envoy 1.40 takes them (`--mode validate`)."""
+    doc = {"routes": [
+        {"name": "tunnel", "match": {"connect_matcher": {}}, "upgrade_configs": [{"upgrade_type": "CONNECT"}],
+         "metadata": {"filter_metadata": {"envoy.filters.http.lua": {"a": 1}, "other": {"b": "x"}}},
+         "per_filter_config": {"name": "alt"}},
+        {"name": "short", "match": {"prefix": "/"}, "metadata": {"team": "edge"}}],
+        "cases": [{"name": "-"}]}
+    artifact = Artifact("lua", GOLDEN / "noop.lua", "my-lua", lua_options={
+        "default_source_code": False, "source_codes": {"alt": {"filename": str(GOLDEN / "noop.lua")}}})
+    config = bootstrap.build(artifact, from_dict(doc, Path("s.yaml")), ADDRESSES)
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    tunnel, short = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    assert tunnel["match"] == {"connect_matcher": {}}
+    assert tunnel["route"]["upgrade_configs"] == [{"upgrade_type": "CONNECT"}]
+    assert set(tunnel["metadata"]["filter_metadata"]) == {"envoy.filters.http.lua", "other"}
+    assert short["metadata"] == {"filter_metadata": {"my-lua": {"team": "edge"}}}  # the short form
+    lua = hcm["http_filters"][0]["typed_config"]
+    assert "default_source_code" not in lua and set(lua["source_codes"]) == {"alt"}
+    validate(config)

@@ -45,10 +45,13 @@ def filter_config(artifact: Artifact, config: Any, lua_source: str | None = None
 
     A Lua filter is inlined, as Istio's EnvoyFilter carries it, with its config appended."""
     if artifact.kind == "lua":
-        code = lua_code(lua_source if lua_source is not None else artifact.path.read_text(), config)
-        typed: dict[str, Any] = {"@type": LUA, "default_source_code": {"inline_string": code}}
+        typed: dict[str, Any] = {"@type": LUA}
+        if artifact.has_default_script:
+            code = lua_code(lua_source if lua_source is not None else artifact.path.read_text(), config)
+            typed["default_source_code"] = {"inline_string": code}
         options = dict(artifact.lua_options or {})
         named = options.pop("source_codes", None)
+        options.pop("default_source_code", None)
         typed.update(options)
         if named:  # every script gets the same config, whichever one a route selects
             typed["source_codes"] = {name: {"inline_string": lua_code(Path(ds["filename"]).read_text(), config)}
@@ -79,7 +82,7 @@ def per_filter_config(artifact: Artifact | None, route: Route) -> dict:
 
 
 def route_entry(route: Route, artifact: Artifact | None) -> dict:
-    match = {k: v for k, v in route.match.items() if k in ("prefix", "path")}
+    match = {k: v for k, v in route.match.items() if k in ("prefix", "path", "connect_matcher")}
     if not match:
         match["prefix"] = "/"
     if "headers" in route.match:
@@ -95,9 +98,11 @@ def route_entry(route: Route, artifact: Artifact | None) -> dict:
         action: dict[str, Any] = {"cluster": route.cluster}
         if route.timeout_ms is not None:
             action["timeout"] = f"{route.timeout_ms / 1000:.3f}s"
+        if route.upgrade_configs:
+            action["upgrade_configs"] = route.upgrade_configs
         entry["route"] = action
-    if route.metadata is not None and artifact is not None:
-        entry["metadata"] = {"filter_metadata": {artifact.filter_name: route.metadata}}
+    if route.metadata and artifact is not None:
+        entry["metadata"] = {"filter_metadata": route.filter_metadata(artifact.filter_name)}
     if route.per_filter_config is not None and artifact is not None:
         entry["typed_per_filter_config"] = {
             artifact.filter_name: per_filter_config(artifact, route)}

@@ -11,7 +11,8 @@ and logged and the stream let through.
 The rest of the Lua filter proto (`source_codes`, `stat_prefix`, `clear_route_cache`) comes from
 `filter.yaml`'s `lua:` block as `Artifact.lua_options`; `lua_config` overrides it (tests, the Python
 API). Every named script gets the JSON config as the default one does, exactly as
-`envoyext.envoy.bootstrap.filter_config` inlines them for live Envoy.
+`envoyext.envoy.bootstrap.filter_config` inlines them for live Envoy. A filter without a default
+script (`default_source_code` absent) runs only the scripts routes select.
 
 Lua states and workers: Envoy keeps one lua_State per script per worker (the live runner starts
 `--concurrency 2`), so globals a script keeps between streams are per worker, and which worker a
@@ -31,12 +32,11 @@ from envoyext.envoy.facts import disabled_by_route
 from envoyext.errors import UserError
 from envoyext.lua.host import Callouts, LuaScript, StatsStore
 from envoyext.runners.emulated import DEFAULT_ROUTE_TIMEOUT_MS, LocalReply, Stream
-from envoyext.scenario import LogLine, Response, first
+from envoyext.scenario import LUA_FILTER_NAMESPACE, LogLine, Response, first
 
 # The HCM stat prefix of the bootstrap both runners use; the filter's stats live under
 # "http.<prefix>.lua.[<stat_prefix>.]" (verified on Envoy 1.40 admin /stats).
 HCM_STAT_PREFIX = "ingress_http"
-CANONICAL_NAME = "envoy.filters.http.lua"
 
 # What Envoy's async client hands a Lua httpCall when the cluster fails (observed on 1.40: these
 # arrive through onSuccess as the router's local replies; "upstream failure" is only for resets).
@@ -95,8 +95,10 @@ class LuaFilterHost:
         self.logs: list[LogLine] = []
         self.scripts: list[LuaScript] = []
         path = Path(artifact.path)
-        code = source if source is not None else path.read_text()
-        self.default = self._load(lua_code(code, config), str(path))
+        self.default: LuaScript | None = None  # default_source_code absent: routes select scripts
+        if source is not None or artifact.has_default_script:
+            code = source if source is not None else path.read_text()
+            self.default = self._load(lua_code(code, config), str(path))
         base = Path(getattr(env.scenario, "path", ".")).parent
         self.named = {name: self._load(lua_code(read_source(spec, base, f"config.source_codes.{name}"), config),
                                        name)
@@ -183,14 +185,14 @@ class LuaFilterHost:
         return self.default, {}
 
     def route_metadata(self, script: LuaScript, route) -> Any:
-        """handle:metadata(): a scenario route's `metadata` is what the bootstrap puts under
-        filter_metadata[<filter name>] (Envoy falls back to "envoy.filters.http.lua", which a
-        scenario cannot fill)."""
+        """handle:metadata(): the route's filter_metadata under the filter's name, else under
+        "envoy.filters.http.lua" (Envoy 1.40's order, measured)."""
         if route is None:
             return None
         key = (id(script), route.name)
         if key not in self._route_md:
-            md = route.metadata
+            namespaces = route.filter_metadata(self.filter_name)
+            md = namespaces.get(self.filter_name, namespaces.get(LUA_FILTER_NAMESPACE))
             self._route_md[key] = script.to_lua(md) if md else None
         return self._route_md[key]
 

@@ -18,7 +18,19 @@ from typing import Any, Protocol
 from envoyext import prometheus
 from envoyext.artifact import Artifact
 from envoyext.envoy.bootstrap import STAT_PREFIX
-from envoyext.scenario import UPSTREAM, Case, Headers, LogLine, Observation, Received, Response, Route, Scenario, first
+from envoyext.scenario import (
+    UPSTREAM,
+    Case,
+    Headers,
+    LogLine,
+    Observation,
+    Received,
+    Response,
+    Route,
+    Scenario,
+    first,
+    startup_logs,
+)
 from envoyext.upstreams import SERVER_NAME, Reply, UpstreamSpec
 
 # What Envoy's router sends when a cluster refuses, and when it times out.
@@ -45,6 +57,11 @@ class Clock:
 class StreamStuck(Exception):
     """The filter paused a stream that nothing can resume. Live Envoy would hold it until its
     stream idle timeout (minutes); the emulator fails that case at once, with this reason."""
+
+
+class NotModelled(Exception):
+    """The case needs what the emulator does not model (a CONNECT sent upstream): the case fails
+    with this reason, as only live Envoy can run it."""
 
 
 @dataclass
@@ -87,7 +104,7 @@ class Stream:
     def route(self) -> Route | None:
         """Selected lazily and cached, as Envoy does; clear_route_cache() forgets it."""
         if not self._route_known:
-            path = first(self.request_headers, ":path") or "/"
+            path = first(self.request_headers, ":path")  # None for CONNECT
             self._route = self.env.scenario.route_for(path, self.request_headers)
             self._route_known = True
         return self._route
@@ -167,8 +184,9 @@ class EmulatedEnvoy:
     # -- one request through the filter ---------------------------------------------------------
     def request(self, host: FilterHost, case: Case) -> Response:
         rq = case.request
-        headers: Headers = [(":authority", rq.authority), (":path", rq.path), (":method", rq.method),
-                            (":scheme", "http")]
+        # A CONNECT has no :path (Envoy 1.40, measured): its target is the authority.
+        path = [] if rq.path is None else [(":path", rq.path)]
+        headers: Headers = [(":authority", rq.authority), *path, (":method", rq.method), (":scheme", "http")]
         headers += [(k, v) for k, v in rq.headers if k != "host"] + rq.framing()
         # The connection manager adds these before any filter runs (edge, use_remote_address false).
         headers.append(("x-forwarded-proto", "http"))
@@ -176,7 +194,8 @@ class EmulatedEnvoy:
             headers.append(("x-request-id", str(uuid.uuid4())))
         stream = Stream(headers, rq.body, list(rq.trailers), self, start_ns=self.clock.ns)
         sf = host.new_stream(stream)
-        local = sf.decode(stream)
+        refused = self._refused_upgrade(stream)
+        local = refused if refused is not None else sf.decode(stream)
         if local is None:
             self._route_and_forward(stream)
         else:
@@ -186,6 +205,15 @@ class EmulatedEnvoy:
         status = int(first(stream.response_headers, ":status") or 0)
         self._count_request(status, stream)
         return http1_response(rq.method, status, stream.response_headers, stream.response_body)
+
+    @staticmethod
+    def _refused_upgrade(stream: Stream) -> LocalReply | None:
+        """A CONNECT whose route has no CONNECT upgrade: the connection manager answers 403 before
+        any filter decodes it (the filters still see the reply; Envoy 1.40, measured)."""
+        route = stream.route if first(stream.request_headers, ":method") == "CONNECT" else None
+        if route is not None and not route.allows_connect:
+            return LocalReply(403, details="upgrade_failed")
+        return None
 
     def _count_request(self, status: int, stream: Stream) -> None:
         prefix = f"http.{STAT_PREFIX}."
@@ -215,6 +243,8 @@ class EmulatedEnvoy:
             stream.direct_response = True
             d = route.direct_response
             return self._set_local_reply(stream, LocalReply(d["status"], d.get("body", "").encode()))
+        if first(stream.request_headers, ":method") == "CONNECT":
+            return self._open_tunnel(stream, route)
         spec = self.clusters[route.cluster]
         stream.cluster_name = route.cluster
         timeout = route.timeout_ms if route.timeout_ms is not None else DEFAULT_ROUTE_TIMEOUT_MS
@@ -233,6 +263,19 @@ class EmulatedEnvoy:
                                    + [("x-envoy-upstream-service-time", "0")])
         stream.response_body = reply.body
 
+    def _open_tunnel(self, stream: Stream, route: Route) -> None:
+        """A CONNECT on a route with `connect_config`: Envoy connects to the cluster over TCP and
+        answers 200 itself (no HTTP request reaches the upstream; measured). Without it, Envoy
+        sends the CONNECT on to the upstream, and the test upstreams are no CONNECT proxies."""
+        if not route.terminates_connect:
+            raise NotModelled("a CONNECT sent on upstream (upgrade without connect_config) is not emulated; "
+                              "mark the case 'only: live' or give the upgrade connect_config: {}")
+        stream.cluster_name = route.cluster
+        if self.clusters[route.cluster].down:
+            return self._set_local_reply(stream, LocalReply(503, CONNECT_FAILURE_BODY))
+        stream.upstream_address = "127.0.0.1:8080"
+        stream.response_headers = [(":status", "200")]
+
 
 # Methods whose bodiless requests Envoy's HTTP/1 codec sends without a content-length (seen
 # live with Envoy 1.40); any other bodiless request goes out with `content-length: 0`.
@@ -246,12 +289,16 @@ def http1_response(method: str, status: int, headers: Headers, body: bytes) -> R
     if first(out, "date") is None:
         out.append(("date", http_date()))
     out.append(("server", "envoy"))
+    tunnel = method == "CONNECT" and 200 <= status < 300  # what follows the headers is the tunnel's
     if (first(out, "content-length") is None and first(out, "transfer-encoding") is None
-            and not bodiless_status(status)):
+            and not bodiless_status(status) and not tunnel):
         # No length known: a body is chunked; an empty one gets `content-length: 0`, except
         # in answer to HEAD, where Envoy (seen live) announces chunked encoding instead.
         chunked = bool(body) or method == "HEAD"
         out.append(("transfer-encoding", "chunked") if chunked else ("content-length", "0"))
+    if method == "CONNECT" and not tunnel:
+        # No tunnel: the HTTP/1 codec cannot read on after a refused CONNECT and closes (measured).
+        out.append(("connection", "close"))
     # A response to HEAD keeps its headers but loses its body on the wire.
     return Response(status, out, b"" if method == "HEAD" else body)
 
@@ -312,9 +359,13 @@ def run_scenario(artifact: Artifact, scenario: Scenario) -> list[Observation]:
     """Run every case of `scenario` through the emulated filter; one Observation per case."""
     env = EmulatedEnvoy(scenario)
     host = load_host(artifact, env)
+    started = startup_logs(host.take_logs())  # what the filter logged while it loaded
     observations = []
     try:
         for case in scenario.cases:
+            if case.startup:
+                observations.append(Observation(case=case.name, runner=host.runner, logs=started))
+                continue
             if case.only == "live":
                 continue
             if case.wait_ms:
@@ -330,7 +381,7 @@ def run_scenario(artifact: Artifact, scenario: Scenario) -> list[Observation]:
             for _ in range(case.repeat):
                 try:
                     responses.append(env.request(host, case))
-                except StreamStuck as e:
+                except (StreamStuck, NotModelled) as e:
                     error = str(e)
                     break
                 env.clock.advance_ms(1)

@@ -14,7 +14,7 @@ from envoyext.envoy import bootstrap, process
 from envoyext.envoy.process import EnvoyProcess
 from envoyext.envoy.runtime import EnvoyRuntime
 from envoyext.errors import EnvoyRejected, UserError
-from envoyext.scenario import UPSTREAM, LogLine, Observation, Request, Response, Scenario
+from envoyext.scenario import UPSTREAM, LogLine, Observation, Request, Response, Scenario, startup_logs
 from envoyext.upstreams import UpstreamServers
 
 RUNNER = "live"
@@ -57,7 +57,9 @@ def send(url_host: str, port: int, rq: Request, timeout: float = 30) -> Response
     """One request exactly as given (repeated headers and all); None if the stream was reset."""
     conn = http.client.HTTPConnection(url_host, port, timeout=timeout)
     try:
-        conn.putrequest(rq.method, rq.path, skip_host=True, skip_accept_encoding=True)
+        # CONNECT's request target is the authority (authority form), every other's the path.
+        target = rq.authority if rq.path is None else rq.path
+        conn.putrequest(rq.method, target, skip_host=True, skip_accept_encoding=True)
         conn.putheader("host", rq.authority)
         for k, v in [*rq.headers, *rq.framing()]:
             if k != "host":
@@ -70,7 +72,9 @@ def send(url_host: str, port: int, rq: Request, timeout: float = 30) -> Response
         else:
             conn.endheaders(rq.body or None)  # headers and body in one write, as most clients do
         resp = conn.getresponse()
-        body = resp.read()
+        # A CONNECT answered 2xx is a tunnel: nothing after the headers is the response's body.
+        tunnel = rq.method == "CONNECT" and 200 <= resp.status < 300
+        body = b"" if tunnel else resp.read()
         return Response(resp.status, [(k.lower(), v) for k, v in resp.getheaders()], body)
     except (http.client.RemoteDisconnected, ConnectionResetError):
         return None
@@ -141,7 +145,12 @@ def run_scenario(artifact: Artifact | None, scenario: Scenario, *, oracle: bool 
     with started(artifact, scenario, oracle=oracle, runtime=runtime,
                  check_config=check_config) as (envoy, ups):
         host, port = envoy.listener
+        started_log = filter_logs(envoy.log_since(0))  # from start to ready: VM start, configure
         for case in scenario.cases:
+            if case.startup:
+                observations.append(Observation(case=case.name, runner=ORACLE if oracle else RUNNER,
+                                                logs=startup_logs(started_log)))
+                continue
             if case.only == "emulated":
                 continue
             if case.wait_ms:

@@ -30,13 +30,67 @@ def u64(v: int) -> bytes:
 
 
 def _proto_string(field: int, value: str) -> bytes:
-    data = value.encode()
+    return _proto_bytes(field, value.encode())
+
+
+def _proto_bytes(field: int, data: bytes) -> bytes:
     out = bytes([(field << 3) | 2])
     n = len(data)
     while n >= 0x80:
         out += bytes([(n & 0x7F) | 0x80])
         n >>= 7
     return out + bytes([n]) + data
+
+
+# Route metadata (xds.route_metadata), as Envoy 1.40 serializes it (measured): the whole value is
+# the Metadata proto; `filter_metadata` and each Struct below it are maps (serialized pairs);
+# strings are raw bytes, numbers 8-byte doubles, bools one byte. The order of a map's entries in
+# a whole value is protobuf's hash order in Envoy (no order a filter can rely on); here the config's.
+
+
+def metadata_value(filter_metadata: dict[str, dict]) -> Lazy:
+    namespaces = {ns: _struct_value(fields) for ns, fields in filter_metadata.items()}
+    return Lazy({"filter_metadata": namespaces}.get, lambda: _metadata_proto(filter_metadata))
+
+
+def _struct_value(fields: dict) -> dict:
+    return {k: _value(v) for k, v in fields.items()}
+
+
+def _value(v: Any) -> Any:
+    if isinstance(v, dict):
+        return _struct_value(v)
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return struct.pack("<d", float(v))
+    return v
+
+
+def _metadata_proto(filter_metadata: dict[str, dict]) -> bytes:
+    """google.protobuf Metadata{filter_metadata: map<string, Struct> = 1}."""
+    return b"".join(_proto_bytes(1, _proto_string(1, ns) + _proto_bytes(2, _struct_proto(fields)))
+                    for ns, fields in filter_metadata.items())
+
+
+def _struct_proto(fields: dict) -> bytes:
+    """Struct{fields: map<string, Value> = 1}."""
+    return b"".join(_proto_bytes(1, _proto_string(1, str(k)) + _proto_bytes(2, _value_proto(v)))
+                    for k, v in fields.items())
+
+
+def _value_proto(v: Any) -> bytes:
+    """Value{null_value = 1; number_value = 2; string_value = 3; bool_value = 4; struct_value = 5;
+    list_value = 6 (ListValue{values = 1})}."""
+    if v is None:
+        return bytes([1 << 3, 0])
+    if isinstance(v, bool):
+        return bytes([4 << 3, int(v)])
+    if isinstance(v, (int, float)):
+        return bytes([(2 << 3) | 1]) + struct.pack("<d", float(v))
+    if isinstance(v, str):
+        return _proto_string(3, v)
+    if isinstance(v, dict):
+        return _proto_bytes(5, _struct_proto(v))
+    return _proto_bytes(6, b"".join(_proto_bytes(1, _value_proto(x)) for x in v))
 
 
 def _split_host_port(address: str) -> tuple[str, int]:
@@ -228,6 +282,9 @@ class PropertySource:
             return r.cluster if r is not None else None
         if k == "node":
             return self.top("xds_node")
+        if k == "route_metadata":   # the whole Metadata: any filter's namespace (the bare name is NotFound)
+            r = s.route
+            return None if r is None else metadata_value(r.filter_metadata(self.ctx.wasm.plugin.name))
         return None
 
     # -- the ABI ----------------------------------------------------------------------------------
