@@ -324,6 +324,7 @@ def run_scenario(artifact: Artifact, scenario: Scenario) -> list[Observation]:
             before = {**env.stats, **host.stats()}
             prom_before = _series(host, artifact) if scrape else None
             host.take_logs()
+            failed_before = len(getattr(host, "failures", ()))  # Wasm VM failures (traps) so far
             env.take_received()
             responses = []
             error = None
@@ -343,7 +344,8 @@ def run_scenario(artifact: Artifact, scenario: Scenario) -> list[Observation]:
                 responses=responses, upstream=received.pop(UPSTREAM, []), clusters=received,
                 logs=host.take_logs(),
                 stats={k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)},
-                prometheus=prom, error=error))
+                prometheus=prom, error=error,
+                faults=list(getattr(host, "failures", [])[failed_before:])))
     finally:
         host.close()
     return observations
