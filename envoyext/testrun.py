@@ -23,8 +23,9 @@ LIVE = "live"
 EMULATED = "emulated"
 
 
-# A case's verdict. NOT_RUN: no runner executed it (its `only:` excludes every runner that ran).
-PASSED, FAILED, NOT_RUN = "passed", "failed", "not run"
+# A case's verdict, its `status` in --json. NOT_RUN: no runner executed it (its `only:` excludes
+# every runner of the run); it is never counted as passed.
+PASSED, FAILED, NOT_RUN = "passed", "failed", "not_run"
 
 
 
