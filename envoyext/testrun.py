@@ -95,7 +95,7 @@ def run_scenario(artifact: Artifact, sc: Scenario, *, runners: tuple[str, ...] =
     native: list[Observation | None] = [None] * len(sc.cases)
     if EMULATED in runners:
         from envoyext.runners import emulated
-        by_runner[EMULATED] = _guarded(EMULATED, sc, lambda: emulated.run_scenario(artifact, sc))
+        by_runner[EMULATED] = _guarded(EMULATED, sc, lambda: emulated.run_scenario(artifact, sc, workers))
     if LIVE in runners:
         from envoyext.runners import live
         by_runner[LIVE] = _guarded(LIVE, sc, lambda: live.run_scenario(

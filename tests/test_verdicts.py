@@ -305,3 +305,61 @@ def test_worker_differences_fail_only_with_one_worker():
     two = testrun._judge(sc, 0, by_runner, None, workers=2)
     assert two.status == testrun.PASSED and two.disagreements == []
     assert [m.where for m in two.worker_differences] == ["headers"]
+
+
+# Counts, once per VM, the VMs whose timer fires: Envoy runs one on the main thread and one per
+# worker, so the count follows the worker count in live Envoy and must in the emulator too.
+COUNTS_TICKING_VMS = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "proxy_wasm.h"
+
+static bool counted = false;  /* one per VM: each VM has its own memory */
+
+bool pw_on_configure(pw_root *root, const char *json, size_t len) {
+    pw_set_tick_period_ms(10);
+    return true;
+}
+
+void pw_on_tick(pw_root *root) {
+    while (!counted) {  /* compare-and-swap: VMs on other threads count too */
+        char *value = NULL;
+        size_t len = 0;
+        uint32_t cas = 0;
+        int n = pw_get_shared_data("ticking_vms", &value, &len, &cas) == PW_OK ? atoi(value) : 0;
+        free(value);
+        char next[16];
+        snprintf(next, sizeof next, "%d", n + 1);
+        counted = pw_set_shared_data("ticking_vms", next, strlen(next), cas) == PW_OK;
+    }
+}
+
+pw_action pw_on_request_headers(pw_ctx *ctx, uint32_t num_headers, bool end_of_stream) {
+    char *value = NULL;
+    size_t len = 0;
+    pw_get_shared_data("ticking_vms", &value, &len, NULL);
+    const char *count = value ? value : "0";
+    pw_header reply[] = {{"x-ticking-vms", 13, count, strlen(count)}};
+    pw_respond(200, NULL, reply, 1);
+    free(value);
+    return PW_PAUSE;
+}
+"""
+
+
+def test_the_emulator_runs_as_many_wasm_vms_as_live_envoy(tmp_path):
+    """Main thread + one worker by default; main thread + two with `workers: 2`. Both runners
+    agree on either (a 300 ms wait lets every VM's 10 ms timer fire)."""
+    project = tmp_path / "ticks"
+    (project / "scenarios").mkdir(parents=True)
+    (project / "filter.yaml").write_text("name: ticks\nlang: c\nsources: [filter.c]\nroot_id: ticks\n")
+    (project / "filter.c").write_text(COUNTS_TICKING_VMS)
+    case = "cases: [{{name: vms, wait_ms: 300, expect: {{status: 200, headers: {{x-ticking-vms: '{}'}}}}}}]\n"
+    (project / "scenarios" / "one.yaml").write_text(case.format(2))
+    (project / "scenarios" / "two.yaml").write_text("workers: 2\n" + case.format(3))
+    doc = results_of(run_cli("test", project, "--json"))
+    for result in doc["results"]:
+        assert result["passed"], result
+        assert result["disagreements"] == result["worker_differences"] == [], result
+    assert [r["workers"] for r in doc["results"]] == [1, 2]

@@ -299,19 +299,20 @@ def _series(host: FilterHost, artifact: Artifact) -> prometheus.Series:
                              {k: v for k, v in stats.items() if k in gauges}, histograms, artifact.stats_tags)
 
 
-def load_host(artifact: Artifact, env: EmulatedEnvoy) -> FilterHost:
-    """The emulator for this artifact's kind, loaded with the scenario's filter configuration."""
+def load_host(artifact: Artifact, env: EmulatedEnvoy, workers: int = 1) -> FilterHost:
+    """The emulator for this artifact's kind, loaded with the scenario's filter configuration.
+    `workers`: live Envoy's worker threads; each, and the main thread, runs (and ticks) a Wasm VM."""
     if artifact.kind == "wasm":
         from envoyext.wasm.emulator import WasmFilterHost
-        return WasmFilterHost(artifact, env.scenario.config, env)
+        return WasmFilterHost(artifact, env.scenario.config, env, idle_vms=workers)
     from envoyext.lua.emulator import LuaFilterHost
     return LuaFilterHost(artifact, env.scenario.config, env)
 
 
-def run_scenario(artifact: Artifact, scenario: Scenario) -> list[Observation]:
+def run_scenario(artifact: Artifact, scenario: Scenario, workers: int = 1) -> list[Observation]:
     """Run every case of `scenario` through the emulated filter; one Observation per case."""
     env = EmulatedEnvoy(scenario)
-    host = load_host(artifact, env)
+    host = load_host(artifact, env, workers)
     observations = []
     try:
         for case in scenario.cases:
