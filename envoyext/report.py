@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from envoyext.scenario import fault_line, mask
+from envoyext.scenario import fault_line
 from envoyext.testrun import EMULATED, FAILED, LIVE, NOT_RUN, PASSED, CaseResult
 
 # How many of the filter's last log lines a failing case shows per runner.
@@ -65,7 +65,7 @@ def _print_worker_differences(r: CaseResult) -> None:
 def _print_logs(r: CaseResult) -> None:
     """The filter's own last log lines per runner, to read a failure by."""
     for runner, obs in r.observations.items():
-        lines = [f"{l.level}: {mask(l.message)}" for l in obs.logs][-LOG_TAIL:]
+        lines = [f"{l.level}: {l.message}" for l in obs.logs][-LOG_TAIL:]  # as logged: ids help here
         lines += [fault_line(f) for f in obs.faults]
         if lines:
             click.echo(f"     {runner} filter log (last {LOG_TAIL}):")

@@ -207,13 +207,13 @@ def test_per_request_values_do_not_make_the_emulator_disagree(tmp_path):
 
 
 def test_a_real_difference_still_disagrees_and_shows_masked(tmp_path):
-    """Negative control: the live runner sees a different peer port each time, the emulator
-    always the same one; a script that acts on the port parity makes a difference that is not
-    a per-request value. Masking must not hide it; the diff shows the ids masked."""
+    """Negative control: the emulator's listener is 127.0.0.1:10000, live Envoy's an ephemeral
+    port (never 10000); a script that acts on it makes a difference that is not a per-request
+    value. Masking must not hide it; the diff shows the ids masked."""
     project = lua_project(tmp_path, """
         function envoy_on_request(h)
           local id = h:headers():get("x-request-id")
-          local emulated = h:streamInfo():downstreamRemoteAddress() == "127.0.0.1:50000"
+          local emulated = h:streamInfo():downstreamLocalAddress() == "127.0.0.1:10000"
           h:logInfo("request " .. id .. (emulated and " in the emulator" or " in Envoy"))
         end
         """, {"real": "cases: [{name: differs, request: {path: /}, expect: {status: 200}}]\n"})
