@@ -114,7 +114,7 @@ def from_dict(data: dict, path: Path, default_config: Any = None) -> Scenario:
     cases = []
     first_index: dict[str, int] = {}
     for i, c in enumerate(data["cases"]):
-        # Observations are matched to cases by name: a second case of the same name would hide the first.
+        # Reports, JSON results and differential tools name cases: two of one name make a verdict ambiguous.
         if c["name"] in first_index:
             raise UserError(f"case name '{c['name']}' is already used by cases[{first_index[c['name']]}]",
                             file=path, field=f"cases[{i}].name", fix="give every case of a scenario its own name")
@@ -399,8 +399,9 @@ def compare(a: Observation, b: Observation, parts=("status", "headers", "body", 
                 out.append(Mismatch(f"{where}.count", len(ua), len(ub)))
                 continue
             for x, y in zip(ua, ub):
-                if (x.method, mask(x.path)) != (y.method, mask(y.path)):
-                    out.append(Mismatch(f"{where}.request", f"{x.method} {mask(x.path)}", f"{y.method} {mask(y.path)}"))
+                rx, ry = f"{x.method} {mask(x.path)}", f"{y.method} {mask(y.path)}"
+                if rx != ry:
+                    out.append(Mismatch(f"{where}.request", rx, ry))
                 if _stable(x.headers) != _stable(y.headers):
                     out.append(Mismatch(f"{where}.headers", _stable(x.headers), _stable(y.headers)))
                 if _stable_body(x.body) != _stable_body(y.body):

@@ -28,7 +28,6 @@ EMULATED = "emulated"
 PASSED, FAILED, NOT_RUN = "passed", "failed", "not_run"
 
 
-
 @dataclass
 class CaseResult:
     scenario: str
@@ -90,7 +89,8 @@ def exit_code(results: list[CaseResult]) -> int:
 def run_scenario(artifact: Artifact, sc: Scenario, *, runners: tuple[str, ...] = (EMULATED, LIVE),
                  runtime: str = "process", validated: bool = False, workers: int = 1) -> list[CaseResult]:
     """`validated`: live.validate() already accepted this scenario's configuration.
-    `workers`: live Envoy's worker threads (the emulator models one)."""
+    `workers`: live Envoy's worker threads. The emulator runs (and ticks) a Wasm VM per thread as
+    Envoy does, but serves every stream from one worker's state."""
     by_runner: dict[str, list[Observation | None]] = {}
     native: list[Observation | None] = [None] * len(sc.cases)
     if EMULATED in runners:
