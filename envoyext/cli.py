@@ -1,6 +1,6 @@
 """The `envoyext` command: parse, call, print, exit. No logic lives here.
 
-Exit codes: 0 success, 1 a test failed (or doctor found a missing part), 2 bad input
+Exit codes: 0 success, 1 a test failed or none ran (or doctor found a missing part), 2 bad input
 (a `UserError`: one line naming file, field and fix; never a traceback).
 """
 
@@ -85,10 +85,15 @@ def build(path, force):
 @click.option("--only", type=click.Choice(["live", "unit"]), default=None,
               help="live: real Envoy only; unit: the emulator only. Default: both, compared.")
 @click.option("--runtime", type=click.Choice(["process", "docker"]), default="process", show_default=True)
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="Live Envoy's worker threads (overrides the scenario's and filter.yaml's 'workers'; default 1).")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 @user_errors
-def test(path, only, runtime, as_json):
-    """Build the filter and run its scenarios in the emulator and in live Envoy."""
+def test(path, only, runtime, workers, as_json):
+    """Build the filter and run its scenarios in the emulator and in live Envoy.
+
+    Exit 0 when every case that ran passed (cases that no runner ran are reported NOT RUN, never
+    as passed); 1 when a case failed or when no case ran at all; 2 on bad input."""
     from envoyext import project as proj
     from envoyext import report, testrun
     p = proj.load(path)
@@ -98,12 +103,14 @@ def test(path, only, runtime, as_json):
     artifact = proj.build(p)
     runners = {"live": (testrun.LIVE,), "unit": (testrun.EMULATED,)}.get(only, (testrun.EMULATED, testrun.LIVE))
     printer = None if as_json else report.print_case
-    results = testrun.run_project(p, artifact, runners=runners, runtime=runtime, on_result=printer)
+    results = testrun.run_project(p, artifact, runners=runners, runtime=runtime, workers=workers,
+                                  on_result=printer)
     if as_json:
-        click.echo(json.dumps({"filter": p.name, "results": [r.to_json() for r in results]}, indent=2))
+        click.echo(json.dumps({"filter": p.name, "summary": report.counts(results),
+                               "results": [r.to_json() for r in results]}, indent=2))
     else:
         report.print_summary(results)
-    sys.exit(0 if all(r.passed for r in results) else 1)
+    sys.exit(testrun.exit_code(results))
 
 
 @main.command()
@@ -133,12 +140,13 @@ def emulate(artifact, scenario_file, project_dir, config_text, root_id, vm_id, a
         p.check_config(sc.config, sc.path)
     results = testrun.run_scenario(a, sc, runners=(testrun.EMULATED,))
     if as_json:
-        click.echo(json.dumps({"results": [r.to_json() for r in results]}, indent=2))
+        click.echo(json.dumps({"summary": report.counts(results), "results": [r.to_json() for r in results]},
+                              indent=2))
     else:
         for r in results:
             report.print_case(r)
         report.print_summary(results)
-    sys.exit(0 if all(r.passed for r in results) else 1)
+    sys.exit(testrun.exit_code(results))
 
 
 @main.command()

@@ -33,6 +33,7 @@ class Project:
     stats_tags: list[dict] = field(default_factory=list)
     config_schema: Path | None = None
     lua_options: dict | None = None
+    workers: int = 1  # live Envoy's worker threads; one is what the emulator models
 
     def check_config(self, config: Any, file: Path, field_name: str = "config") -> None:
         """Validate a filter configuration (filter.yaml's or a scenario's) against config_schema."""
@@ -120,7 +121,7 @@ def load(path: Path | str | None = None) -> Project:
                    root_id=data.get("root_id", ""), vm_id=data.get("vm_id", ""),
                    failure_policy=data.get("failure_policy", "fail_closed"), config=config, attach=attach,
                    scenario_files=scenario_files, stats_tags=data.get("stats_tags", []),
-                   config_schema=config_schema, lua_options=lua_options)
+                   config_schema=config_schema, lua_options=lua_options, workers=data.get("workers", 1))
 
 
 def beside(artifact: Path) -> Project | None:

@@ -10,6 +10,7 @@ observations; nothing else decides pass or fail.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,7 @@ class Scenario:
     routes: list[Route]
     cases: list[Case]
     oracle: Oracle | None = None
+    workers: int | None = None  # live Envoy's worker threads (None: filter.yaml's, or the CLI's)
 
     def route_for(self, path: str | None, headers: Headers) -> Route | None:
         return next((r for r in self.routes if r.matches(path, headers)), None)
@@ -145,7 +147,13 @@ def from_dict(data: dict, path: Path, default_config: Any = None) -> Scenario:
                             per_filter_config=r.get("per_filter_config"), timeout_ms=r.get("timeout_ms"),
                             upgrade_configs=r.get("upgrade_configs")))
     cases = [_startup_case(data["startup"], data["cases"], path)] if "startup" in data else []
+    first_index: dict[str, int] = {}
     for i, c in enumerate(data["cases"]):
+        # Reports, JSON results and differential tools name cases: two of one name make a verdict ambiguous.
+        if c["name"] in first_index:
+            raise UserError(f"case name '{c['name']}' is already used by cases[{first_index[c['name']]}]",
+                            file=path, field=f"cases[{i}].name", fix="give every case of a scenario its own name")
+        first_index[c["name"]] = i
         for name in (c.get("expect") or {}).get("clusters") or {}:
             if name not in clusters:
                 raise UserError(f"expectation on undeclared cluster '{name}'", file=path,
@@ -160,7 +168,8 @@ def from_dict(data: dict, path: Path, default_config: Any = None) -> Scenario:
     return Scenario(path=path, name=data.get("name", path.stem),
                     config=data["config"] if "config" in data else default_config,
                     upstream=UpstreamSpec.from_dict(data.get("upstream") or {}),
-                    clusters=clusters, routes=routes or default_routes(), cases=cases, oracle=oracle)
+                    clusters=clusters, routes=routes or default_routes(), cases=cases, oracle=oracle,
+                    workers=data.get("workers"))
 
 
 def _request(rq: dict, path: Path, where: str) -> Request:
@@ -234,6 +243,7 @@ class Observation:
     # only for cases that expect some (None otherwise), see envoyext.prometheus.
     prometheus: dict | None = None
     error: str | None = None                    # the runner could not run the case
+    faults: list[str] = field(default_factory=list)  # the filter's VM failed (a Wasm trap): the reasons
 
     def to_json(self) -> dict:
         def rx(r: Received):
@@ -246,6 +256,7 @@ class Observation:
             "upstream": [rx(r) for r in self.upstream],
             "clusters": {k: [rx(r) for r in v] for k, v in self.clusters.items()},
             "logs": [f"{l.level}: {l.message}" for l in self.logs],
+            "faults": self.faults,
             "stats": self.stats,
             "prometheus": None if self.prometheus is None else [
                 {"sample": name, "labels": dict(sorted(labels)), "delta": v}
@@ -369,20 +380,67 @@ def check(case: Case, obs: Observation) -> list[Mismatch]:
 VOLATILE_HEADERS = frozenset({"date", "x-request-id", "x-envoy-upstream-service-time", "x-ratelimit-reset",
                               "retry-after", "connection"})
 
+# Per-request values that differ between two runs of the same case wherever a filter copies them
+# (log lines, bodies, header values), each with what it is shown as once masked.
+_PER_REQUEST = [
+    (re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"), "<uuid>"),
+    (re.compile(r"\b(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+                r" \d{4} \d\d:\d\d:\d\d GMT"), "<date>"),
+    (re.compile(r"\b\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?"), "<timestamp>"),
+    (re.compile(r"(?<![\w.])(127\.0\.0\.1|\[::1\]|localhost):\d{1,5}\b"), r"\1:<port>"),
+    (re.compile(r"(x-envoy-upstream-service-time[\"']?\s*[:=,]\s*[\"']?)\d+", re.I), r"\1<ms>"),
+]
+
+
+def mask(text: str) -> str:
+    """`text` with its per-request values (request ids, dates, loopback ports, service times)
+    replaced by placeholders, so two runs of one case compare equal where only those differ."""
+    for pattern, placeholder in _PER_REQUEST:
+        text = pattern.sub(placeholder, text)
+    return text
+
 
 def _stable(headers: Headers) -> list[tuple[str, str]]:
-    return sorted((k, v) for k, v in headers if k not in VOLATILE_HEADERS)
+    return sorted((k, mask(v)) for k, v in headers if k not in VOLATILE_HEADERS)
 
 
 def _stable_body(body: bytes) -> Any:
     """Echo bodies carry the upstream's request headers, which include volatile ones."""
+    text = mask(_show(body))
     try:
-        doc = json.loads(body)
+        doc = json.loads(text)
     except ValueError:
-        return _show(body)
+        return text
     if isinstance(doc, dict) and isinstance(doc.get("headers"), dict):
         doc = dict(doc, headers={k: v for k, v in doc["headers"].items() if k not in VOLATILE_HEADERS})
     return doc
+
+
+def _stable_logs(logs: list[LogLine]) -> list[tuple[str, str]]:
+    return [(l.level, mask(l.message)) for l in logs]
+
+
+# What counts as the filter's own error in a run that otherwise passed: a log line at these levels
+# (Lua script errors are logged so, as are a Wasm module's own errors), a VM failure (trap), or a
+# Lua filter's error counter moving without one.
+ERROR_LEVELS = ("error", "critical")
+
+
+def fault_line(fault: str) -> str:
+    """A VM failure in one line: its first line, and its cause when a backtrace separates them."""
+    lines = [l.strip() for l in fault.strip().splitlines() if l.strip()]
+    text = lines[0] if len(lines) < 2 else f"{lines[0]} ... {lines[-1]}"
+    return text if text.startswith("Wasm VM failed") else f"Wasm VM failed: {text}"
+
+
+def filter_errors(obs: Observation) -> list[str]:
+    """The filter's own errors during a case, one line each (empty: none)."""
+    out = [f"{l.level}: {l.message}" for l in obs.logs if l.level in ERROR_LEVELS]
+    out += [fault_line(f) for f in obs.faults]
+    if not out:
+        out = [f"{name} +{delta}" for name, delta in obs.stats.items()
+               if ".lua." in f".{name}" and name.endswith(".errors") and delta > 0]
+    return out
 
 
 def compare(a: Observation, b: Observation, parts=("status", "headers", "body", "upstream", "logs", "stats"),
@@ -403,7 +461,7 @@ def compare(a: Observation, b: Observation, parts=("status", "headers", "body", 
         if "headers" in parts and _stable(ra.headers) != _stable(rb.headers):
             out.append(Mismatch("headers", _stable(ra.headers), _stable(rb.headers)))
         if "body" in parts and _stable_body(ra.body) != _stable_body(rb.body):
-            out.append(Mismatch("body", _show(ra.body)[:500], _show(rb.body)[:500]))
+            out.append(Mismatch("body", mask(_show(ra.body))[:500], mask(_show(rb.body))[:500]))
     if "upstream" in parts:
         for where, ua, ub in [("upstream", a.upstream, b.upstream),
                               *((f"clusters.{n}", a.clusters.get(n, []), b.clusters.get(n, []))
@@ -412,15 +470,15 @@ def compare(a: Observation, b: Observation, parts=("status", "headers", "body", 
                 out.append(Mismatch(f"{where}.count", len(ua), len(ub)))
                 continue
             for x, y in zip(ua, ub):
-                if (x.method, x.path) != (y.method, y.path):
-                    out.append(Mismatch(f"{where}.request", f"{x.method} {x.path}", f"{y.method} {y.path}"))
+                rx, ry = f"{x.method} {mask(x.path)}", f"{y.method} {mask(y.path)}"
+                if rx != ry:
+                    out.append(Mismatch(f"{where}.request", rx, ry))
                 if _stable(x.headers) != _stable(y.headers):
                     out.append(Mismatch(f"{where}.headers", _stable(x.headers), _stable(y.headers)))
-                if x.body != y.body:
-                    out.append(Mismatch(f"{where}.body", _show(x.body)[:200], _show(y.body)[:200]))
+                if _stable_body(x.body) != _stable_body(y.body):
+                    out.append(Mismatch(f"{where}.body", mask(_show(x.body))[:200], mask(_show(y.body))[:200]))
     if "logs" in parts:
-        la = [(l.level, l.message) for l in a.logs]
-        lb = [(l.level, l.message) for l in b.logs]
+        la, lb = _stable_logs(a.logs), _stable_logs(b.logs)
         if sorted(la) != sorted(lb):
             out.append(Mismatch("logs", la, lb))
     if "stats" in parts:

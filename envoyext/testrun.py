@@ -1,8 +1,10 @@
 """`envoyext test`: every scenario of a project through the emulator and live Envoy, judged.
 
 Each case is checked against its expectations once per runner; where both runners ran, their
-observations are compared too (a disagreement is an emulator bug and fails the case); where the
-scenario names a native `oracle`, the filter's live run is compared with the native filter's.
+observations are compared too (a disagreement is an emulator bug and fails the case, unless live
+Envoy ran more than one worker: the emulator models one, so the differences are reported as the
+worker count's); where the scenario names a native `oracle`, the filter's live run is compared
+with the native filter's. A case that no runner ran is NOT RUN, never passed.
 """
 
 from __future__ import annotations
@@ -21,77 +23,142 @@ LIVE = "live"
 EMULATED = "emulated"
 
 
+# A case's verdict, its `status` in --json. NOT_RUN: no runner executed it (its `only:` excludes
+# every runner of the run); it is never counted as passed.
+PASSED, FAILED, NOT_RUN = "passed", "failed", "not_run"
+
+
 @dataclass
 class CaseResult:
     scenario: str
     case: str
     observations: dict[str, Observation] = field(default_factory=dict)   # runner -> what it saw
     failures: dict[str, list[Mismatch]] = field(default_factory=dict)    # runner -> unmet expectations
-    disagreements: list[Mismatch] = field(default_factory=list)          # emulated vs live
+    disagreements: list[Mismatch] = field(default_factory=list)          # emulated vs live (an emulator bug)
     oracle: list[Mismatch] = field(default_factory=list)                 # filter vs native filter
+    workers: int = 1                                                     # live Envoy's worker threads
+    # Emulated vs live with workers > 1: the emulator models one worker, so these are the worker
+    # count's doing, not an emulator bug; reported, and not failing the case by themselves.
+    worker_differences: list[Mismatch] = field(default_factory=list)
+
+    @property
+    def ran(self) -> bool:
+        return EMULATED in self.observations or LIVE in self.observations
+
+    @property
+    def status(self) -> str:
+        if not self.ran:
+            return NOT_RUN
+        failed = any(self.failures.values()) or self.disagreements or self.oracle
+        return FAILED if failed else PASSED
 
     @property
     def passed(self) -> bool:
-        return not any(self.failures.values()) and not self.disagreements and not self.oracle
+        return self.status == PASSED
+
+    def filter_errors(self) -> dict[str, list[str]]:
+        """runner -> the filter's own errors (script errors, VM failures) in that runner's run."""
+        out = {}
+        for runner, obs in self.observations.items():
+            errors = scenario_mod.filter_errors(obs)
+            if errors:
+                out[runner] = errors
+        return out
 
     def to_json(self) -> dict:
         return {
-            "scenario": self.scenario, "case": self.case, "passed": self.passed,
+            "scenario": self.scenario, "case": self.case, "passed": self.passed, "status": self.status,
             "failures": {k: [str(m) for m in v] for k, v in self.failures.items()},
             "disagreements": [str(m) for m in self.disagreements],
             "oracle": [str(m) for m in self.oracle],
+            "workers": self.workers,
+            "worker_differences": [str(m) for m in self.worker_differences],
+            "filter_errors": self.filter_errors(),
             "observations": {k: v.to_json() for k, v in self.observations.items()},
         }
 
 
+def exit_code(results: list[CaseResult]) -> int:
+    """0 when every case that ran passed and at least one ran; 1 otherwise (a run that executed
+    nothing proves nothing, so it is not a pass)."""
+    if any(r.status == FAILED for r in results) or not any(r.ran for r in results):
+        return 1
+    return 0
+
+
 def run_scenario(artifact: Artifact, sc: Scenario, *, runners: tuple[str, ...] = (EMULATED, LIVE),
-                 runtime: str = "process", validated: bool = False) -> list[CaseResult]:
-    """`validated`: live.validate() already accepted this scenario's configuration."""
-    by_runner: dict[str, dict[str, Observation]] = {}
-    native: dict[str, Observation] = {}
+                 runtime: str = "process", validated: bool = False, workers: int = 1) -> list[CaseResult]:
+    """`validated`: live.validate() already accepted this scenario's configuration.
+    `workers`: live Envoy's worker threads. The emulator runs (and ticks) a Wasm VM per thread as
+    Envoy does, but serves every stream from one worker's state."""
+    by_runner: dict[str, list[Observation | None]] = {}
+    native: list[Observation | None] = [None] * len(sc.cases)
     if EMULATED in runners:
         from envoyext.runners import emulated
-        by_runner[EMULATED] = _guarded(EMULATED, sc, lambda: emulated.run_scenario(artifact, sc))
+        by_runner[EMULATED] = _guarded(EMULATED, sc, lambda: emulated.run_scenario(artifact, sc, workers))
     if LIVE in runners:
         from envoyext.runners import live
         by_runner[LIVE] = _guarded(LIVE, sc, lambda: live.run_scenario(
-            artifact, sc, runtime=runtime, check_config=not validated))
+            artifact, sc, runtime=runtime, check_config=not validated, workers=workers))
         if sc.oracle:
             native = _guarded("native", sc, lambda: live.run_scenario(
-                None, sc, oracle=True, runtime=runtime, check_config=not validated))
-    results = []
-    for case in sc.cases:
-        r = CaseResult(sc.name, case.name)
-        for runner, obs in by_runner.items():
-            if case.name in obs:
-                r.observations[runner] = obs[case.name]
-                r.failures[runner] = scenario_mod.check(case, obs[case.name])
-        if EMULATED in r.observations and LIVE in r.observations:
-            r.disagreements = scenario_mod.compare(r.observations[EMULATED], r.observations[LIVE])
-        if LIVE in r.observations and case.name in native:
-            r.observations["native"] = native[case.name]
-            r.oracle = scenario_mod.compare(native[case.name], r.observations[LIVE], parts=sc.oracle.compare)
-        results.append(r)
-    return results
+                None, sc, oracle=True, runtime=runtime, check_config=not validated, workers=workers))
+    return [_judge(sc, i, by_runner, native[i], workers) for i in range(len(sc.cases))]
 
 
-def _guarded(runner: str, sc: Scenario, run: Callable[[], list[Observation]]) -> dict[str, Observation]:
+def _judge(sc: Scenario, i: int, by_runner: dict[str, list[Observation | None]],
+           native: Observation | None, workers: int) -> CaseResult:
+    """The verdict on case `i` from every runner's observation of it."""
+    case = sc.cases[i]
+    r = CaseResult(sc.name, case.name, workers=workers)
+    for runner, observations in by_runner.items():
+        if observations[i] is not None:
+            r.observations[runner] = observations[i]
+            r.failures[runner] = scenario_mod.check(case, observations[i])
+    if EMULATED in r.observations and LIVE in r.observations:
+        differences = scenario_mod.compare(r.observations[EMULATED], r.observations[LIVE])
+        if workers > 1:
+            r.worker_differences = differences
+        else:
+            r.disagreements = differences
+    if LIVE in r.observations and native is not None:
+        r.observations["native"] = native
+        r.oracle = scenario_mod.compare(native, r.observations[LIVE], parts=sc.oracle.compare)
+    return r
+
+
+def _kind(runner: str) -> str:
+    """The kind of runner a case's `only:` names: the native oracle runs in live Envoy."""
+    return EMULATED if runner == EMULATED else LIVE
+
+
+def _by_case(sc: Scenario, runner: str, observations: list[Observation]) -> list[Observation | None]:
+    """Observations lined up with `sc.cases` by position (None: a case `only:` keeps from this
+    runner). Runners observe the cases they run, in order; pairing by name could drop a case."""
+    pending = iter(observations)
+    return [next(pending, None) if case.only in (None, _kind(runner)) else None for case in sc.cases]
+
+
+def _guarded(runner: str, sc: Scenario, run: Callable[[], list[Observation]]) -> list[Observation | None]:
     """A runner that breaks (a bug, not bad input) fails its cases with the reason; it does not
     abort the whole test run with a traceback. ENVOYEXT_DEBUG=1 lets it raise."""
     try:
-        return {o.case: o for o in run()}
+        return _by_case(sc, runner, run())
     except UserError:
         raise
     except Exception as e:
         if os.environ.get("ENVOYEXT_DEBUG"):
             raise
         reason = f"{runner} runner failed: {type(e).__name__}: {e}"
-        return {c.name: Observation(case=c.name, runner=runner, error=reason) for c in sc.cases}
+        ran = [c for c in sc.cases if c.only in (None, _kind(runner))]
+        return _by_case(sc, runner, [Observation(case=c.name, runner=runner, error=reason) for c in ran])
 
 
 def run_project(project: Project, artifact: Artifact, *, runners: tuple[str, ...] = (EMULATED, LIVE),
-                runtime: str = "process",
+                runtime: str = "process", workers: int | None = None,
                 on_result: Callable[[CaseResult], None] | None = None) -> list[CaseResult]:
+    """`workers`: live Envoy's worker threads from the command line; it overrides a scenario's
+    `workers`, which overrides filter.yaml's (default 1, what the emulator models)."""
     scenarios = [scenario_mod.load(path, default_config=project.config) for path in project.scenario_files]
     for sc in scenarios:  # every bad input is reported before anything runs
         project.check_config(sc.config, sc.path)
@@ -102,7 +169,9 @@ def run_project(project: Project, artifact: Artifact, *, runners: tuple[str, ...
                 live.validate(None, sc, oracle=True)
     results = []
     for sc in scenarios:
-        for r in run_scenario(artifact, sc, runners=runners, runtime=runtime, validated=LIVE in runners):
+        chosen = workers or sc.workers or project.workers
+        for r in run_scenario(artifact, sc, runners=runners, runtime=runtime, validated=LIVE in runners,
+                              workers=chosen):
             results.append(r)
             if on_result:
                 on_result(r)

@@ -87,3 +87,49 @@ def test_compare_stats_only_those_the_first_reports():
 def test_expectation_on_undeclared_cluster(tmp_path):
     with pytest.raises(UserError, match=r"cases\[0\].expect.clusters.auth.*undeclared cluster 'auth'"):
         S.load(write(tmp_path, "cases: [{name: a, expect: {clusters: {auth: {called: true}}}}]"))
+
+
+def test_duplicate_case_names_name_both_cases(tmp_path):
+    with pytest.raises(UserError, match=r"cases\[2\].name: case name 'a' is already used by cases\[0\]"):
+        S.load(write(tmp_path, "cases: [{name: a}, {name: b}, {name: a}]"))
+
+
+def test_mask_replaces_per_request_values_only():
+    line = ("id 6f8e1890-bfe0-46c8-80f3-da02d01cbd02 at Sat, 05 Dec 2026 12:13:47 GMT from 127.0.0.1:43567 "
+            "([::1]:8080) t=2026-12-05T12:13:47.123Z {\"x-envoy-upstream-service-time\": \"3\"}")
+    assert S.mask(line) == ("id <uuid> at <date> from 127.0.0.1:<port> ([::1]:<port>) t=<timestamp> "
+                            "{\"x-envoy-upstream-service-time\": \"<ms>\"}")
+    assert S.mask("10.127.0.0.1:5 v1.2.3 port 8080 x-count: 3") == "10.127.0.0.1:5 v1.2.3 port 8080 x-count: 3"
+
+
+def test_compare_masks_logs_bodies_and_header_values_everywhere():
+    def seen(rid: str, port: int):
+        return obs(response=S.Response(200, [("x-seen", rid)], f"id={rid} peer=127.0.0.1:{port}".encode()),
+                   upstream=[S.Received("GET", f"/?id={rid}", [("x-id", rid)], rid.encode())],
+                   logs=[S.LogLine("info", f"request {rid} from 127.0.0.1:{port}")])
+    a = seen("6f8e1890-bfe0-46c8-80f3-da02d01cbd02", 50000)
+    b = seen("2b320c73-f24b-495e-83cf-64493eada356", 41234)
+    assert S.compare(a, b) == []
+
+
+def test_compare_still_finds_real_differences_and_shows_them_masked():
+    """Negative control: a difference that is not a per-request value still disagrees."""
+    a = obs(logs=[S.LogLine("info", "request 6f8e1890-bfe0-46c8-80f3-da02d01cbd02 allowed")],
+            response=S.Response(200, [], b"id=6f8e1890-bfe0-46c8-80f3-da02d01cbd02 ok"))
+    b = obs(logs=[S.LogLine("info", "request 2b320c73-f24b-495e-83cf-64493eada356 denied")],
+            response=S.Response(200, [], b"id=2b320c73-f24b-495e-83cf-64493eada356 no"))
+    diff = {m.where: m for m in S.compare(a, b)}
+    assert set(diff) == {"logs", "body"}
+    assert diff["logs"].expected == [("info", "request <uuid> allowed")]
+    assert diff["logs"].actual == [("info", "request <uuid> denied")]
+    assert (diff["body"].expected, diff["body"].actual) == ("id=<uuid> ok", "id=<uuid> no")
+
+
+def test_filter_errors_are_error_lines_faults_or_the_lua_error_counter():
+    assert S.filter_errors(obs(logs=[S.LogLine("info", "fine"), S.LogLine("warn", "careful")])) == []
+    assert S.filter_errors(obs(logs=[S.LogLine("error", "boom")])) == ["error: boom"]
+    trap = "Function: proxy_on_request_headers failed: error while executing\n  0: 0xc09\n\nCaused by:\n  wasm trap: x"
+    assert S.filter_errors(obs(faults=[trap])) == [
+        "Wasm VM failed: Function: proxy_on_request_headers failed: error while executing ... wasm trap: x"]
+    assert S.filter_errors(obs(stats={"http.ingress_http.lua.errors": 1})) == ["http.ingress_http.lua.errors +1"]
+    assert S.filter_errors(obs(stats={"http.ingress_http.lua.executions": 1, "x.errors": 1})) == []

