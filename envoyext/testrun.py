@@ -136,7 +136,12 @@ def _by_case(sc: Scenario, runner: str, observations: list[Observation]) -> list
     """Observations lined up with `sc.cases` by position (None: a case `only:` keeps from this
     runner). Runners observe the cases they run, in order; pairing by name could drop a case."""
     pending = iter(observations)
-    return [next(pending, None) if case.only in (None, _kind(runner)) else None for case in sc.cases]
+    lined_up = [next(pending, None) if case.only in (None, _kind(runner)) else None for case in sc.cases]
+    for i, (case, obs) in enumerate(zip(sc.cases, lined_up)):
+        if obs is not None and obs.case != case.name:  # a runner that skipped a case must not shift the rest
+            lined_up[i] = Observation(case=case.name, runner=runner,
+                                      error=f"{runner} runner observed '{obs.case}' in place of this case")
+    return lined_up
 
 
 def _guarded(runner: str, sc: Scenario, run: Callable[[], list[Observation]]) -> list[Observation | None]:

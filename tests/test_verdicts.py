@@ -293,6 +293,15 @@ def test_observations_pair_with_cases_by_position_not_name():
     assert paired == [seen[0], None, seen[1]]
 
 
+def test_a_runner_that_skipped_a_case_does_not_shift_the_others():
+    """Pairing by position checks names: an observation of another case is an error, not a pass."""
+    from envoyext import scenario as S
+    from envoyext import testrun
+    sc = S.from_dict({"cases": [{"name": "a"}, {"name": "b"}]}, Path("s.yaml"))
+    paired = testrun._by_case(sc, testrun.EMULATED, [S.Observation("b", "emulated", S.Response(200, [], b""))])
+    assert paired[0].error and "'b'" in paired[0].error and paired[1] is None
+
+
 def test_worker_differences_fail_only_with_one_worker():
     """Negative control: with one worker, the same emulated-vs-live difference is an emulator bug."""
     from envoyext import scenario as S
