@@ -16,7 +16,7 @@ from typing import Any
 
 from envoyext import prometheus, schemas
 from envoyext.errors import UserError
-from envoyext.messages import Headers, Request, Response, header_list, header_text, values
+from envoyext.messages import Headers, Request, Response, header_list, header_text, unsendable, values
 
 # Re-exported: observations and expectations speak of these too.
 from envoyext.messages import Received as Received
@@ -124,6 +124,7 @@ def from_dict(data: dict, path: Path, default_config: Any = None) -> Scenario:
                             body=rq.get("body", "").encode(), trailers=header_list(rq.get("trailers"))),
             expect=c.get("expect") or {}, repeat=c.get("repeat", 1), wait_ms=c.get("wait_ms", 0),
             only=c.get("only")))
+        _check_sendable(cases[-1].request, path, f"cases[{i}].request")
     o = data.get("oracle")
     oracle = Oracle(o.get("http_filters", []), o.get("typed_per_filter_config", {}),
                     o.get("compare", ["status", "headers", "body", "upstream"])) if o else None
@@ -131,6 +132,14 @@ def from_dict(data: dict, path: Path, default_config: Any = None) -> Scenario:
                     config=data["config"] if "config" in data else default_config,
                     upstream=UpstreamSpec.from_dict(data.get("upstream") or {}),
                     clusters=clusters, routes=routes or default_routes(), cases=cases, oracle=oracle)
+
+
+def _check_sendable(rq: Request, path: Path, where: str) -> None:
+    """A request the live client cannot put on the wire is the scenario's fault, not a runner's."""
+    problem = unsendable(rq)
+    if problem:
+        field_, message, fix = problem
+        raise UserError(message, file=path, field=f"{where}.{field_}", fix=fix)
 
 
 def load(path: Path | str, default_config: Any = None) -> Scenario:

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from envoyext import prometheus
 from envoyext.artifact import Artifact
 from envoyext.envoy.bootstrap import STAT_PREFIX
+from envoyext.messages import Request, codec_bad_value, is_token, request_head
 from envoyext.scenario import UPSTREAM, Case, Headers, LogLine, Observation, Received, Response, Route, Scenario, first
 from envoyext.upstreams import SERVER_NAME, Reply, UpstreamSpec
 
@@ -167,14 +168,19 @@ class EmulatedEnvoy:
     # -- one request through the filter ---------------------------------------------------------
     def request(self, host: FilterHost, case: Case) -> Response:
         rq = case.request
+        refused = envoy_refusal(rq)
+        if refused is not None:
+            return self._answer_without_filters(rq, *refused)
         headers: Headers = [(":authority", rq.authority), (":path", rq.path), (":method", rq.method),
                             (":scheme", "http")]
-        headers += [(k, v) for k, v in rq.headers if k != "host"] + rq.framing()
+        # The codec drops a value's leading and trailing spaces and tabs (RFC 9110 OWS).
+        headers += [(k, v.strip(" \t")) for k, v in [*rq.headers, *rq.framing()] if k != "host"]
         # The connection manager adds these before any filter runs (edge, use_remote_address false).
         headers.append(("x-forwarded-proto", "http"))
         if first(headers, "x-request-id") is None:
             headers.append(("x-request-id", str(uuid.uuid4())))
-        stream = Stream(headers, rq.body, list(rq.trailers), self, start_ns=self.clock.ns)
+        trailers = [(k, v.strip(" \t")) for k, v in rq.trailers]
+        stream = Stream(headers, rq.body, trailers, self, start_ns=self.clock.ns)
         sf = host.new_stream(stream)
         local = sf.decode(stream)
         if local is None:
@@ -187,9 +193,16 @@ class EmulatedEnvoy:
         self._count_request(status, stream)
         return http1_response(rq.method, status, stream.response_headers, stream.response_body)
 
-    def _count_request(self, status: int, stream: Stream) -> None:
+    def _answer_without_filters(self, rq: Request, reply: LocalReply, stats: list[str]) -> Response:
+        """Envoy answered the request itself: no filter ran, nothing went upstream."""
+        stream = Stream([(":method", rq.method), (":path", rq.path)], rq.body, [], self, start_ns=self.clock.ns)
+        self._set_local_reply(stream, reply)
+        self._count_request(reply.status, stream, stats)
+        return http1_response(rq.method, reply.status, stream.response_headers, stream.response_body)
+
+    def _count_request(self, status: int, stream: Stream, extra: list[str] = ()) -> None:
         prefix = f"http.{STAT_PREFIX}."
-        names = ["downstream_rq_total", "downstream_rq_completed", f"downstream_rq_{status // 100}xx"]
+        names = ["downstream_rq_total", "downstream_rq_completed", f"downstream_rq_{status // 100}xx", *extra]
         if stream.routed:  # the router saw the request: no filter answered it first
             names.append("rq_total")
         if stream.direct_response:
@@ -232,6 +245,42 @@ class EmulatedEnvoy:
         stream.response_headers = ([(":status", str(reply.status))] + response_headers_from(reply)
                                    + [("x-envoy-upstream-service-time", "0")])
         stream.response_body = reply.body
+
+
+# Envoy 1.40's limits on a downstream HTTP/1 request head (max_request_headers_kb 60 and
+# max_headers_count 100, the defaults): measured, the size counts every byte of the request line
+# and header lines with their CRLFs and the closing empty line; the count, the header lines.
+MAX_REQUEST_HEAD_BYTES = 60 * 1024
+MAX_REQUEST_HEADERS = 100
+# What the codec's own refusals look like (measured): a local reply that closes the connection,
+# counted as a protocol error on a request that never completed.
+CODEC_ERROR_STATS = ["downstream_cx_protocol_error", "downstream_rq_response_before_rq_complete",
+                     "downstream_rq_rx_reset"]
+# nghttp2_check_authority's characters, which Envoy holds a Host header to.
+AUTHORITY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:[]@%")
+
+
+def _codec_error(status: int, reason: str) -> tuple[LocalReply, list[str]]:
+    return LocalReply(status, reason.encode(), [("connection", "close")]), CODEC_ERROR_STATS
+
+
+def envoy_refusal(rq: Request) -> tuple[LocalReply, list[str]] | None:
+    """The answer Envoy gives `rq` itself, before any filter runs, and the connection manager
+    stats it moves (beyond the request counters); None when the request reaches the filters."""
+    head = request_head(rq)
+    if len(head) > MAX_REQUEST_HEAD_BYTES or head.count(b"\r\n") - 2 > MAX_REQUEST_HEADERS:
+        return _codec_error(431, "Request Header Fields Too Large")
+    sent = [*rq.headers, *rq.framing()]
+    if (any(not is_token(k) or codec_bad_value(v) for k, v in sent)
+            or not set(rq.authority) <= AUTHORITY_CHARS
+            or (rq.path == "*" and rq.method != "OPTIONS")):
+        return _codec_error(400, "Bad Request")
+    # The connection manager's own path checks answer with no body.
+    if not rq.path.startswith("/") and rq.method != "CONNECT":  # `OPTIONS *`: nothing to route
+        return LocalReply(404), ["downstream_rq_non_relative_path"]
+    if "#" in rq.path:  # a fragment
+        return LocalReply(400, b"", [("connection", "close")]), ["downstream_rq_failed_path_normalization"]
+    return None
 
 
 # Methods whose bodiless requests Envoy's HTTP/1 codec sends without a content-length (seen

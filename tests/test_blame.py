@@ -1,0 +1,142 @@
+"""Blame the runner that is wrong: a request the live client cannot send is the scenario's fault
+(refused at load), a request Envoy answers by its own codec limits is answered the same way by
+the emulated connection manager, and a filter that never returns fails the case alike in both."""
+
+import http.client
+from pathlib import Path
+
+import pytest
+import yaml
+
+from envoyext.artifact import Artifact
+from envoyext.errors import UserError
+from envoyext.messages import Request, request_head
+from envoyext.runners import emulated
+from envoyext.scenario import check, from_dict, load
+from tests.conftest import run_cli
+from tests.differential import Differential
+
+HERE = Path(__file__).parent
+NOOP = Artifact("lua", HERE / "golden" / "noop.lua", "noop")
+
+
+def scenario_file(tmp_path: Path, cases: list[dict], name: str = "s.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({"cases": cases}, allow_unicode=True))
+    return path
+
+
+# -- 1. what the live client cannot send is refused at load, naming the field ------------------------
+
+UNSENDABLE = [  # (request, the field named)
+    ({"headers": {"x-a": "a\r\nb"}}, "cases[1].request.headers.x-a"),
+    ({"headers": {"x-a": "a\nb"}}, "cases[1].request.headers.x-a"),
+    ({"headers": {"x-a": "a\r\n b"}}, "cases[1].request.headers.x-a"),   # obs-fold: a folded line
+    ({"headers": {"x-a": "euro \u20ac"}}, "cases[1].request.headers.x-a"),
+    ({"headers": {":path": "/x"}}, "cases[1].request.headers.:path"),
+    ({"headers": {"x-\u00e9": "1"}}, "cases[1].request.headers.x-\u00e9"),
+    ({"headers": {" x": "1"}}, "cases[1].request.headers. x"),
+    ({"path": "/a b"}, "cases[1].request.path"),
+    ({"path": "/caf\u00e9"}, "cases[1].request.path"),
+    ({"path": "/a\x01"}, "cases[1].request.path"),
+    ({"authority": "a\r\nx-injected: 1"}, "cases[1].request.authority"),
+    ({"authority": "\u20ac.example"}, "cases[1].request.authority"),
+    ({"method": "QUERY"}, "cases[1].request.method"),
+    ({"method": "get"}, "cases[1].request.method"),
+    ({"method": "POST", "trailers": {"x(a)": "1"}}, "cases[1].request.trailers.x(a)"),
+    ({"method": "POST", "trailers": {"x-t": "a\x01"}}, "cases[1].request.trailers.x-t"),
+    ({"method": "POST", "trailers": {"x-t": "a\r\nb"}}, "cases[1].request.trailers.x-t"),
+]
+
+
+@pytest.mark.parametrize("request_,field", UNSENDABLE)
+def test_unsendable_request_is_refused_at_load_naming_the_field(tmp_path, request_, field):
+    path = scenario_file(tmp_path, [{"name": "fine"}, {"name": "bad", "request": request_}])
+    with pytest.raises(UserError) as e:
+        load(path)
+    assert e.value.file == str(path) and e.value.field == field and e.value.fix, e.value.one_line()
+
+
+def test_sendable_requests_still_load():
+    """Negative control: what the client sends and Envoy answers (itself or through the filter)
+    is a runner's matter, not refused."""
+    ok = [{"headers": {"x-a": "a\tb", "x-b": "caf\u00e9", "x(a)": "1", "x a": "1", "x-c": "a\x01\0"}},
+          {"method": "PROPFIND", "path": "/a?b#c", "authority": "a b"}, {"path": "*", "method": "OPTIONS"},
+          {"method": "POST", "trailers": {"x-t": "caf\u00e9\t1"}}]
+    scenario = from_dict({"cases": [{"name": str(i), "request": r} for i, r in enumerate(ok)]}, Path("s.yaml"))
+    assert len(scenario.cases) == len(ok)
+
+
+@pytest.mark.parametrize("request_,field", [u for u in UNSENDABLE if "trailers" not in u[0] and "method" not in u[0]
+                                            and "a\r\n b" not in u[0].get("headers", {}).values()])
+def test_what_is_refused_at_load_is_what_http_client_refuses(request_, field):
+    """The load-time rule is the live client's own: http.client raises on every one of these
+    (the method list and trailers are Envoy's rules, and obs-fold is refused by choice)."""
+    rq = from_dict({"cases": [{"name": "x"}]}, Path("s.yaml")).cases[0].request
+    for key, value in request_.items():
+        setattr(rq, key, value if key != "headers" else list(value.items()))
+    conn = http.client.HTTPConnection("127.0.0.1", 9)  # never connects: nothing is sent
+    with pytest.raises((ValueError, UnicodeEncodeError, http.client.InvalidURL)):
+        conn.putrequest(rq.method, rq.path, skip_host=True, skip_accept_encoding=True)
+        conn.putheader("host", rq.authority)
+        for k, v in rq.headers:
+            conn.putheader(k, v)
+
+
+def test_cli_answers_an_unsendable_request_in_one_line_exit_2(tmp_path):
+    path = scenario_file(tmp_path, [{"name": "bad", "request": {"headers": {"x-a": "a\r\nb"}}}])
+    r = run_cli("emulate", NOOP.path, "--scenario", path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "cases[0].request.headers.x-a" in lines[0] and "fix:" in lines[0], r.stderr
+
+
+# -- 2. Envoy's codec limits, answered alike by both runners ------------------------------------------
+
+def head_of(size: int) -> dict:
+    """A request whose head (request line, header lines, CRLFs) is exactly `size` bytes, in
+    header lines short enough for the test upstream (which refuses lines over 8190 bytes)."""
+    base, n = len(request_head(Request())), 8
+    overhead = len("x-b0: \r\n")
+    sizes = [(size - base) // n - overhead] * n
+    sizes[0] += size - base - sum(s + overhead for s in sizes)
+    rq = {"headers": {f"x-b{i}": "v" * s for i, s in enumerate(sizes)}}
+    assert len(request_head(Request(headers=[(k, v) for k, v in rq["headers"].items()]))) == size
+    return rq
+
+
+def headers_lines(count: int) -> dict:
+    """A request with `count` header lines, host included."""
+    return {"headers": {f"x-h{i}": "v" for i in range(count - 1)}}
+
+
+TOO_LARGE = {"status": 431, "body": "Request Header Fields Too Large", "upstream": {"called": False},
+             "headers": {"content-type": "text/plain", "connection": "close"},
+             "stats": {"http.ingress_http.downstream_cx_protocol_error": 1, "http.ingress_http.lua.executions": 0}}
+LIMIT_CASES = [
+    {"name": "head of exactly 60 KiB passes", "request": head_of(60 * 1024), "expect": {"status": 200}},
+    {"name": "head one byte over 60 KiB", "request": head_of(60 * 1024 + 1), "expect": TOO_LARGE},
+    {"name": "100 header lines pass", "request": headers_lines(100), "expect": {"status": 200}},
+    {"name": "101 header lines", "request": headers_lines(101), "expect": TOO_LARGE},
+]
+
+
+@pytest.fixture(scope="module")
+def limits(tmp_path_factory) -> tuple[Path, Differential]:
+    return scenario_file(tmp_path_factory.mktemp("limits"), LIMIT_CASES), Differential(lambda _: NOOP)
+
+
+@pytest.mark.parametrize("name", [c["name"] for c in LIMIT_CASES])
+def test_codec_limit_answered_alike_by_emulator_and_envoy(limits, name):
+    path, differential = limits
+    differential.assert_agree(path, name)
+
+
+def test_codec_limit_negative_control(tmp_path):
+    """A wrong expectation on a refused request fails in the emulator (the model is not vacuous)."""
+    wrong = [{**c, "expect": {"status": 200, "upstream": {"called": True}}} for c in LIMIT_CASES[1::2]]
+    scenario = load(scenario_file(tmp_path, wrong))
+    observations = emulated.run_scenario(NOOP, scenario)
+    for case, obs in zip(scenario.cases, observations):
+        where = {m.where for m in check(case, obs)}
+        assert where == {"status", "upstream.called"}, (case.name, where)
