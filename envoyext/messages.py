@@ -38,6 +38,23 @@ def first(headers: Headers, name: str) -> str | None:
     return vs[0] if vs else None
 
 
+# How long a case waits for its response, in every runner (request.timeout_ms): longer than
+# Envoy's default route timeout (15 s), so whatever Envoy answers by its own timeouts arrives.
+DEFAULT_RESPONSE_TIMEOUT_MS = 20_000
+NO_RESPONSE = "no response within"
+
+
+def no_response(timeout_ms: int) -> str:
+    """What every runner reports for a case that got no response in time. Live Envoy cannot say
+    why (its worker may be spinning in the filter); the emulators say the same, so the two agree."""
+    return (f"{NO_RESPONSE} {timeout_ms} ms: the filter did not return (endless loop?) or the exchange "
+            "takes longer (fix: end the loop, or raise the case's request.timeout_ms)")
+
+
+def is_no_response(error: str | None) -> bool:
+    return bool(error) and error.startswith(NO_RESPONSE)
+
+
 @dataclass
 class Request:
     method: str = "GET"
@@ -46,6 +63,7 @@ class Request:
     headers: Headers = field(default_factory=list)
     body: bytes = b""
     trailers: Headers = field(default_factory=list)
+    timeout_ms: int = DEFAULT_RESPONSE_TIMEOUT_MS
 
     def framing(self) -> Headers:
         """The framing headers the test client adds unless the case sets its own: chunked when

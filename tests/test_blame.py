@@ -10,14 +10,15 @@ import yaml
 
 from envoyext.artifact import Artifact
 from envoyext.errors import UserError
-from envoyext.messages import Request, request_head
+from envoyext.messages import Request, no_response, request_head
 from envoyext.runners import emulated
-from envoyext.scenario import check, from_dict, load
-from tests.conftest import run_cli
+from envoyext.scenario import check, compare, from_dict, load
+from tests.conftest import envoy_pids, run_cli
 from tests.differential import Differential
 
 HERE = Path(__file__).parent
 NOOP = Artifact("lua", HERE / "golden" / "noop.lua", "noop")
+BEFORE_ENVOYS = envoy_pids()  # Envoys this machine ran before these tests (other engineers' too)
 
 
 def scenario_file(tmp_path: Path, cases: list[dict], name: str = "s.yaml") -> Path:
@@ -140,3 +141,61 @@ def test_codec_limit_negative_control(tmp_path):
     for case, obs in zip(scenario.cases, observations):
         where = {m.where for m in check(case, obs)}
         assert where == {"status", "upstream.called"}, (case.name, where)
+
+
+# -- 3. a filter that never returns: no response in either runner, and they agree ---------------------
+
+LOOP_TIMEOUT_MS = 1500
+LOOP_CASES = [
+    {"name": "before", "expect": {"status": 200}},
+    {"name": "endless loop", "request": {"headers": {"x-loop": "1", "x-probe": "loop"}, "timeout_ms": LOOP_TIMEOUT_MS},
+     "expect": {"status": 200}},
+    {"name": "after", "expect": {"status": 200}},
+]
+LUA_LOOP = 'function envoy_on_request(h)\n  if h:headers():get("x-loop") then while true do end end\nend\n'
+
+
+def probe_module() -> Artifact:
+    from tests.wasm.conftest import build
+    return Artifact("wasm", build("probe"), "probe", root_id="r", vm_id="v")
+
+
+@pytest.fixture(scope="module", params=["lua", "wasm"])
+def loops(request, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp(f"loop-{request.param}")
+    if request.param == "lua":
+        (tmp / "loop.lua").write_text(LUA_LOOP)
+        artifact = Artifact("lua", tmp / "loop.lua", "loop")
+    else:
+        artifact = probe_module()
+    differential = Differential(lambda _: artifact)
+    return differential.runs(scenario_file(tmp, LOOP_CASES))
+
+
+def test_endless_loop_fails_alike_in_both_runners(loops):
+    scenario, emu, real = loops
+    case = scenario.cases[1]
+    for obs in (emu[case.name], real[case.name]):
+        assert obs.error == f"{no_response(LOOP_TIMEOUT_MS)}", (obs.runner, obs.error)
+        assert [m.where for m in check(case, obs)] == ["run"]   # the case fails, with that reason
+    assert compare(emu[case.name], real[case.name]) == []       # not an emulator bug
+
+
+def test_cases_after_an_endless_loop_run_on_a_filter_that_answers(loops):
+    scenario, emu, real = loops
+    for case in (scenario.cases[0], scenario.cases[2]):
+        assert check(case, emu[case.name]) == [] and check(case, real[case.name]) == [], case.name
+        assert compare(emu[case.name], real[case.name]) == [], case.name
+
+
+def test_no_response_in_one_runner_only_is_still_a_disagreement(loops):
+    """Negative control: the agreement rule needs both runners without a response."""
+    scenario, emu, real = loops
+    looped, answered = emu["endless loop"], real["after"]
+    assert [m.where for m in compare(looped, answered)] == ["run"]
+    assert [m.where for m in compare(answered, looped)] == ["run"]
+
+
+def test_no_envoy_outlives_a_worker_spinning_in_a_filter(loops):
+    """Envoy's worker spins in the loop for good; stopping it (SIGTERM, then SIGKILL) still works."""
+    assert not envoy_pids() - BEFORE_ENVOYS, "an Envoy outlived its run"

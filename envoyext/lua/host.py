@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import time
 from collections.abc import Callable
 from importlib import resources
 from typing import Any
@@ -22,8 +23,24 @@ from typing import Any
 import lupa.luajit21 as lupa
 
 from envoyext.errors import BuildError
+from envoyext.messages import DEFAULT_RESPONSE_TIMEOUT_MS
+from envoyext.runners.emulated import FilterDidNotReturn
 
 RUNTIME_SOURCE = resources.files("envoyext.lua").joinpath("runtime.lua").read_text()
+
+# The deadline on one call into a script (Envoy has none: its worker would spin in an endless
+# loop for good). A count hook looks at the clock every HOOK_INSTRUCTIONS VM instructions and
+# raises once the deadline passed; LuaJIT calls hooks only from its interpreter, so states run
+# with the JIT compiler off. A script that catches that error with pcall and loops on is caught
+# again at the next hook, once it is outside its pcall.
+HOOK_INSTRUCTIONS = 100_000
+DEADLINE_GUARD = f"""
+local sethook = debug.sethook
+return function(expired)
+  local function hook() if expired() then error("the script ran past its deadline", 0) end end
+  return function() sethook(hook, "", {HOOK_INSTRUCTIONS}) end, function() sethook() end
+end
+"""
 
 # The address Envoy's async client puts in x-forwarded-for for a Lua httpCall (observed, 1.40).
 ASYNC_CLIENT_ADDRESS = "192.0.2.2"
@@ -200,6 +217,10 @@ class LuaScript:
     def __init__(self, code: str, callouts: Callouts, *, source: str = "<lua>"):
         self.lua = lupa.LuaRuntime(encoding="latin-1", register_eval=False, register_builtins=False,
                                    unpack_returned_tuples=True)
+        self.lua.execute("jit.off()")
+        self.deadline_ms = DEFAULT_RESPONSE_TIMEOUT_MS
+        self._deadline = 0.0
+        self._arm, self._disarm = self.lua.execute(DEADLINE_GUARD)(self._expired)
         g = self.lua.globals()
         rt = self.lua.execute(RUNTIME_SOURCE)
         rt.install_compat(g)
@@ -221,6 +242,9 @@ class LuaScript:
         self.null = rt.NULL
         self.has_request = rt.functions.envoy_on_request is not None
         self.has_response = rt.functions.envoy_on_response is not None
+
+    def _expired(self) -> bool:
+        return time.monotonic() > self._deadline
 
     def counters(self) -> tuple[int, int]:
         errors, executions = self.rt.counters()
@@ -252,9 +276,20 @@ class LuaScript:
         the previous direction's RunResult.stream (None for a new stream). `split`: the body
         arrives as an HTTP/1 codec delivers it (the data, then an empty end-of-stream chunk).
         Returns None when the script does not define the function."""
-        res = self._run(function, ctx, stream, headers_blob(headers),
-                        None if body is None else body.decode("latin-1"),
-                        None if trailers is None else headers_blob(trailers), split)
+        self._deadline = time.monotonic() + self.deadline_ms / 1000
+        self._arm()
+        try:
+            res = self._run(function, ctx, stream, headers_blob(headers),
+                            None if body is None else body.decode("latin-1"),
+                            None if trailers is None else headers_blob(trailers), split)
+        except lupa.LuaError:
+            if self._expired():  # the guard's error escaped the runtime's own handlers
+                raise FilterDidNotReturn(f"{function} did not return within {self.deadline_ms} ms") from None
+            raise
+        finally:
+            self._disarm()
+        if self._expired():
+            raise FilterDidNotReturn(f"{function} did not return within {self.deadline_ms} ms")
         if res is None:
             return None
         return RunResult(headers, *res)

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from envoyext import prometheus
 from envoyext.artifact import Artifact
 from envoyext.envoy.bootstrap import STAT_PREFIX
-from envoyext.messages import Request, codec_bad_value, is_token, request_head
+from envoyext.messages import Request, codec_bad_value, is_no_response, is_token, no_response, request_head
 from envoyext.scenario import UPSTREAM, Case, Headers, LogLine, Observation, Received, Response, Route, Scenario, first
 from envoyext.upstreams import SERVER_NAME, Reply, UpstreamSpec
 
@@ -46,6 +46,11 @@ class Clock:
 class StreamStuck(Exception):
     """The filter paused a stream that nothing can resume. Live Envoy would hold it until its
     stream idle timeout (minutes); the emulator fails that case at once, with this reason."""
+
+
+class FilterDidNotReturn(StreamStuck):
+    """A filter callback ran past the case's response timeout (an endless loop?). Live Envoy's
+    worker would spin in it and never answer; hosts raise this from their deadline."""
 
 
 @dataclass
@@ -125,6 +130,8 @@ class FilterHost(Protocol):
         Optional companions: `gauge_names() -> set[str]` (which of them are gauges) and
         `histograms() -> dict[str, list[float]]` (every value recorded, by admin name)."""
     def close(self) -> None: ...
+    # Optional: `set_response_timeout(ms)`, how long one callback into the filter may run (wall
+    # time) before the host raises FilterDidNotReturn; run_scenario sets it to each case's timeout.
 
 
 class EmulatedEnvoy:
@@ -357,6 +364,21 @@ def load_host(artifact: Artifact, env: EmulatedEnvoy) -> FilterHost:
     return LuaFilterHost(artifact, env.scenario.config, env)
 
 
+def _request_in_time(env: EmulatedEnvoy, host: FilterHost, case: Case, responses: list[Response]) -> str | None:
+    """One request of `case`; the runner's error if it got no response (in the case's timeout)."""
+    started_ns = env.clock.ns
+    try:
+        response = env.request(host, case)
+    except FilterDidNotReturn:
+        return no_response(case.request.timeout_ms)
+    except StreamStuck as e:  # paused for good: the emulator can say why at once
+        return str(e)
+    if env.clock.ns - started_ns > case.request.timeout_ms * 1_000_000:  # e.g. a slow upstream, no route timeout
+        return no_response(case.request.timeout_ms)
+    responses.append(response)
+    return None
+
+
 def run_scenario(artifact: Artifact, scenario: Scenario) -> list[Observation]:
     """Run every case of `scenario` through the emulated filter; one Observation per case."""
     env = EmulatedEnvoy(scenario)
@@ -366,6 +388,11 @@ def run_scenario(artifact: Artifact, scenario: Scenario) -> list[Observation]:
         for case in scenario.cases:
             if case.only == "live":
                 continue
+            if observations and is_no_response(observations[-1].error):
+                # The filter never returned last time; live Envoy restarts too (see runners.live).
+                host.close()
+                host = load_host(artifact, env)
+            getattr(host, "set_response_timeout", lambda ms: None)(case.request.timeout_ms)
             if case.wait_ms:
                 env.clock.advance_ms(case.wait_ms)
                 host.advance(env)
@@ -377,10 +404,8 @@ def run_scenario(artifact: Artifact, scenario: Scenario) -> list[Observation]:
             responses = []
             error = None
             for _ in range(case.repeat):
-                try:
-                    responses.append(env.request(host, case))
-                except StreamStuck as e:
-                    error = str(e)
+                error = _request_in_time(env, host, case, responses)
+                if error:
                     break
                 env.clock.advance_ms(1)
                 host.advance(env)
