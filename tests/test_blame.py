@@ -199,3 +199,16 @@ def test_no_response_in_one_runner_only_is_still_a_disagreement(loops):
 def test_no_envoy_outlives_a_worker_spinning_in_a_filter(loops):
     """Envoy's worker spins in the loop for good; stopping it (SIGTERM, then SIGKILL) still works."""
     assert not envoy_pids() - BEFORE_ENVOYS, "an Envoy outlived its run"
+
+
+def test_lua_loop_that_catches_the_deadline_error_is_still_stopped(tmp_path):
+    """A script that pcall()s its loop and loops on still gets no response (emulator only: live
+    Envoy spins the same way as for any endless loop, covered above)."""
+    (tmp_path / "loop.lua").write_text(
+        'function envoy_on_request(h)\n  if h:headers():get("x-loop") then\n'
+        '    while true do pcall(function() while true do end end) end\n  end\nend\n')
+    cases = [{"name": "caught loop", "request": {"headers": {"x-loop": "1"}, "timeout_ms": 300}},
+             {"name": "next", "expect": {"status": 200}}]
+    scenario = load(scenario_file(tmp_path, cases))
+    looped, after = emulated.run_scenario(Artifact("lua", tmp_path / "loop.lua", "loop"), scenario)
+    assert looped.error == no_response(300) and after.error is None

@@ -31,14 +31,20 @@ RUNTIME_SOURCE = resources.files("envoyext.lua").joinpath("runtime.lua").read_te
 # The deadline on one call into a script (Envoy has none: its worker would spin in an endless
 # loop for good). A count hook looks at the clock every HOOK_INSTRUCTIONS VM instructions and
 # raises once the deadline passed; LuaJIT calls hooks only from its interpreter, so states run
-# with the JIT compiler off. A script that catches that error with pcall and loops on is caught
-# again at the next hook, once it is outside its pcall.
+# with the JIT compiler off. Once past it, the hook fires at every instruction, so a script that
+# catches the error with pcall and loops on is stopped at its first instruction outside the pcall.
 HOOK_INSTRUCTIONS = 100_000
 DEADLINE_GUARD = f"""
 local sethook = debug.sethook
 return function(expired)
-  local function hook() if expired() then error("the script ran past its deadline", 0) end end
-  return function() sethook(hook, "", {HOOK_INSTRUCTIONS}) end, function() sethook() end
+  local hook
+  hook = function()
+    if expired() then
+      sethook(hook, "", 1)
+      error("the script ran past its deadline", 0)
+    end
+  end
+  return function() sethook(hook, "", {HOOK_INSTRUCTIONS}) end
 end
 """
 
@@ -220,7 +226,8 @@ class LuaScript:
         self.lua.execute("jit.off()")
         self.deadline_ms = DEFAULT_RESPONSE_TIMEOUT_MS
         self._deadline = 0.0
-        self._arm, self._disarm = self.lua.execute(DEADLINE_GUARD)(self._expired)
+        self._arm = self.lua.execute(DEADLINE_GUARD)(self._expired)
+        self._disarm = self.lua.eval("debug.sethook")  # called from Python: no Lua instruction to hook
         g = self.lua.globals()
         rt = self.lua.execute(RUNTIME_SOURCE)
         rt.install_compat(g)
