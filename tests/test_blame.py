@@ -212,3 +212,26 @@ def test_lua_loop_that_catches_the_deadline_error_is_still_stopped(tmp_path):
     scenario = load(scenario_file(tmp_path, cases))
     looped, after = emulated.run_scenario(Artifact("lua", tmp_path / "loop.lua", "loop"), scenario)
     assert looped.error == no_response(300) and after.error is None
+
+
+SLOW_CASES = [  # the upstream answers after 3 s and the route has no timeout of its own
+    {"name": "waits long enough", "request": {"timeout_ms": 10000}, "expect": {"status": 200, "body": "late"}},
+    {"name": "gives up first", "request": {"timeout_ms": 1000}, "expect": {"status": 200}},
+    {"name": "next", "request": {"path": "/fast"}, "expect": {"status": 200}},
+]
+
+
+def test_a_response_slower_than_the_case_timeout_is_no_response_in_both(tmp_path):
+    """The emulator counts virtual time to the response against the same timeout the live client waits."""
+    path = tmp_path / "slow.yaml"
+    path.write_text(yaml.safe_dump({
+        "clusters": {"slow": {"status": 200, "body": "late", "delay_ms": 3000}},
+        "routes": [{"match": {"prefix": "/fast"}}, {"match": {"prefix": "/"}, "cluster": "slow", "timeout_ms": 0}],
+        "cases": SLOW_CASES}))
+    scenario, emu, real = Differential(lambda _: NOOP).runs(path)
+    waits, gives_up, after = scenario.cases
+    for obs in (emu, real):
+        assert check(waits, obs[waits.name]) == [], obs[waits.name]       # negative control: it does arrive
+        assert obs[gives_up.name].error == no_response(1000)
+        assert check(after, obs[after.name]) == []
+    assert all(compare(emu[c.name], real[c.name]) == [] for c in scenario.cases)

@@ -200,14 +200,14 @@ class EmulatedEnvoy:
         self._count_request(status, stream)
         return http1_response(rq.method, status, stream.response_headers, stream.response_body)
 
-    def _answer_without_filters(self, rq: Request, reply: LocalReply, stats: list[str]) -> Response:
+    def _answer_without_filters(self, rq: Request, reply: LocalReply, stats: tuple[str, ...]) -> Response:
         """Envoy answered the request itself: no filter ran, nothing went upstream."""
         stream = Stream([(":method", rq.method), (":path", rq.path)], rq.body, [], self, start_ns=self.clock.ns)
         self._set_local_reply(stream, reply)
         self._count_request(reply.status, stream, stats)
         return http1_response(rq.method, reply.status, stream.response_headers, stream.response_body)
 
-    def _count_request(self, status: int, stream: Stream, extra: list[str] = ()) -> None:
+    def _count_request(self, status: int, stream: Stream, extra: tuple[str, ...] = ()) -> None:
         prefix = f"http.{STAT_PREFIX}."
         names = ["downstream_rq_total", "downstream_rq_completed", f"downstream_rq_{status // 100}xx", *extra]
         if stream.routed:  # the router saw the request: no filter answered it first
@@ -261,32 +261,32 @@ MAX_REQUEST_HEAD_BYTES = 60 * 1024
 MAX_REQUEST_HEADERS = 100
 # What the codec's own refusals look like (measured): a local reply that closes the connection,
 # counted as a protocol error on a request that never completed.
-CODEC_ERROR_STATS = ["downstream_cx_protocol_error", "downstream_rq_response_before_rq_complete",
-                     "downstream_rq_rx_reset"]
+CODEC_ERROR_STATS = ("downstream_cx_protocol_error", "downstream_rq_response_before_rq_complete",
+                     "downstream_rq_rx_reset")
 # nghttp2_check_authority's characters, which Envoy holds a Host header to.
 AUTHORITY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:[]@%")
 
 
-def _codec_error(status: int, reason: str) -> tuple[LocalReply, list[str]]:
+def _codec_error(status: int, reason: str) -> tuple[LocalReply, tuple[str, ...]]:
     return LocalReply(status, reason.encode(), [("connection", "close")]), CODEC_ERROR_STATS
 
 
-def envoy_refusal(rq: Request) -> tuple[LocalReply, list[str]] | None:
+def envoy_refusal(rq: Request) -> tuple[LocalReply, tuple[str, ...]] | None:
     """The answer Envoy gives `rq` itself, before any filter runs, and the connection manager
     stats it moves (beyond the request counters); None when the request reaches the filters."""
     head = request_head(rq)
     if len(head) > MAX_REQUEST_HEAD_BYTES or head.count(b"\r\n") - 2 > MAX_REQUEST_HEADERS:
         return _codec_error(431, "Request Header Fields Too Large")
-    sent = [*rq.headers, *rq.framing()]
+    sent = [(k, v) for k, v in [*rq.headers, *rq.framing()] if k != "host"]  # host: the authority's
     if (any(not is_token(k) or codec_bad_value(v) for k, v in sent)
             or not set(rq.authority) <= AUTHORITY_CHARS
             or (rq.path == "*" and rq.method != "OPTIONS")):
         return _codec_error(400, "Bad Request")
     # The connection manager's own path checks answer with no body.
     if not rq.path.startswith("/") and rq.method != "CONNECT":  # `OPTIONS *`: nothing to route
-        return LocalReply(404), ["downstream_rq_non_relative_path"]
+        return LocalReply(404), ("downstream_rq_non_relative_path",)
     if "#" in rq.path:  # a fragment
-        return LocalReply(400, b"", [("connection", "close")]), ["downstream_rq_failed_path_normalization"]
+        return LocalReply(400, b"", [("connection", "close")]), ("downstream_rq_failed_path_normalization",)
     return None
 
 
