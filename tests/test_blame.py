@@ -235,3 +235,17 @@ def test_a_response_slower_than_the_case_timeout_is_no_response_in_both(tmp_path
         assert obs[gives_up.name].error == no_response(1000)
         assert check(after, obs[after.name]) == []
     assert all(compare(emu[c.name], real[c.name]) == [] for c in scenario.cases)
+
+
+def test_envoyext_test_fails_an_endless_loop_without_blaming_the_emulator(tmp_path):
+    """End to end: the case fails in both runners with the same reason; no 'emulator bug'."""
+    project = tmp_path / "spin"
+    assert run_cli("new", "blank", "spin", "--lang", "lua", "--dir", project).returncode == 0
+    (project / "filter.lua").write_text(LUA_LOOP)
+    for old in (project / "scenarios").glob("*.yaml"):
+        old.unlink()
+    scenario_file(project / "scenarios", LOOP_CASES[1:2], "loop.yaml")
+    r = run_cli("test", project)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "EMULATOR DISAGREES" not in r.stdout and "Traceback" not in r.stderr, r.stdout + r.stderr
+    assert r.stdout.count(f"no response within {LOOP_TIMEOUT_MS} ms") >= 2, r.stdout   # once per runner

@@ -151,6 +151,7 @@ class WasmFilterHost:
         """The scenario runner's per-case timeout: a guest call running past it ends the case with
         no response, as live Envoy gives none (without it, as in the test API, the VM just fails)."""
         self.no_response_on_deadline = True
+        self.services.deadline_ms = timeout_ms  # for a VM started later (failure_policy "reload")
         for vm in (*self.idle, self.wasm):
             vm.vm.set_deadline(timeout_ms)
 
