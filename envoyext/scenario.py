@@ -17,7 +17,17 @@ from typing import Any
 
 from envoyext import prometheus, schemas
 from envoyext.errors import UserError
-from envoyext.messages import Headers, Request, Response, header_list, header_text, values
+from envoyext.messages import (
+    DEFAULT_RESPONSE_TIMEOUT_MS,
+    Headers,
+    Request,
+    Response,
+    header_list,
+    header_text,
+    is_no_response,
+    unsendable,
+    values,
+)
 
 # Re-exported: observations and expectations speak of these too.
 from envoyext.messages import Received as Received
@@ -162,6 +172,7 @@ def from_dict(data: dict, path: Path, default_config: Any = None) -> Scenario:
             name=c["name"], request=_request(c.get("request") or {}, path, f"cases[{i}].request"),
             expect=c.get("expect") or {}, repeat=c.get("repeat", 1), wait_ms=c.get("wait_ms", 0),
             only=c.get("only")))
+        _check_sendable(cases[-1].request, path, f"cases[{i}].request")
     o = data.get("oracle")
     oracle = Oracle(o.get("http_filters", []), o.get("typed_per_filter_config", {}),
                     o.get("compare", ["status", "headers", "body", "upstream"])) if o else None
@@ -180,7 +191,8 @@ def _request(rq: dict, path: Path, where: str) -> Request:
                         field=f"{where}.path", fix="remove it and give authority: host:port")
     return Request(method=method, path=None if method == "CONNECT" else rq.get("path", "/"),
                    authority=rq.get("authority", "example.com"), headers=header_list(rq.get("headers")),
-                   body=rq.get("body", "").encode(), trailers=header_list(rq.get("trailers")))
+                   body=rq.get("body", "").encode(), trailers=header_list(rq.get("trailers")),
+                   timeout_ms=rq.get("timeout_ms", DEFAULT_RESPONSE_TIMEOUT_MS))
 
 
 def _startup_case(expect: dict, cases: list[dict], path: Path) -> Case:
@@ -211,6 +223,14 @@ def startup_logs(lines: list[LogLine]) -> list[LogLine]:
             seen.add((line.level, line.message))
             out.append(line)
     return out
+
+
+def _check_sendable(rq: Request, path: Path, where: str) -> None:
+    """A request the live client cannot put on the wire is the scenario's fault, not a runner's."""
+    problem = unsendable(rq)
+    if problem:
+        field_, message, fix = problem
+        raise UserError(message, file=path, field=f"{where}.{field_}", fix=fix)
 
 
 def load(path: Path | str, default_config: Any = None) -> Scenario:
@@ -449,6 +469,10 @@ def compare(a: Observation, b: Observation, parts=("status", "headers", "body", 
 
     Stats are compared for the names `a` reports, so an emulator (which knows only the filter's
     own stats) can be held against live Envoy (which knows them all)."""
+    # Both runners got no response in time (a filter that never returns): they agree, and the
+    # case fails in each on that error. What they saw before giving up is not comparable.
+    if is_no_response(a.error) and is_no_response(b.error):
+        return []
     if a.error or b.error:
         return [Mismatch("run", a.error or "ran", b.error or "ran")]
     out: list[Mismatch] = []

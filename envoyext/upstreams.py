@@ -172,7 +172,9 @@ class UpstreamServers:
                 continue
             app = web.Application(client_max_size=64 * 1024 * 1024)
             app.router.add_route("*", "/{tail:.*}", self._handler(name, spec))
-            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            # Take any header Envoy forwards (its request head limit is 60 KiB), not aiohttp's 8 KiB lines.
+            runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                   max_line_size=64 * 1024, max_field_size=64 * 1024)
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()

@@ -148,6 +148,11 @@ class LuaFilterHost:
         return status, [("content-length", str(len(fail_body))), ("content-type", "text/plain")], fail_body
 
     # -- FilterHost ----------------------------------------------------------------------------------
+    def set_response_timeout(self, timeout_ms: int) -> None:
+        """The scenario runner's per-case timeout: how long one call into a script may run."""
+        for script in self.scripts:
+            script.deadline_ms = timeout_ms
+
     def new_stream(self, stream: Stream) -> "LuaStreamFilter":
         return LuaStreamFilter(self, stream)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import time
 from collections.abc import Callable
 from importlib import resources
 from typing import Any
@@ -23,8 +24,30 @@ import lupa.luajit21 as lupa
 
 from envoyext.envoy import facts
 from envoyext.errors import BuildError
+from envoyext.messages import DEFAULT_RESPONSE_TIMEOUT_MS
+from envoyext.runners.emulated import FilterDidNotReturn
 
 RUNTIME_SOURCE = resources.files("envoyext.lua").joinpath("runtime.lua").read_text()
+
+# The deadline on one call into a script (Envoy has none: its worker would spin in an endless
+# loop for good). A count hook looks at the clock every HOOK_INSTRUCTIONS VM instructions and
+# raises once the deadline passed; LuaJIT calls hooks only from its interpreter, so states run
+# with the JIT compiler off. Once past it, the hook fires at every instruction, so a script that
+# catches the error with pcall and loops on is stopped at its first instruction outside the pcall.
+HOOK_INSTRUCTIONS = 100_000
+DEADLINE_GUARD = f"""
+local sethook = debug.sethook
+return function(expired)
+  local hook
+  hook = function()
+    if expired() then
+      sethook(hook, "", 1)
+      error("the script ran past its deadline", 0)
+    end
+  end
+  return function() sethook(hook, "", {HOOK_INSTRUCTIONS}) end
+end
+"""
 
 # The address Envoy's async client puts in x-forwarded-for for a Lua httpCall (observed, 1.40).
 ASYNC_CLIENT_ADDRESS = "192.0.2.2"
@@ -201,6 +224,11 @@ class LuaScript:
     def __init__(self, code: str, callouts: Callouts, *, source: str = "<lua>"):
         self.lua = lupa.LuaRuntime(encoding="latin-1", register_eval=False, register_builtins=False,
                                    unpack_returned_tuples=True)
+        self.lua.execute("jit.off()")
+        self.deadline_ms = DEFAULT_RESPONSE_TIMEOUT_MS
+        self._deadline = 0.0
+        self._arm = self.lua.execute(DEADLINE_GUARD)(self._expired)
+        self._disarm = self.lua.eval("debug.sethook")  # called from Python: no Lua instruction to hook
         g = self.lua.globals()
         rt = self.lua.execute(RUNTIME_SOURCE)
         rt.install_compat(g)
@@ -230,6 +258,9 @@ class LuaScript:
                 "response_trailers": facts.INLINE_RESPONSE_TRAILERS}
         return self.lua.table_from({key: self.lua.table_from(dict.fromkeys(names, True))
                                     for key, names in maps.items()})
+
+    def _expired(self) -> bool:
+        return time.monotonic() > self._deadline
 
     def counters(self) -> tuple[int, int]:
         errors, executions = self.rt.counters()
@@ -261,9 +292,20 @@ class LuaScript:
         the previous direction's RunResult.stream (None for a new stream). `split`: the body
         arrives as an HTTP/1 codec delivers it (the data, then an empty end-of-stream chunk).
         Returns None when the script does not define the function."""
-        res = self._run(function, ctx, stream, headers_blob(headers),
-                        None if body is None else body.decode("latin-1"),
-                        None if trailers is None else headers_blob(trailers), split)
+        self._deadline = time.monotonic() + self.deadline_ms / 1000
+        self._arm()
+        try:
+            res = self._run(function, ctx, stream, headers_blob(headers),
+                            None if body is None else body.decode("latin-1"),
+                            None if trailers is None else headers_blob(trailers), split)
+        except lupa.LuaError:
+            if self._expired():  # the guard's error escaped the runtime's own handlers
+                raise FilterDidNotReturn(f"{function} did not return within {self.deadline_ms} ms") from None
+            raise
+        finally:
+            self._disarm()
+        if self._expired():
+            raise FilterDidNotReturn(f"{function} did not return within {self.deadline_ms} ms")
         if res is None:
             return None
         return RunResult(headers, *res)

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from envoyext import prometheus
 from envoyext.artifact import Artifact
 from envoyext.envoy.bootstrap import STAT_PREFIX
+from envoyext.messages import Request, codec_bad_value, is_no_response, is_token, no_response, request_head
 from envoyext.scenario import (
     UPSTREAM,
     Case,
@@ -62,6 +63,11 @@ class StreamStuck(Exception):
 class NotModelled(Exception):
     """The case needs what the emulator does not model (a CONNECT sent upstream): the case fails
     with this reason, as only live Envoy can run it."""
+
+
+class FilterDidNotReturn(StreamStuck):
+    """A filter callback ran past the case's response timeout (an endless loop?). Live Envoy's
+    worker would spin in it and never answer; hosts raise this from their deadline."""
 
 
 @dataclass
@@ -141,6 +147,8 @@ class FilterHost(Protocol):
         Optional companions: `gauge_names() -> set[str]` (which of them are gauges) and
         `histograms() -> dict[str, list[float]]` (every value recorded, by admin name)."""
     def close(self) -> None: ...
+    # Optional: `set_response_timeout(ms)`, how long one callback into the filter may run (wall
+    # time) before the host raises FilterDidNotReturn; run_scenario sets it to each case's timeout.
 
 
 class EmulatedEnvoy:
@@ -184,15 +192,20 @@ class EmulatedEnvoy:
     # -- one request through the filter ---------------------------------------------------------
     def request(self, host: FilterHost, case: Case) -> Response:
         rq = case.request
+        refused = envoy_refusal(rq)
+        if refused is not None:
+            return self._answer_without_filters(rq, *refused)
         # A CONNECT has no :path (Envoy 1.40, measured): its target is the authority.
         path = [] if rq.path is None else [(":path", rq.path)]
         headers: Headers = [(":authority", rq.authority), *path, (":method", rq.method), (":scheme", "http")]
-        headers += [(k, v) for k, v in rq.headers if k != "host"] + rq.framing()
+        # The codec drops a value's leading and trailing spaces and tabs (RFC 9110 OWS).
+        headers += [(k, v.strip(" \t")) for k, v in [*rq.headers, *rq.framing()] if k != "host"]
         # The connection manager adds these before any filter runs (edge, use_remote_address false).
         headers.append(("x-forwarded-proto", "http"))
         if first(headers, "x-request-id") is None:
             headers.append(("x-request-id", str(uuid.uuid4())))
-        stream = Stream(headers, rq.body, list(rq.trailers), self, start_ns=self.clock.ns)
+        trailers = [(k, v.strip(" \t")) for k, v in rq.trailers]
+        stream = Stream(headers, rq.body, trailers, self, start_ns=self.clock.ns)
         sf = host.new_stream(stream)
         refused = self._refused_upgrade(stream)
         local = refused if refused is not None else sf.decode(stream)
@@ -215,9 +228,16 @@ class EmulatedEnvoy:
             return LocalReply(403, details="upgrade_failed")
         return None
 
-    def _count_request(self, status: int, stream: Stream) -> None:
+    def _answer_without_filters(self, rq: Request, reply: LocalReply, stats: tuple[str, ...]) -> Response:
+        """Envoy answered the request itself: no filter ran, nothing went upstream."""
+        stream = Stream([(":method", rq.method), (":path", rq.target)], rq.body, [], self, start_ns=self.clock.ns)
+        self._set_local_reply(stream, reply)
+        self._count_request(reply.status, stream, stats)
+        return http1_response(rq.method, reply.status, stream.response_headers, stream.response_body)
+
+    def _count_request(self, status: int, stream: Stream, extra: tuple[str, ...] = ()) -> None:
         prefix = f"http.{STAT_PREFIX}."
-        names = ["downstream_rq_total", "downstream_rq_completed", f"downstream_rq_{status // 100}xx"]
+        names = ["downstream_rq_total", "downstream_rq_completed", f"downstream_rq_{status // 100}xx", *extra]
         if stream.routed:  # the router saw the request: no filter answered it first
             names.append("rq_total")
         if stream.direct_response:
@@ -275,6 +295,44 @@ class EmulatedEnvoy:
             return self._set_local_reply(stream, LocalReply(503, CONNECT_FAILURE_BODY))
         stream.upstream_address = "127.0.0.1:8080"
         stream.response_headers = [(":status", "200")]
+
+
+# Envoy 1.40's limits on a downstream HTTP/1 request head (max_request_headers_kb 60 and
+# max_headers_count 100, the defaults): measured, the size counts every byte of the request line
+# and header lines with their CRLFs and the closing empty line; the count, the header lines.
+MAX_REQUEST_HEAD_BYTES = 60 * 1024
+MAX_REQUEST_HEADERS = 100
+# What the codec's own refusals look like (measured): a local reply that closes the connection,
+# counted as a protocol error on a request that never completed.
+CODEC_ERROR_STATS = ("downstream_cx_protocol_error", "downstream_rq_response_before_rq_complete",
+                     "downstream_rq_rx_reset")
+# nghttp2_check_authority's characters, which Envoy holds a Host header to.
+AUTHORITY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:[]@%")
+
+
+def _codec_error(status: int, reason: str) -> tuple[LocalReply, tuple[str, ...]]:
+    return LocalReply(status, reason.encode(), [("connection", "close")]), CODEC_ERROR_STATS
+
+
+def envoy_refusal(rq: Request) -> tuple[LocalReply, tuple[str, ...]] | None:
+    """The answer Envoy gives `rq` itself, before any filter runs, and the connection manager
+    stats it moves (beyond the request counters); None when the request reaches the filters."""
+    head = request_head(rq)
+    if len(head) > MAX_REQUEST_HEAD_BYTES or head.count(b"\r\n") - 2 > MAX_REQUEST_HEADERS:
+        return _codec_error(431, "Request Header Fields Too Large")
+    sent = [(k, v) for k, v in [*rq.headers, *rq.framing()] if k != "host"]  # host: the authority's
+    if (any(not is_token(k) or codec_bad_value(v) for k, v in sent)
+            or not set(rq.authority) <= AUTHORITY_CHARS
+            or (rq.target == "*" and rq.method != "OPTIONS")):
+        return _codec_error(400, "Bad Request")
+    # The connection manager's own path checks answer with no body.
+    if rq.path is None:  # CONNECT: the authority is the target; its route decides
+        return None
+    if not rq.path.startswith("/"):  # `OPTIONS *`: nothing to route
+        return LocalReply(404), ("downstream_rq_non_relative_path",)
+    if "#" in rq.path:  # a fragment
+        return LocalReply(400, b"", [("connection", "close")]), ("downstream_rq_failed_path_normalization",)
+    return None
 
 
 # Methods whose bodiless requests Envoy's HTTP/1 codec sends without a content-length (seen
@@ -356,6 +414,21 @@ def load_host(artifact: Artifact, env: EmulatedEnvoy, workers: int = 1) -> Filte
     return LuaFilterHost(artifact, env.scenario.config, env)
 
 
+def _request_in_time(env: EmulatedEnvoy, host: FilterHost, case: Case, responses: list[Response]) -> str | None:
+    """One request of `case`; the runner's error if it got no response (in the case's timeout)."""
+    started_ns = env.clock.ns
+    try:
+        response = env.request(host, case)
+    except FilterDidNotReturn:
+        return no_response(case.request.timeout_ms)
+    except (StreamStuck, NotModelled) as e:  # the emulator can say why at once
+        return str(e)
+    if env.clock.ns - started_ns > case.request.timeout_ms * 1_000_000:  # e.g. a slow upstream, no route timeout
+        return no_response(case.request.timeout_ms)
+    responses.append(response)
+    return None
+
+
 def run_scenario(artifact: Artifact, scenario: Scenario, workers: int = 1) -> list[Observation]:
     """Run every case of `scenario` through the emulated filter; one Observation per case."""
     env = EmulatedEnvoy(scenario)
@@ -369,6 +442,11 @@ def run_scenario(artifact: Artifact, scenario: Scenario, workers: int = 1) -> li
                 continue
             if case.only == "live":
                 continue
+            if observations and is_no_response(observations[-1].error):
+                # The filter never returned last time; live Envoy restarts too (see runners.live).
+                host.close()
+                host = load_host(artifact, env)
+            getattr(host, "set_response_timeout", lambda ms: None)(case.request.timeout_ms)
             if case.wait_ms:
                 env.clock.advance_ms(case.wait_ms)
                 host.advance(env)
@@ -381,10 +459,8 @@ def run_scenario(artifact: Artifact, scenario: Scenario, workers: int = 1) -> li
             responses = []
             error = None
             for _ in range(case.repeat):
-                try:
-                    responses.append(env.request(host, case))
-                except (StreamStuck, NotModelled) as e:
-                    error = str(e)
+                error = _request_in_time(env, host, case, responses)
+                if error:
                     break
                 env.clock.advance_ms(1)
                 host.advance(env)

@@ -21,7 +21,13 @@ from envoyext.artifact import Artifact
 from envoyext.envoy.bootstrap import plugin_configuration_text
 from envoyext.envoy.facts import disabled_by_route
 from envoyext.errors import EnvoyRejected
-from envoyext.runners.emulated import CONNECT_FAILURE_BODY, TIMEOUT_BODY, LocalReply, StreamStuck
+from envoyext.runners.emulated import (
+    CONNECT_FAILURE_BODY,
+    TIMEOUT_BODY,
+    FilterDidNotReturn,
+    LocalReply,
+    StreamStuck,
+)
 from envoyext.scenario import LogLine
 from envoyext.wasm.abi import LOG_LEVEL_NAMES
 from envoyext.wasm.context import HttpCall, HttpCallResponse, Plugin, Reply, Services, Wasm
@@ -60,6 +66,7 @@ class WasmFilterHost:
                              allow_on_headers_stop_iteration=allow_on_headers_stop_iteration)
         self.failure_policy = failure_policy or artifact.failure_policy
         self.auto_answer = auto_answer
+        self.no_response_on_deadline = False
         self.logs: list[LogLine] = []
         self.failures: list[str] = []          # VM failures (trap messages), oldest first
         self.connections = 0
@@ -141,10 +148,18 @@ class WasmFilterHost:
         self.advance()
         return True
 
+    def set_response_timeout(self, timeout_ms: int) -> None:
+        """The scenario runner's per-case timeout: a guest call running past it ends the case with
+        no response, as live Envoy gives none (without it, as in the test API, the VM just fails)."""
+        self.no_response_on_deadline = True
+        self.services.deadline_ms = timeout_ms  # for a VM started later (failure_policy "reload")
+        for vm in (*self.idle, self.wasm):
+            vm.vm.set_deadline(timeout_ms)
+
     def drive(self, flow, *, stall_ok: bool = False):
         """Run a flow generator to its end, pumping the event loop while it waits; with nothing
         pending, virtual time runs on to the next tick (up to MAX_PAUSE_MS)."""
-        for step in flow:
+        for step in self._unless_interrupted(flow):
             if step is WAIT:
                 paused_at = self.env.clock.ns
                 while True:
@@ -158,6 +173,18 @@ class WasmFilterHost:
                         f"{self.artifact.path}: the filter paused the stream and nothing pending can resume it "
                         "(fix: call proxy_continue_stream, e.g. from on_http_call_response, or send a local reply)")
         return None
+
+    def _unless_interrupted(self, flow):
+        """The flow's steps, until a guest call is stopped at its deadline: Envoy would still be in it."""
+        for step in flow:
+            self.raise_if_interrupted()
+            yield step
+        self.raise_if_interrupted()
+
+    def raise_if_interrupted(self) -> None:
+        failure = self.wasm.failure
+        if self.no_response_on_deadline and failure is not None and failure.interrupted:
+            raise FilterDidNotReturn(failure.message)
 
     # -- FilterHost ------------------------------------------------------------------------------
     def new_stream(self, stream) -> "WasmStreamFilter | SkippedFilter":
@@ -241,3 +268,4 @@ class WasmStreamFilter:
         self.flow.complete()
         while self.host.pump():
             pass
+        self.host.raise_if_interrupted()

@@ -42,9 +42,10 @@ DEFAULT_DEADLINE_MS = 2000   # longest a single guest call may run
 class GuestTrap(Exception):
     """The guest trapped, ran out of time, or its VM could not be used. `message` is for users."""
 
-    def __init__(self, function: str, message: str):
+    def __init__(self, function: str, message: str, *, interrupted: bool = False):
         self.function = function
         self.message = message
+        self.interrupted = interrupted  # stopped at its deadline: live Envoy would still be running it
         super().__init__(f"Function: {function} failed: {message}")
 
 
@@ -173,7 +174,7 @@ class WasmVm:
     def __init__(self, module: wasmtime.Module, imports: dict[tuple[str, str], HostFunction], *,
                  memory_limit: int = MAX_MEMORY_BYTES, deadline_ms: int = DEFAULT_DEADLINE_MS):
         self.module = module
-        self.deadline_ticks = max(1, int(deadline_ms / 1000 / EPOCH_TICK_S))
+        self.set_deadline(deadline_ms)
         self.store = wasmtime.Store(engine())
         self.store.set_limits(memory_size=memory_limit)
         self.ctx = ctypes.cast(self.store._context(), ctypes.c_void_p)   # a ctypes object, as _Export's
@@ -339,6 +340,12 @@ class WasmVm:
             self.set_memory(ptr, data)
         return self.set_word(ptr_ptr, ptr) and self.set_word(size_ptr, len(data))
 
+    def set_deadline(self, deadline_ms: int) -> None:
+        """How long one call into the guest may run (counted in ticker periods, at least one)."""
+        self.deadline_ms = deadline_ms
+        self.deadline_ticks = max(1, int(deadline_ms / 1000 / EPOCH_TICK_S))
+        self.armed_at = -(1 << 60)  # re-arm at the next call
+
     # -- calls into the guest -----------------------------------------------------------------
     def export(self, name: str) -> _Export | None:
         return self._exports.get(name)
@@ -376,10 +383,10 @@ class WasmVm:
         if trap:
             t = wasmtime.Trap._from_ptr(ctypes.cast(trap, ctypes.POINTER(ffi.wasm_trap_t)))
             msg = t.message
-            code = t.trap_code
-            if code == wasmtime.TrapCode.INTERRUPT:
-                msg = f"the guest ran past the {self.deadline_ticks * EPOCH_TICK_S * 1000:.0f} ms deadline " \
-                      f"(an endless loop?)\n{msg}"
+            if t.trap_code == wasmtime.TrapCode.INTERRUPT:
+                # Envoy has no such deadline: its worker would spin in the call for good.
+                raise GuestTrap(name, f"the guest ran past its {self.deadline_ms} ms deadline (endless loop?): "
+                                f"Envoy has none and would never answer\n{msg}", interrupted=True)
         else:
             msg = str(wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, ctypes.POINTER(ffi.wasmtime_error_t))))
         raise GuestTrap(name, msg)
