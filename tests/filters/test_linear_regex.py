@@ -49,15 +49,18 @@ def scenario() -> dict:
     }
 
 
+def project_with_one_scenario(tmp_path, lang: str, doc: dict):
+    target = tmp_path / "x"
+    assert run_cli("new", "cors", "x", "--lang", lang, "--dir", target).returncode == 0
+    for old in (target / "scenarios").glob("*.yaml"):
+        old.unlink()
+    (target / "scenarios" / "one.yaml").write_text(yaml.safe_dump(doc, width=1 << 20))
+    return target
+
+
 @pytest.mark.parametrize("lang", ["c", "lua"])
 def test_pathological_origin_is_answered_everywhere(tmp_path, lang):
-    target = tmp_path / "x"
-    r = run_cli("new", "cors", "x", "--lang", lang, "--dir", target)
-    assert r.returncode == 0, r.stderr
-    for old in (target / "scenarios").glob("*.yaml"):
-        old.unlink()  # only the case at hand: the library's own scenarios run in test_library.py
-    (target / "scenarios" / "long_origin.yaml").write_text(yaml.safe_dump(scenario(), width=1 << 20))
-
+    target = project_with_one_scenario(tmp_path, lang, scenario())
     r = run_cli("test", target, "--json", timeout=600)
     doc = json.loads(r.stdout) if r.stdout.strip().startswith("{") else {}
     results = doc.get("results", [])
@@ -70,14 +73,35 @@ def test_pathological_origin_is_answered_everywhere(tmp_path, lang):
 
 def test_negative_control_a_wrong_verdict_fails(tmp_path):
     # The same run catches a wrong expectation: the long a's-then-b origin is allowed, not refused.
-    target = tmp_path / "x"
-    assert run_cli("new", "cors", "x", "--lang", "c", "--dir", target).returncode == 0
-    for old in (target / "scenarios").glob("*.yaml"):
-        old.unlink()
     doc = scenario()
     doc.pop("oracle")
     doc["cases"] = [{**doc["cases"][1], "expect": {"headers_absent": ["access-control-allow-origin"]}}]
-    (target / "scenarios" / "long_origin.yaml").write_text(yaml.safe_dump(doc, width=1 << 20))
+    target = project_with_one_scenario(tmp_path, "c", doc)
     r = run_cli("test", target, "--only", "unit", "--json", timeout=600)
     assert r.returncode != 0
     assert not json.loads(r.stdout)["results"][0]["passed"]
+
+
+UNSUPPORTED = {
+    "config": {"allow_origins": ["https://a.example", {"regex": r"https://x\b"}]},
+    "cases": [{"name": "any", "request": {"method": "GET", "path": "/", "headers": {"origin": "https://a.example"}},
+               "expect": {"status": 200}}],
+}
+CAUSE = r'allow_origins[1].regex: unsupported escape \b at offset 9 (pattern "https://x\b")'
+
+
+def test_an_unsupported_regex_is_refused_naming_the_field_c(tmp_path):
+    # Wasm: the filter refuses its configuration, so Envoy refuses the filter: one line, exit 2,
+    # with the field, the reason and the pattern (the filter's last error line, which Envoy shows).
+    r = run_cli("test", project_with_one_scenario(tmp_path, "c", UNSUPPORTED))
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and CAUSE in r.stderr, r.stderr
+
+
+def test_an_unsupported_regex_is_logged_naming_the_field_lua(tmp_path):
+    # Lua compiles its configuration on the first request (it cannot refuse it at load): the error
+    # names the field in both runners, and the policy then allows no origin.
+    r = run_cli("test", project_with_one_scenario(tmp_path, "lua", UNSUPPORTED), "--json")
+    [result] = json.loads(r.stdout)["results"]
+    for runner in ("emulated", "live"):
+        assert any(CAUSE in line for line in result["observations"][runner]["logs"]), runner

@@ -71,7 +71,8 @@ bool pw_on_configure(pw_root *root, const char *json, size_t len) {
     for (size_t i = 0; i < c->n_origins; i++) {
         char field[48];
         snprintf(field, sizeof field, "cors: allow_origins[%zu]", i);
-        if (!pw_json_index(list, i, &item) || !pw_json_string_matcher(item, field, &c->origins[i])) goto bad;
+        if (!pw_json_index(list, i, &item)) goto bad;
+        if (!pw_json_string_matcher(item, field, &c->origins[i])) goto refuse; /* it logged why */
     }
     c->methods = list_value(cfg, "allow_methods");
     c->headers = list_value(cfg, "allow_headers");
@@ -96,6 +97,7 @@ bool pw_on_configure(pw_root *root, const char *json, size_t len) {
     return true;
 bad:
     pw_log(PW_LOG_ERROR, "cors: invalid configuration (see schema.json)");
+refuse: /* the last error line is the one Envoy's rejection shows: the cause, not a summary */
     free_config(c);
     return false;
 }

@@ -79,13 +79,15 @@ static bool read_fault(pw_json cfg, const char *key, const char *fixed_key, int6
     return true;
 }
 
+/* headers[i]; false with the reason logged (the last error line is the one Envoy's rejection shows). */
 static bool read_matcher(pw_json m, size_t i, matcher *out) {
     char field[48];
+    snprintf(field, sizeof field, "fault: headers[%zu]", i);
     out->name = pw_json_get_string(m, "name");
     pw_json_get_bool(m, "invert_match", &out->invert);
     out->is_present_match = pw_json_get_bool(m, "present", &out->present);
+    if (!out->name) pw_logf(PW_LOG_ERROR, "%s: needs a name", field);
     if (!out->name || out->is_present_match) return out->name != NULL;
-    snprintf(field, sizeof field, "fault: headers[%zu]", i);
     return pw_json_string_matcher(m, field, &out->value);
 }
 
@@ -111,11 +113,8 @@ bool pw_on_configure(pw_root *root, const char *json, size_t len) {
         c->matchers = calloc(c->n_matchers ? c->n_matchers : 1, sizeof *c->matchers);
         if (!c->matchers) goto bad;
         for (size_t i = 0; i < c->n_matchers; i++) {
-            if (!pw_json_index(list, i, &item) || !read_matcher(item, i, &c->matchers[i])) {
-                pw_logf(PW_LOG_ERROR, "fault: headers[%zu] needs a name and one of exact, prefix, suffix, "
-                        "contains, present", i);
-                goto bad;
-            }
+            if (!pw_json_index(list, i, &item)) goto bad;
+            if (!read_matcher(item, i, &c->matchers[i])) goto refuse;
         }
     }
     /* Named as Envoy's own fault stats (http.<prefix>.fault.*), in the Wasm stats namespace. */
@@ -127,6 +126,7 @@ bool pw_on_configure(pw_root *root, const char *json, size_t len) {
     return true;
 bad:
     pw_log(PW_LOG_ERROR, "fault: invalid configuration (see schema.json)");
+refuse: /* read_matcher logged the cause: keep it the last error line, the one Envoy's rejection shows */
     free_config(c);
     return false;
 }
