@@ -382,7 +382,7 @@ def test_every_lua_library_filter_that_matches_strings_carries_the_engine_verbat
         if block is not None:
             assert block == canonical, f"{script}: the pw_match block differs from {LUA_ENGINE}; copy it again"
             carriers.add(script.parent.parent.name)
-    assert {"cors", "csrf", "ext-authz"} <= carriers
+    assert {"cors", "csrf", "ext-authz", "fault"} <= carriers
 
 
 def test_no_library_filter_has_a_matcher_of_its_own():
