@@ -17,7 +17,8 @@
  *   change a full-match result); `^` and `$` (start and end of the input).
  * Anything else (`\b`, `\x41`, `\pL`, `(?i)`, `(?P<name>)`, backreferences, `a**`, `{,3}`) is a
  * compile error with the offset, never silently read as something else. Bytes are matched, not
- * code points: `.` and a negated class match one byte of a multi-byte UTF-8 sequence.
+ * code points: `.` and a negated class match one byte of a multi-byte UTF-8 sequence, as Envoy
+ * 1.40's safe_regex does on header values (measured: filters/cors/scenarios/regex_bytes.yaml).
  *
  * This header needs only the C library: pw_match.c builds natively too (the suite does, to
  * compare it with Python's `re` and to count its steps). Reading a matcher from a filter's JSON

@@ -22,7 +22,8 @@ local METADATA_NS = "envoyext.cors" -- carries the allowed origin from request t
 --   pw_match.full_match(prog, s) -> bool; prog.steps counts the work done so far.
 -- Supported: literals, `.`, `[...]` (ranges, `^`), \d \w \s \D \W \S (ASCII; \s is [\t\n\f\r ]),
 -- \n \t \r \f \v, escaped punctuation, `( )`, `(?: )`, `|`, `* + ?`, `{n}` `{n,}` `{n,m}` (<= 1000,
--- a lazy `?` accepted), `^`, `$`. Anything else is refused, never read as something else.
+-- a lazy `?` accepted), `^`, `$`. Anything else is refused, never read as something else. Bytes are
+-- matched, not code points, as Envoy's safe_regex does on header values.
 local pw_match = (function()
   local MAX_PATTERN, MAX_PROGRAM, MAX_REPEAT = 1024, 8192, 1000
   local byte, lower = string.byte, string.lower
