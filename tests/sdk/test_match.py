@@ -395,3 +395,18 @@ def test_no_library_filter_has_a_matcher_of_its_own():
         text = script.read_text()
         outside = text.replace(lua_block(text) or "", "")
         assert not re.search(r"function\s+\w*(regex|full_match)", outside), f"{script}: use the pw_match block"
+
+
+# ---- the build links it into every module ----------------------------------------------------------
+
+def test_every_c_build_links_the_matcher_once(tmp_path):
+    from envoyext.build.c import compile_wasm
+    src = tmp_path / "f.c"
+    src.write_text('#include "proxy_wasm.h"\n'
+                   'bool pw_on_configure(pw_root *root, const char *json, size_t len) {\n'
+                   '    pw_string_matcher m; char err[64]; (void)root;\n'
+                   '    bool ok = pw_string_matcher_init(&m, PW_MATCH_REGEX, json, len, false, err, sizeof err);\n'
+                   '    pw_string_matcher_free(&m);\n'
+                   '    return ok;\n}\n')
+    assert compile_wasm([src], tmp_path / "a.wasm").stat().st_size > 0  # not listed: linked anyway
+    assert compile_wasm([src, SDK_DIR / "pw_match.c"], tmp_path / "b.wasm").stat().st_size > 0  # listed: once
