@@ -66,6 +66,7 @@ TABLE = [
     (rb"https?://(?:www\.)?shop-[a-z]{2,3}\.example\.(?:com|co\.uk)",
      [b"https://www.shop-de.example.co.uk", b"http://shop-abcd.example.com", b"http://shop-fr.example.com"]),
     (rb"https://[^./]+\.internal\.test(:[0-9]+)*", [b"https://db.internal.test:5432", b"https://a.b.internal.test"]),
+    (b"(" * 100 + b"a" + b")" * 100, [b"a", b""]),
     (rb"(a|a)*b", [b"a" * 12 + b"b", b"a" * 12]),  # Python re backtracks: keep it short
     (rb"(a+)+$", [b"a" * 12, b"a" * 12 + b"!"]),
 ]
@@ -95,6 +96,7 @@ REFUSED = [
     (b"ab\\", "trailing backslash at offset 2"),
     (rb"(a{1000}){1000}", "pattern too large once its repeats are expanded at offset 0"),
     (b"a" * 1025, "pattern longer than 1024 bytes at offset 1024"),
+    (b"(" * 101 + b"a" + b")" * 101, "groups nested too deep at offset 101"),
 ]
 
 # Patterns a backtracking matcher takes exponential time on, each with its pathological input.
