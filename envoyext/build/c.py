@@ -1,9 +1,10 @@
 """C -> proxy-wasm module, with zig's clang (the `ziglang` wheel) for wasm32-wasi.
 
 Every build links the SDK runtime (`envoyext/sdk/proxy_wasm.c`), which defines the module's
-exports (`proxy_on_*`, `malloc`, `proxy_abi_version_0_2_1`); the filter's own sources only
-implement `pw_on_*` hooks. The module is a WASI *reactor*: it exports `_initialize`, which
-Envoy calls once before anything else, and has no `main`.
+exports (`proxy_on_*`, `malloc`, `proxy_abi_version_0_2_1`), and the SDK's matchers
+(`envoyext/sdk/pw_match.c`); the filter's own sources only implement `pw_on_*` hooks. The module
+is a WASI *reactor*: it exports `_initialize`, which Envoy calls once before anything else, and
+has no `main`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ log = logging.getLogger(__name__)
 
 SDK_DIR = Path(__file__).resolve().parent.parent / "sdk"
 SDK_RUNTIME = SDK_DIR / "proxy_wasm.c"
+# The SDK's other sources (Envoy's StringMatcher and the linear-time regex engine), linked into
+# every module like the runtime, so a project copied out of the library still builds.
+SDK_SOURCES = (SDK_RUNTIME, SDK_DIR / "pw_match.c")
 
 TARGET = "wasm32-wasi"
 # zig's default wasm stack is 16 MiB, all of it in every VM of every worker. A filter works
@@ -50,7 +54,7 @@ def _zig() -> list[str]:
 def compile_wasm(sources: Sequence[Path | str], out: Path | str, *, include_dirs: Iterable[Path | str] = (),
                  optimize: str = "-O2", cflags: Sequence[str] = (), strip: bool = True,
                  sdk_runtime: bool = True) -> Path:
-    """Compile C `sources` (plus the SDK runtime, unless `sdk_runtime=False`) into the proxy-wasm
+    """Compile C `sources` (plus the SDK sources, unless `sdk_runtime=False`) into the proxy-wasm
     module `out`; return its path.
 
     The module is written next to `out` under a temporary name and renamed into place only on
@@ -69,9 +73,10 @@ def compile_wasm(sources: Sequence[Path | str], out: Path | str, *, include_dirs
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    # A project may vendor the runtime; never link it twice. Modules that define the proxy-wasm
+    # A project may vendor SDK sources; never link one twice. Modules that define the proxy-wasm
     # exports themselves (host test modules) link none.
-    runtime = [] if not sdk_runtime or any(s.resolve() == SDK_RUNTIME for s in srcs) else [SDK_RUNTIME]
+    given = {s.resolve() for s in srcs}
+    runtime = [sdk for sdk in SDK_SOURCES if sdk_runtime and sdk.resolve() not in given]
     cmd = [*_zig(), "cc", f"--target={TARGET}", "-mexec-model=reactor", optimize,
            f"-I{SDK_DIR}", *(f"-I{d}" for d in include_dirs),
            f"-Wl,-z,stack-size={STACK_SIZE}"]

@@ -1473,3 +1473,38 @@ bool pw_json_get_bool(pw_json root, const char *path, bool *out) {
     pw_json v;
     return pw_json_find(root, path, &v) && pw_json_bool(v, out);
 }
+
+/* ======================================================================== */
+/* Envoy's StringMatcher from JSON (see proxy_wasm.h, pw_match.h)           */
+/* ======================================================================== */
+
+bool pw_json_string_matcher(pw_json spec, const char *field, pw_string_matcher *out) {
+    static const struct { const char *key; pw_match_kind kind; } kinds[] = {
+        {"exact", PW_MATCH_EXACT},       {"prefix", PW_MATCH_PREFIX}, {"suffix", PW_MATCH_SUFFIX},
+        {"contains", PW_MATCH_CONTAINS}, {"regex", PW_MATCH_REGEX},   {"safe_regex.regex", PW_MATCH_REGEX}};
+    const char *key = NULL;
+    pw_json v = spec;
+    pw_match_kind kind = PW_MATCH_EXACT;
+    bool ignore_case = false;
+    memset(out, 0, sizeof *out);
+    if (pw_json_typeof(spec) != PW_JSON_STRING) {
+        for (size_t k = 0; !key && k < sizeof kinds / sizeof kinds[0]; k++)
+            if (pw_json_find(spec, kinds[k].key, &v) && pw_json_typeof(v) == PW_JSON_STRING)
+                key = kinds[k].key, kind = kinds[k].kind;
+        if (!key) {
+            pw_logf(PW_LOG_ERROR, "%s: needs one of exact, prefix, suffix, contains, safe_regex.regex", field);
+            return false;
+        }
+        pw_json_get_bool(spec, "ignore_case", &ignore_case);
+    }
+    size_t len = 0;
+    pw_json_string(v, NULL, 0, &len);
+    char *value = (char *)malloc(len + 1), err[160];
+    bool ok = value && pw_json_string(v, value, len + 1, NULL) &&
+              pw_string_matcher_init(out, kind, value, len, ignore_case, err, sizeof err);
+    if (!ok)
+        pw_logf(PW_LOG_ERROR, "%s%s%s: %s (pattern \"%s\")", field, key ? "." : "", key ? key : "",
+                value ? err : "out of memory", value ? value : "");
+    free(value);
+    return ok;
+}

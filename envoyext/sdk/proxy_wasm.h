@@ -60,6 +60,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "pw_match.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -503,6 +505,13 @@ char *pw_json_get_string(pw_json root, const char *path);
 bool pw_json_get_int(pw_json root, const char *path, int64_t *out);
 bool pw_json_get_number(pw_json root, const char *path, double *out);
 bool pw_json_get_bool(pw_json root, const char *path, bool *out);
+
+/* Envoy's StringMatcher (pw_match.h) from its JSON: {"exact"|"prefix"|"suffix"|"contains": s,
+ * "ignore_case": b} or {"safe_regex": {"regex": s}}; also Istio's StringMatch {"regex": s} and a
+ * bare string (exact). `field` names the value for the log, e.g. "cors: allow_origins[2]". On
+ * an unsupported regex or a matcher of no known kind, log "<field>.<key>: <reason>" at error
+ * level and return false: a filter then refuses its configuration rather than mean less. */
+bool pw_json_string_matcher(pw_json spec, const char *field, pw_string_matcher *out);
 
 /* ------------------------------------------------------------------------ */
 /* The raw ABI: host functions as the spec declares them (spec, "Functions   */

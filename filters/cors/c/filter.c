@@ -7,22 +7,11 @@
  * -expose-headers on the way back. A request from any other origin gets no CORS headers. */
 #include <stdio.h>
 #include <string.h>
-#include <strings.h>
 
 #include "proxy_wasm.h"
-#include "regex.h"
-
-typedef enum { O_EXACT, O_PREFIX, O_SUFFIX, O_CONTAINS, O_REGEX } origin_kind;
 
 typedef struct {
-    origin_kind kind;
-    bool ignore_case;
-    char *value;
-    re_node *re; /* O_REGEX */
-} origin_matcher;
-
-typedef struct {
-    origin_matcher *origins;
+    pw_string_matcher *origins; /* Envoy's StringMatcher, linear-time regex (pw_match.h) */
     size_t n_origins;
     char *methods, *headers, *expose, *max_age; /* "" when not configured */
     bool credentials, private_network, forward;
@@ -61,39 +50,9 @@ static char *list_value(pw_json cfg, const char *key) {
     return out;
 }
 
-static bool read_origin(pw_json spec, origin_matcher *m) {
-    static const char *const kinds[] = {"exact", "prefix", "suffix", "contains", "regex"};
-    if (pw_json_typeof(spec) == PW_JSON_STRING) {
-        m->kind = O_EXACT;
-        m->value = pw_json_strdup(spec);
-        return m->value != NULL;
-    }
-    pw_json_get_bool(spec, "ignore_case", &m->ignore_case);
-    for (int k = 0; k < 5; k++) {
-        m->value = pw_json_get_string(spec, kinds[k]);
-        if (m->value) {
-            m->kind = (origin_kind)k;
-            break;
-        }
-    }
-    if (!m->value) return false;
-    if (m->kind == O_REGEX) {
-        const char *err = NULL;
-        m->re = re_compile(m->value, &err);
-        if (!m->re) {
-            pw_logf(PW_LOG_ERROR, "cors: regex %s: %s", m->value, err);
-            return false;
-        }
-    }
-    return true;
-}
-
 static void free_config(config *c) {
     if (!c) return;
-    for (size_t i = 0; i < c->n_origins; i++) {
-        free(c->origins[i].value);
-        re_free(c->origins[i].re);
-    }
+    for (size_t i = 0; i < c->n_origins; i++) pw_string_matcher_free(&c->origins[i]);
     free(c->origins);
     free(c->methods);
     free(c->headers);
@@ -109,8 +68,12 @@ bool pw_on_configure(pw_root *root, const char *json, size_t len) {
     c->n_origins = pw_json_count(list);
     c->origins = calloc(c->n_origins ? c->n_origins : 1, sizeof *c->origins);
     if (!c->origins) goto bad;
-    for (size_t i = 0; i < c->n_origins; i++)
-        if (!pw_json_index(list, i, &item) || !read_origin(item, &c->origins[i])) goto bad;
+    for (size_t i = 0; i < c->n_origins; i++) {
+        char field[48];
+        snprintf(field, sizeof field, "cors: allow_origins[%zu]", i);
+        if (!pw_json_index(list, i, &item)) goto bad;
+        if (!pw_json_string_matcher(item, field, &c->origins[i])) goto refuse; /* it logged why */
+    }
     c->methods = list_value(cfg, "allow_methods");
     c->headers = list_value(cfg, "allow_headers");
     c->expose = list_value(cfg, "expose_headers");
@@ -134,6 +97,7 @@ bool pw_on_configure(pw_root *root, const char *json, size_t len) {
     return true;
 bad:
     pw_log(PW_LOG_ERROR, "cors: invalid configuration (see schema.json)");
+refuse: /* the last error line is the one Envoy's rejection shows: the cause, not a summary */
     free_config(c);
     return false;
 }
@@ -143,28 +107,12 @@ void pw_on_root_delete(pw_root *root) { free_config(root->data); }
 /* ------------------------------------------------------------------------ */
 /* Origins                                                                   */
 
-static int cmp(const char *a, const char *b, size_t n, bool fold) {
-    return fold ? strncasecmp(a, b, n) : memcmp(a, b, n);
-}
-
-static bool matches(const origin_matcher *m, const char *o) {
-    size_t n = strlen(o), k = strlen(m->value);
-    switch (m->kind) {
-    case O_EXACT: return n == k && cmp(o, m->value, n, m->ignore_case) == 0;
-    case O_PREFIX: return n >= k && cmp(o, m->value, k, m->ignore_case) == 0;
-    case O_SUFFIX: return n >= k && cmp(o + n - k, m->value, k, m->ignore_case) == 0;
-    case O_CONTAINS:
-        for (size_t i = 0; i + k <= n; i++)
-            if (cmp(o + i, m->value, k, m->ignore_case) == 0) return true;
-        return false;
-    default: return re_full_match(m->re, o, n);
-    }
-}
-
 /* Envoy asks each matcher about "*" first: a policy allowing "*" allows every origin. */
 static bool origin_allowed(const config *c, const char *origin) {
     for (size_t i = 0; i < c->n_origins; i++)
-        if (matches(&c->origins[i], "*") || matches(&c->origins[i], origin)) return true;
+        if (pw_string_matcher_matches(&c->origins[i], "*", 1) ||
+            pw_string_matcher_matches(&c->origins[i], origin, strlen(origin)))
+            return true;
     return false;
 }
 

@@ -8,10 +8,10 @@
  * Envoy's CsrfPolicy JSON (../schema.json); the counters are Envoy's (csrf.missing_source_origin,
  * csrf.request_invalid, csrf.request_valid), under Envoy's `wasmcustom.` namespace for Wasm.
  */
+#include <stdio.h>
 #include <string.h>
 
 #include "proxy_wasm.h"
-#include "regex.h"
 
 #define MAX_ORIGINS 64
 
@@ -20,19 +20,9 @@ typedef struct fraction {
     uint32_t numerator, denominator;
 } fraction;
 
-typedef enum { M_EXACT, M_PREFIX, M_SUFFIX, M_CONTAINS, M_REGEX } matcher_kind;
-
-typedef struct matcher {
-    matcher_kind kind;
-    bool ignore_case;
-    char *text; /* lower-cased when ignore_case */
-    size_t len;
-    re_prog re;
-} matcher;
-
 typedef struct policy {
     fraction enabled, shadow;
-    matcher origins[MAX_ORIGINS];
+    pw_string_matcher origins[MAX_ORIGINS]; /* Envoy's StringMatcher, linear-time regex (pw_match.h) */
     size_t n_origins;
     uint32_t missing_source_origin, request_invalid, request_valid; /* metric ids */
     uint64_t rng;
@@ -63,52 +53,9 @@ static bool parse_fraction(pw_json cfg, const char *key, fraction *out) {
     return true;
 }
 
-static void lower(char *s, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        if (s[i] >= 'A' && s[i] <= 'Z') s[i] = (char)(s[i] + 32);
-}
-
-static bool parse_matcher(pw_json m, matcher *out) {
-    static const struct { const char *key; matcher_kind kind; } kinds[] = {
-        {"exact", M_EXACT}, {"prefix", M_PREFIX}, {"suffix", M_SUFFIX}, {"contains", M_CONTAINS}};
-    pw_json v;
-    memset(out, 0, sizeof *out);
-    pw_json_get_bool(m, "ignore_case", &out->ignore_case);
-    for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
-        if (!pw_json_get(m, kinds[k].key, &v)) continue;
-        out->kind = kinds[k].kind;
-        out->text = pw_json_strdup(v);
-        if (!out->text) return false;
-        out->len = strlen(out->text);
-        if (out->ignore_case) lower(out->text, out->len);
-        return true;
-    }
-    char *regex = pw_json_get_string(m, "safe_regex.regex");
-    if (!regex) {
-        pw_log(PW_LOG_ERROR, "csrf: an additional_origins entry needs exact, prefix, suffix, contains or safe_regex");
-        return false;
-    }
-    char err[96], line[512];
-    out->kind = M_REGEX;
-    bool ok = re_compile(regex, strlen(regex), &out->re, err, sizeof err);
-    if (!ok) {
-        /* No printf: it would double the module's size for one error message. */
-        size_t n = 0;
-        const char *parts[] = {"csrf: additional_origins safe_regex \"", regex, "\": ", err};
-        for (size_t i = 0; i < 4; i++)
-            for (const char *c = parts[i]; *c && n < sizeof line - 1; c++) line[n++] = *c;
-        pw_log_n(PW_LOG_ERROR, line, n);
-    }
-    free(regex);
-    return ok;
-}
-
 static void free_policy(policy *p) {
     if (!p) return;
-    for (size_t i = 0; i < p->n_origins; i++) {
-        free(p->origins[i].text);
-        re_free(&p->origins[i].re);
-    }
+    for (size_t i = 0; i < p->n_origins; i++) pw_string_matcher_free(&p->origins[i]);
     free(p);
 }
 
@@ -134,7 +81,9 @@ bool pw_on_configure(pw_root *root, const char *text, size_t len) {
             goto bad;
         }
         for (size_t i = 0; pw_json_index(list, i, &item); i++) {
-            if (!parse_matcher(item, &p->origins[i])) goto bad;
+            char field[48];
+            snprintf(field, sizeof field, "csrf: additional_origins[%zu]", i);
+            if (!pw_json_string_matcher(item, field, &p->origins[i])) goto bad;
             p->n_origins = i + 1;
         }
     }
@@ -210,30 +159,6 @@ static void host_and_port(const char *v, size_t n, const char **out, size_t *out
     }
 }
 
-/* s[0..n) equals text[0..n); text is already lower-case when fold is set. */
-static bool same_bytes(const char *s, const char *text, size_t n, bool fold) {
-    for (size_t i = 0; i < n; i++) {
-        char c = fold && s[i] >= 'A' && s[i] <= 'Z' ? (char)(s[i] + 32) : s[i];
-        if (c != text[i]) return false;
-    }
-    return true;
-}
-
-static bool matches(matcher *m, const char *s, size_t n) {
-    if (m->kind == M_REGEX) return re_full_match(&m->re, s, n); /* ignore_case: no effect, as Envoy */
-    bool fold = m->ignore_case;
-    switch (m->kind) {
-    case M_EXACT: return n == m->len && same_bytes(s, m->text, n, fold);
-    case M_PREFIX: return n >= m->len && same_bytes(s, m->text, m->len, fold);
-    case M_SUFFIX: return n >= m->len && same_bytes(s + n - m->len, m->text, m->len, fold);
-    case M_CONTAINS:
-        for (size_t i = 0; i + m->len <= n; i++)
-            if (same_bytes(s + i, m->text, m->len, fold)) return true;
-        return false;
-    default: return false;
-    }
-}
-
 /* The target: host[:port] of <scheme>://<Host>, parsed as the source is. A malloc'd URL, or NULL
  * when there is no Host; *target points into it. */
 static char *target_origin(const char **target, size_t *target_len) {
@@ -263,7 +188,7 @@ static bool origin_allowed(policy *p, const char *source, size_t source_len) {
     char *url = target_origin(&target, &target_len);
     bool ok = target_len == source_len && memcmp(target, source, source_len) == 0;
     free(url);
-    for (size_t i = 0; !ok && i < p->n_origins; i++) ok = matches(&p->origins[i], source, source_len);
+    for (size_t i = 0; !ok && i < p->n_origins; i++) ok = pw_string_matcher_matches(&p->origins[i], source, source_len);
     return ok;
 }
 

@@ -9,24 +9,16 @@
  * The configuration is Envoy's ExtAuthz JSON for an http_service (../schema.json); the counters
  * are Envoy's (ext_authz.ok, .denied, .error, .failure_mode_allowed) under `wasmcustom.`.
  */
+#include <stdio.h>
 #include <string.h>
 
 #include "proxy_wasm.h"
 
 #define AUTH_HEADERS_TO_REMOVE "x-envoy-auth-headers-to-remove"
 
-typedef enum { M_EXACT, M_PREFIX, M_SUFFIX, M_CONTAINS } match_kind;
-
-typedef struct matcher {
-    match_kind kind;
-    bool ignore_case;
-    char *text;
-    size_t len;
-} matcher;
-
 /* Envoy's ListStringMatcher on header names. */
 typedef struct matcher_list {
-    matcher *items;
+    pw_string_matcher *items; /* Envoy's StringMatcher, linear-time regex (pw_match.h) */
     size_t n;
 } matcher_list;
 
@@ -64,70 +56,33 @@ static char *dup_n(const char *s, size_t n) {
     return out;
 }
 
-/* s[0..n) equals text[0..n); text is already lower-case when fold is set. */
-static bool same_bytes(const char *s, const char *text, size_t n, bool fold) {
-    for (size_t i = 0; i < n; i++) {
-        char c = fold && s[i] >= 'A' && s[i] <= 'Z' ? (char)(s[i] + 32) : s[i];
-        if (c != text[i]) return false;
-    }
-    return true;
-}
-
-static bool match_one(const matcher *m, const char *s, size_t n) {
-    bool fold = m->ignore_case;
-    switch (m->kind) {
-    case M_EXACT: return n == m->len && same_bytes(s, m->text, n, fold);
-    case M_PREFIX: return n >= m->len && same_bytes(s, m->text, m->len, fold);
-    case M_SUFFIX: return n >= m->len && same_bytes(s + n - m->len, m->text, m->len, fold);
-    case M_CONTAINS:
-        for (size_t i = 0; i + m->len <= n; i++)
-            if (same_bytes(s + i, m->text, m->len, fold)) return true;
-        return false;
-    }
-    return false;
-}
-
 static bool list_matches(const matcher_list *l, const char *s, size_t n) {
     for (size_t i = 0; i < l->n; i++)
-        if (match_one(&l->items[i], s, n)) return true;
+        if (pw_string_matcher_matches(&l->items[i], s, n)) return true;
     return false;
 }
 
 static bool add_exact(matcher_list *l, const char *name) {
-    matcher *m = &l->items[l->n];
-    memset(m, 0, sizeof *m);
-    m->text = dup_n(name, strlen(name));
-    m->len = strlen(name);
-    if (!m->text) return false;
+    char err[32];
+    if (!pw_string_matcher_init(&l->items[l->n], PW_MATCH_EXACT, name, strlen(name), false, err, sizeof err))
+        return false;
     l->n++;
     return true;
 }
 
 /* {patterns: [...]} at `path`, plus `extra` exact names when the list is not empty. */
 static bool parse_list(pw_json cfg, const char *path, matcher_list *out, const char *const *extra, size_t n_extra) {
-    static const struct { const char *key; match_kind kind; } kinds[] = {
-        {"exact", M_EXACT}, {"prefix", M_PREFIX}, {"suffix", M_SUFFIX}, {"contains", M_CONTAINS}};
-    pw_json patterns, item, v;
+    pw_json patterns, item;
     memset(out, 0, sizeof *out);
     if (!pw_json_find(cfg, path, &patterns)) return true;
     size_t count = pw_json_count(patterns);
     if (count == 0) return true;
-    out->items = calloc(count + n_extra, sizeof(matcher));
+    out->items = calloc(count + n_extra, sizeof *out->items);
     if (!out->items) return false;
     for (size_t i = 0; pw_json_index(patterns, i, &item); i++) {
-        matcher *m = &out->items[out->n];
-        pw_json_get_bool(item, "ignore_case", &m->ignore_case);
-        for (size_t k = 0; k < sizeof kinds / sizeof kinds[0] && !m->text; k++) {
-            if (!pw_json_get(item, kinds[k].key, &v)) continue;
-            m->kind = kinds[k].kind;
-            m->text = pw_json_strdup(v);
-        }
-        if (!m->text) {
-            pw_log(PW_LOG_ERROR, "ext-authz: a header matcher needs exact, prefix, suffix or contains");
-            return false;
-        }
-        m->len = strlen(m->text);
-        if (m->ignore_case) lower(m->text, m->len);
+        char field[96];
+        snprintf(field, sizeof field, "ext-authz: %s[%zu]", path, i);
+        if (!pw_json_string_matcher(item, field, &out->items[out->n])) return false;
         out->n++;
     }
     for (size_t i = 0; i < n_extra; i++)
@@ -136,7 +91,7 @@ static bool parse_list(pw_json cfg, const char *path, matcher_list *out, const c
 }
 
 static void free_list(matcher_list *l) {
-    for (size_t i = 0; i < l->n; i++) free(l->items[i].text);
+    for (size_t i = 0; i < l->n; i++) pw_string_matcher_free(&l->items[i]);
     free(l->items);
 }
 

@@ -17,13 +17,12 @@
 #define MAX_DELAY_MS 3600000 /* schema: fixed_delay_ms maximum */
 #define ABORT_BODY "fault filter abort" /* Envoy's own local-reply body for an injected abort */
 
-typedef enum { M_EXACT, M_PREFIX, M_SUFFIX, M_CONTAINS, M_PRESENT } match_kind;
-
+/* Envoy's HeaderMatcher: `present`, or a StringMatcher on the value (pw_match.h). */
 typedef struct {
     char *name;
-    char *value; /* NULL for M_PRESENT */
-    match_kind kind;
+    bool is_present_match;
     bool present;
+    pw_string_matcher value;
     bool invert;
 } matcher;
 
@@ -80,29 +79,23 @@ static bool read_fault(pw_json cfg, const char *key, const char *fixed_key, int6
     return true;
 }
 
-static bool read_matcher(pw_json m, matcher *out) {
-    static const char *const kinds[] = {"exact", "prefix", "suffix", "contains"};
+/* headers[i]; false with the reason logged (the last error line is the one Envoy's rejection shows). */
+static bool read_matcher(pw_json m, size_t i, matcher *out) {
+    char field[48];
+    snprintf(field, sizeof field, "fault: headers[%zu]", i);
     out->name = pw_json_get_string(m, "name");
     pw_json_get_bool(m, "invert_match", &out->invert);
-    if (pw_json_get_bool(m, "present", &out->present)) {
-        out->kind = M_PRESENT;
-        return out->name != NULL;
-    }
-    for (int k = 0; k < 4; k++) {
-        out->value = pw_json_get_string(m, kinds[k]);
-        if (out->value) {
-            out->kind = (match_kind)k;
-            break;
-        }
-    }
-    return out->name != NULL && out->value != NULL;
+    out->is_present_match = pw_json_get_bool(m, "present", &out->present);
+    if (!out->name) pw_logf(PW_LOG_ERROR, "%s: needs a name", field);
+    if (!out->name || out->is_present_match) return out->name != NULL;
+    return pw_json_string_matcher(m, field, &out->value);
 }
 
 static void free_config(config *c) {
     if (!c) return;
     for (size_t i = 0; i < c->n_matchers; i++) {
         free(c->matchers[i].name);
-        free(c->matchers[i].value);
+        pw_string_matcher_free(&c->matchers[i].value);
     }
     free(c->matchers);
     free(c->pending);
@@ -120,11 +113,8 @@ bool pw_on_configure(pw_root *root, const char *json, size_t len) {
         c->matchers = calloc(c->n_matchers ? c->n_matchers : 1, sizeof *c->matchers);
         if (!c->matchers) goto bad;
         for (size_t i = 0; i < c->n_matchers; i++) {
-            if (!pw_json_index(list, i, &item) || !read_matcher(item, &c->matchers[i])) {
-                pw_logf(PW_LOG_ERROR, "fault: headers[%zu] needs a name and one of exact, prefix, suffix, "
-                        "contains, present", i);
-                goto bad;
-            }
+            if (!pw_json_index(list, i, &item)) goto bad;
+            if (!read_matcher(item, i, &c->matchers[i])) goto refuse;
         }
     }
     /* Named as Envoy's own fault stats (http.<prefix>.fault.*), in the Wasm stats namespace. */
@@ -136,6 +126,7 @@ bool pw_on_configure(pw_root *root, const char *json, size_t len) {
     return true;
 bad:
     pw_log(PW_LOG_ERROR, "fault: invalid configuration (see schema.json)");
+refuse: /* read_matcher logged the cause: keep it the last error line, the one Envoy's rejection shows */
     free_config(c);
     return false;
 }
@@ -179,23 +170,12 @@ static bool header_uint(const char *name, uint64_t *out) {
 
 /* Envoy's HeaderMatcher: an absent header fails every value matcher, inverted or not; only
  * `present` (and its inversion) can match it. */
-static bool header_matches(const matcher *m) {
+static bool header_matches(matcher *m) {
     char *v = pw_get_header(PW_MAP_HTTP_REQUEST_HEADERS, m->name);
-    bool ok = false;
-    if (m->kind == M_PRESENT) {
-        ok = (v != NULL) == m->present;
-    } else if (v == NULL) {
-        return false;
-    } else {
-        size_t n = strlen(v), k = strlen(m->value);
-        switch (m->kind) {
-        case M_EXACT: ok = strcmp(v, m->value) == 0; break;
-        case M_PREFIX: ok = n >= k && memcmp(v, m->value, k) == 0; break;
-        case M_SUFFIX: ok = n >= k && memcmp(v + n - k, m->value, k) == 0; break;
-        default: ok = strstr(v, m->value) != NULL; break;
-        }
-    }
+    bool ok = m->is_present_match ? (v != NULL) == m->present : v && pw_string_matcher_matches(&m->value, v, strlen(v));
+    bool absent = v == NULL;
     free(v);
+    if (absent && !m->is_present_match) return false;
     return m->invert ? !ok : ok;
 }
 
