@@ -56,7 +56,7 @@ class WasmFilterHost:
                  metrics: MetricStore | None = None, log_level: int = 0, failure_policy: str | None = None,
                  deadline_ms: int = DEFAULT_DEADLINE_MS, memory_limit: int | None = None, auto_answer: bool = True,
                  vm_configuration: bytes = b"", environment: dict[str, str] | None = None,
-                 allow_on_headers_stop_iteration: bool = False, idle_vms: int = 2):
+                 allow_on_headers_stop_iteration: bool = False, idle_vms: int = 1):
         self.artifact = artifact
         self.env = env
         self.plugin = Plugin(name=artifact.name, root_id=artifact.root_id, vm_id=artifact.vm_id,
@@ -81,7 +81,8 @@ class WasmFilterHost:
             raise EnvoyRejected(f"Unable to create Wasm HTTP filter {artifact.name}: {e}",
                                 file=artifact.path) from None
         # Envoy runs one VM per thread: the main thread's and each worker's tick (and may be woken
-        # by queues) though only one serves our streams. The live runner runs 2 workers.
+        # by queues) though only one serves our streams. idle_vms: the main thread's and the other
+        # workers' (the live runner's `workers`, 1 by default, so one idle VM).
         self.idle = [self._start_vm() for _ in range(idle_vms)]
         self.wasm = self._start_vm()
 

@@ -7,7 +7,7 @@ in the Wasm start section during instantiation, the runtime exports malloc next 
 __alloc/__retain, WASI comes from `wasi_unstable` (proc_exit for aborts), ABI 0.2.0.
 
 Each case runs in a fresh emulator and a fresh Envoy: context ids (which the runtime logs at
-debug level) are per VM, and live Envoy's two workers each have their own VM.
+debug level) are per VM, and each of live Envoy's workers has its own VM.
 """
 
 from __future__ import annotations

@@ -314,7 +314,7 @@ end)()
 -- END pw_match
 
 -- ---------------------------------------------------------------------------------------------
--- Configuration, compiled on first use (envoyext_config is assigned after this chunk runs).
+-- Configuration, compiled on first use (once per Lua state, not per request).
 
 local function joined(v)
   if type(v) == "table" then return table.concat(v, ",") end

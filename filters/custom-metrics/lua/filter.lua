@@ -78,7 +78,7 @@ local function response_value(label, status, route)
   return "unknown"
 end
 
--- The configuration, compiled on first use (envoyext_config is assigned after this chunk runs).
+-- The configuration, compiled on first use (once per Lua state, not per request).
 -- A label name listed twice is kept once: two tags of one name would break the stat name.
 local compiled
 

@@ -320,7 +320,7 @@ local pw_match = (function()
 end)()
 -- END pw_match
 
--- envoyext_config is assigned after this chunk has run, so it is read on first use.
+-- The configuration, compiled on first use (once per Lua state, not per request).
 local compiled
 
 -- Envoy's HeaderMatcher: `present`, or a StringMatcher (pw_match above) on the header's value.
