@@ -21,6 +21,15 @@ def header_list(spec: dict | None) -> Headers:
     return out
 
 
+def wire_bytes(s: str) -> bytes:
+    """A header str as octets: one byte per char (header strs are Latin-1-decoded wire bytes);
+    text beyond Latin-1, which only the Python APIs can hand in, goes as UTF-8, as aiohttp sends it."""
+    try:
+        return s.encode("latin-1")
+    except UnicodeEncodeError:
+        return s.encode("utf-8")
+
+
 def header_text(v: Any) -> str:
     """A YAML scalar as a header value (YAML booleans as HTTP spells them)."""
     if isinstance(v, bool):

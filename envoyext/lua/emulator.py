@@ -15,10 +15,11 @@ API). Every named script gets the JSON config as the default one does, exactly a
 script (`default_source_code` absent) runs only the scripts routes select.
 
 Lua states and workers: Envoy keeps one lua_State per script per worker (the live runner starts
-as many workers as `workers` says, 1 by default), so globals a script keeps between streams are per worker, and which worker a
-connection lands on is the kernel's choice. The emulator keeps one state per script, as if every
-connection landed on the same worker: a script whose behaviour depends on globals carried across
-streams (caches, counters in Lua variables) can see fewer streams per state live than here. Stats
+as many workers as `workers` says, 1 by default), so globals a script keeps between streams are
+per worker, and which worker a connection lands on is the kernel's choice. The emulator keeps one
+state per script, as if every connection landed on the same worker: with more workers, a script
+whose behaviour depends on globals carried across streams (caches, counters in Lua variables) can
+see fewer streams per state live than here. Stats
 (`handle:stats()`, errors, executions) are process-wide in Envoy and here.
 """
 

@@ -24,7 +24,7 @@ import lupa.luajit21 as lupa
 
 from envoyext.envoy import facts
 from envoyext.errors import BuildError
-from envoyext.messages import DEFAULT_RESPONSE_TIMEOUT_MS
+from envoyext.messages import DEFAULT_RESPONSE_TIMEOUT_MS, wire_bytes
 from envoyext.runners.emulated import FilterDidNotReturn
 
 RUNTIME_SOURCE = resources.files("envoyext.lua").joinpath("runtime.lua").read_text()
@@ -64,15 +64,17 @@ def text(s: str) -> str:
 
 
 def headers_blob(headers) -> str:
+    """Header pairs for the runtime, one char per wire octet (header strs already are: see
+    messages.wire_bytes; the runtime's latin-1 encoding hands each char to Lua as that byte)."""
     blob = "\0".join(map("\0".join, headers))
-    return blob if blob.isascii() else blob.encode("utf-8").decode("latin-1")
+    if blob.isascii():
+        return blob
+    return "\0".join(wire_bytes(s).decode("latin-1") for pair in headers for s in pair)
 
 
 def headers_from_blob(blob: str | None) -> list[tuple[str, str]]:
     if not blob:
         return []
-    if not blob.isascii():
-        blob = blob.encode("latin-1").decode("utf-8", "replace")
     it = iter(blob.split("\0"))
     return list(zip(it, it))
 

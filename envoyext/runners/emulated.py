@@ -383,8 +383,9 @@ def http_date() -> str:
 
 
 def response_headers_from(reply: Reply) -> Headers:
-    """A test upstream's reply as it arrives from the wire (what UpstreamServers sends)."""
-    headers = list(reply.headers)
+    """A test upstream's reply as it arrives from the wire (what UpstreamServers sends: aiohttp
+    writes header values as UTF-8, and header strs hold one char per wire octet)."""
+    headers = [(k, v if v.isascii() else v.encode("utf-8").decode("latin-1")) for k, v in reply.headers]
     if first(headers, "content-length") is None and not bodiless_status(reply.status):
         headers.append(("content-length", str(len(reply.body))))
     if first(headers, "date") is None:

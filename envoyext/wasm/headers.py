@@ -9,6 +9,7 @@ to its value with a comma; replacing removes every occurrence and adds one at th
 from __future__ import annotations
 
 from envoyext.envoy import facts
+from envoyext.messages import wire_bytes as header_bytes  # noqa: F401 (the other direction of header_text)
 from envoyext.wasm.abi import MapType
 
 # Which of Envoy's header maps each proxy-wasm map type is (gRPC metadata and a callout's reply
@@ -32,6 +33,13 @@ def text(b: bytes) -> str:
 
 def raw(s: str) -> bytes:
     return s.encode("utf-8", "surrogateescape")
+
+
+# Header names and values are octets on the wire, and envoyext's header strs hold one char per
+# octet (the live client sends them as Latin-1, and reads responses so): a filter sees exactly the
+# bytes Envoy would hand it, `é` as the one byte 0xe9, not as UTF-8.
+def header_text(b: bytes) -> str:
+    return b.decode("latin-1")
 
 
 def get(headers: list, key: str) -> str | None:
@@ -76,4 +84,4 @@ def set_all(headers: list, pairs, inline: frozenset = frozenset()) -> None:
 
 
 def byte_size(headers: list) -> int:
-    return sum(len(raw(k)) + len(raw(v)) for k, v in headers)
+    return sum(len(header_bytes(k)) + len(header_bytes(v)) for k, v in headers)

@@ -38,7 +38,7 @@ STREAM_MAX = StreamType.MAX
 
 
 def _pairs(data: bytes):
-    return [(H.text(k), H.text(v)) for k, v in deserialize_pairs(data)]
+    return [(H.header_text(k), H.header_text(v)) for k, v in deserialize_pairs(data)]
 
 
 def make_imports(w: "Wasm") -> dict:
@@ -197,18 +197,18 @@ def make_imports(w: "Wasm") -> dict:
         if m is None and not c.access_log_phase:
             return BAD
         # A map gone by the access-log phase reads as a missing header; 0.1.0 answers Ok and "".
-        value = None if m is None else H.get(m, H.text(key))
+        value = None if m is None else H.get(m, H.header_text(key))
         if value is None:
             if not abi010:
                 return NOT_FOUND
             value = ""
-        return OK if w.vm.copy_to_pointer_size(H.raw(value), ptr_ptr, size_ptr) else IMA
+        return OK if w.vm.copy_to_pointer_size(H.header_bytes(value), ptr_ptr, size_ptr) else IMA
 
     def proxy_get_header_map_pairs(t, ptr_ptr, size_ptr):
         if t > MAP_MAX:
             return BAD
         m = ctx().const_map(t) or []
-        data = serialize_pairs([(H.raw(k), H.raw(v)) for k, v in m])
+        data = serialize_pairs([(H.header_bytes(k), H.header_bytes(v)) for k, v in m])
         return OK if w.vm.copy_to_pointer_size(data, ptr_ptr, size_ptr) else IMA
 
     def proxy_set_header_map_pairs(t, ptr, size):
@@ -233,7 +233,7 @@ def make_imports(w: "Wasm") -> dict:
         m = ctx().mutable_map(t)
         if m is None:
             return BAD
-        op(m, H.text(key), H.text(value), H.INLINE_BY_MAP[t])
+        op(m, H.header_text(key), H.header_text(value), H.INLINE_BY_MAP[t])
         return OK
 
     def proxy_add_header_map_value(t, kp, ks, vp, vs):

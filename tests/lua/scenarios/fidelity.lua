@@ -22,10 +22,16 @@ function envoy_on_request(handle)
     handle:headers():add("x-tag-length", tostring(#tag))
   elseif probe == "error" then
     error("boom at line 24")
+  elseif probe == "byte-length" then -- header values as the octets on the wire
+    handle:headers():add("x-arg-length", tostring(#(handle:headers():get("x-arg") or "")))
+    handle:streamInfo():dynamicMetadata():set("fidelity", "length", true)
   end
 end
 
 function envoy_on_response(handle)
   local md = handle:streamInfo():dynamicMetadata():get("fidelity")
-  if md ~= nil then add_twice(handle:headers(), md.resp) end
+  if md ~= nil and md.resp then add_twice(handle:headers(), md.resp) end
+  if md ~= nil and md.length then
+    handle:headers():add("x-up-length", tostring(#(handle:headers():get("x-up") or "")))
+  end
 end

@@ -1,7 +1,9 @@
 /* fidelity: the Envoy behaviours third-party modules met, steered by the request's x-probe header.
  *   local-case  proxy_send_local_response with mixed-case header names (Envoy lower-cases them)
  *   add-twice   adds every name in x-arg twice ("a", then "b") to the request headers, and every
- *               name in x-resp-arg twice to the response headers (inline headers join, others repeat) */
+ *               name in x-resp-arg twice to the response headers (inline headers join, others repeat)
+ *   byte-length adds x-arg-length (request) and x-up-length (response): the byte lengths of the
+ *               x-arg request header and the upstream's x-up response header as the filter sees them */
 #include "host_abi.h"
 #include <stdlib.h>
 
@@ -18,6 +20,14 @@ static int get_header(uint32_t map, const char *key, char *out, size_t cap) {
 }
 
 /* Adds each comma-separated name of `names` twice to `map`. */
+static void add_length(uint32_t map, const char *name, int n) {
+  char digits[16];
+  int len = 0;
+  do { digits[len++] = (char)('0' + n % 10); n /= 10; } while (n > 0);
+  for (int i = 0; i < len / 2; i++) { char t = digits[i]; digits[i] = digits[len - 1 - i]; digits[len - 1 - i] = t; }
+  proxy_add_header_map_value(map, name, strlen(name), digits, (size_t)len);
+}
+
 static void add_twice(uint32_t map, const char *names) {
   const char *p = names;
   while (*p) {
@@ -45,11 +55,15 @@ EXPORT(proxy_on_request_headers) uint32_t on_request_headers(uint32_t id, uint32
     get_header(REQ_HEADERS, "x-arg", arg, sizeof arg);
     add_twice(REQ_HEADERS, arg);
     get_header(REQ_HEADERS, "x-resp-arg", resp_names[id % 64], sizeof resp_names[0]);
+  } else if (strcmp(cmd[id % 64], "byte-length") == 0) {
+    add_length(REQ_HEADERS, "x-arg-length", get_header(REQ_HEADERS, "x-arg", arg, sizeof arg));
   }
   return 0;
 }
 
 EXPORT(proxy_on_response_headers) uint32_t on_response_headers(uint32_t id, uint32_t n, uint32_t eos) {
+  char up[256];
   if (strcmp(cmd[id % 64], "add-twice") == 0) add_twice(RESP_HEADERS, resp_names[id % 64]);
+  if (strcmp(cmd[id % 64], "byte-length") == 0) add_length(RESP_HEADERS, "x-up-length", get_header(RESP_HEADERS, "x-up", up, sizeof up));
   return 0;
 }
