@@ -88,6 +88,7 @@ def load(path: Path | str | None = None) -> Project:
         if not module.is_file():
             raise UserError("module file not found", file=file, field="module",
                             fix=f"build it first, or correct the path ({module})")
+        _check_wasm_header(module)
     config = data.get("config")
     config_schema = root / data["config_schema"] if "config_schema" in data else None
     if config_schema is not None:
@@ -119,17 +120,39 @@ def load(path: Path | str | None = None) -> Project:
                    config_schema=config_schema, lua_options=lua_options)
 
 
+def _check_wasm_header(module: Path) -> None:
+    """Every WebAssembly binary starts with \\0asm; anything else (a text file, a .wat, a truncated
+    download) is named here rather than as Envoy's 'Unable to create Wasm plugin'."""
+    from envoyext.errors import read_bytes
+    if read_bytes(module, what="Wasm module")[:4] != b"\0asm":
+        raise UserError("not a WebAssembly binary (it does not start with \\0asm)", file=module,
+                        fix="give the compiled .wasm module (wat2wasm a .wat first)")
+
+
 def validate_config(config: Any, schema_file: Path, file: Path, field_name: str) -> None:
     """A filter's JSON configuration against the filter's own schema (JSON or YAML)."""
-    try:
-        doc = schemas.read_yaml(schema_file)  # JSON is YAML
-    except UserError as e:
-        raise UserError(f"config_schema: {e.message}", file=file, field="config_schema", fix=e.fix) from None
     import jsonschema
+    doc = _json_schema(schema_file)
     err = jsonschema.exceptions.best_match(jsonschema.validators.validator_for(doc)(doc).iter_errors(config))
     if err is not None:
         where = schemas.field_path([field_name, *err.absolute_path])
         raise UserError(err.message, file=file, field=where, fix=f"see {schema_file.name} for the allowed values")
+
+
+def _json_schema(schema_file: Path) -> Any:
+    """The project's config_schema, checked to be a JSON Schema (against its metaschema)."""
+    import jsonschema
+    doc = schemas.read_yaml(schema_file)  # JSON is YAML; a read or syntax error names the schema file
+    if not isinstance(doc, (dict, bool)):
+        raise UserError("not a JSON Schema (expected an object)", file=schema_file,
+                        fix="write a JSON Schema object, e.g. {\"type\": \"object\"}")
+    try:
+        jsonschema.validators.validator_for(doc).check_schema(doc)
+    except jsonschema.exceptions.SchemaError as e:
+        raise UserError(f"not a valid JSON Schema: {e.message}", file=schema_file,
+                        field=schemas.field_path(e.absolute_path),
+                        fix="correct the schema (see json-schema.org)") from None
+    return doc
 
 
 def _stale(out: Path, inputs: list[Path]) -> bool:
@@ -141,6 +164,17 @@ def _stale(out: Path, inputs: list[Path]) -> bool:
 
 def build(project: Project, *, force: bool = False) -> Artifact:
     """Produce the artifact (`build/<name>.lua` or `build/<name>.wasm`); rebuilt only when stale."""
+    try:
+        return _build(project, force)
+    except OSError as e:
+        if e.filename is None:
+            raise
+        raise UserError(f"cannot write the build output: {e.strerror}", file=e.filename,
+                        fix="make the project's build/ directory writable") from None
+
+
+def _build(project: Project, force: bool) -> Artifact:
+    from envoyext import tempfiles
     from envoyext.build import c, lua
 
     project.build_dir.mkdir(exist_ok=True)
@@ -151,9 +185,12 @@ def build(project: Project, *, force: bool = False) -> Artifact:
             lua.check_lua(Path(named["filename"]))
         out = project.build_dir / f"{project.name}.lua"
         if force or _stale(out, [src]):
-            tmp = out.with_suffix(".lua.tmp")
-            shutil.copyfile(src, tmp)
-            tmp.replace(out)
+            tmp = tempfiles.temp_beside(out)  # unique: two builds at once never share one
+            try:
+                shutil.copyfile(src, tmp)
+                tmp.replace(out)
+            finally:
+                tmp.unlink(missing_ok=True)
         kind = "lua"
     elif project.lang == "c":
         out = project.build_dir / f"{project.name}.wasm"

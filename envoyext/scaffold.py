@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import jinja2
 
+from envoyext import tempfiles
 from envoyext.errors import UserError
 from envoyext.paths import filters_dir, templates_dir
 
@@ -41,10 +41,11 @@ def render(kind: str, name: str, lang: str, target: Path) -> Path:
         raise UserError(f"invalid filter name '{name}'", field="NAME",
                         fix="use lower-case letters, digits, '.', '_' or '-'")
     target = Path(target)
+    _check_parents(target)
     if (target.is_dir() and any(target.iterdir())) or target.is_file():
         raise UserError("target already exists", file=target, fix="choose another NAME or --dir")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = tempfiles.temp_dir_beside(target)
     try:
         if source.is_dir():
             _render_template(source, tmp, {"name": name, "ident": re.sub(r"[^a-z0-9]", "_", name),
@@ -58,6 +59,14 @@ def render(kind: str, name: str, lang: str, target: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _check_parents(target: Path) -> None:
+    """--dir under a file cannot be created; say which part is a file."""
+    for parent in reversed(target.absolute().parents):
+        if parent.exists() and not parent.is_dir():
+            raise UserError("is a file, so nothing can be created under it", file=parent, field="--dir",
+                            fix="choose a --dir whose parents are directories")
 
 
 def _files(root: Path):

@@ -15,10 +15,10 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from envoyext import tempfiles
 from envoyext.errors import BuildError, UserError
 
 log = logging.getLogger(__name__)
@@ -79,9 +79,7 @@ def compile_wasm(sources: Sequence[Path | str], out: Path | str, *, include_dirs
         cmd.append("-s")
     cmd += [*cflags, *map(str, srcs), *map(str, runtime)]
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = tempfiles.temp_beside(out)  # named for this process: a killed build's is removed by the next
     try:
         try:
             proc = subprocess.run([*cmd, "-o", str(tmp)], capture_output=True, text=True,
