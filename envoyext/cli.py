@@ -44,6 +44,18 @@ def _fail(e: UserError):
 @click.version_option(__version__, prog_name="envoyext")
 def main():
     """Author, build, test and ship Envoy Lua and proxy-wasm filters."""
+    from envoyext import tempfiles
+    tempfiles.remove_stale_dirs()  # work dirs of runs that were killed (SIGKILL runs no cleanup)
+    _quiet_owned_events()
+
+
+def _quiet_owned_events():
+    """A Wasm trap in the emulator is an event of the case, reported in its verdict; Python's
+    last-resort logging would also print it (with wasmtime's backtrace) on stderr."""
+    import logging
+    emulator = logging.getLogger("envoyext.wasm.emulator")
+    emulator.addHandler(logging.NullHandler())
+    emulator.propagate = False
 
 
 @main.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,7 +97,8 @@ def load(path: Path | str | None = None) -> Project:
             raise UserError("schema file not found", file=file, field="config_schema", fix="correct the path")
         validate_config(config, config_schema, file, "config")
     scenario_files: list[Path] = []
-    for pattern in data.get("scenarios", ["scenarios/*.yaml"]):
+    for i, pattern in enumerate(data.get("scenarios", ["scenarios/*.yaml"])):
+        _check_listable(root / pattern, file, f"scenarios[{i}]")
         hits = sorted(Path(p) for p in glob.glob(str(root / pattern)))
         scenario_files += [h for h in hits if h not in scenario_files]
     attach = {"position": "before", "filter": ROUTER, **data.get("attach", {})}
@@ -118,6 +120,16 @@ def load(path: Path | str | None = None) -> Project:
                    failure_policy=data.get("failure_policy", "fail_closed"), config=config, attach=attach,
                    scenario_files=scenario_files, stats_tags=data.get("stats_tags", []),
                    config_schema=config_schema, lua_options=lua_options)
+
+
+def _check_listable(pattern: Path, file: Path, field_name: str) -> None:
+    """glob() silently finds nothing in a directory it may not list; say so instead."""
+    folder = pattern.parent
+    while glob.has_magic(str(folder)):
+        folder = folder.parent
+    if folder.is_dir() and not os.access(folder, os.R_OK | os.X_OK):
+        raise UserError(f"cannot list {folder}: permission denied", file=file, field=field_name,
+                        fix="make the directory readable by this user")
 
 
 def _check_wasm_header(module: Path) -> None:
@@ -169,7 +181,9 @@ def build(project: Project, *, force: bool = False) -> Artifact:
     except OSError as e:
         if e.filename is None:
             raise
-        raise UserError(f"cannot write the build output: {e.strerror}", file=e.filename,
+        where = Path(e.filename)
+        where = where.parent if where.name.endswith(".tmp") else where  # our temp name says nothing
+        raise UserError(f"cannot write the build output: {e.strerror}", file=where,
                         fix="make the project's build/ directory writable") from None
 
 

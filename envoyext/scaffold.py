@@ -9,6 +9,7 @@ is written to a temporary sibling and renamed into place, so a failure leaves no
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -46,6 +47,7 @@ def render(kind: str, name: str, lang: str, target: Path) -> Path:
         raise UserError("target already exists", file=target, fix="choose another NAME or --dir")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = tempfiles.temp_dir_beside(target)
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; a project is an ordinary directory
     try:
         if source.is_dir():
             _render_template(source, tmp, {"name": name, "ident": re.sub(r"[^a-z0-9]", "_", name),
@@ -59,6 +61,12 @@ def render(kind: str, name: str, lang: str, target: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _check_parents(target: Path) -> None:

@@ -99,7 +99,9 @@ def _fix_for(err: jsonschema.ValidationError) -> str:
     if v == "type":
         t = err.validator_value
         return f"give a value of type {t if isinstance(t, str) else ' or '.join(t)}"
-    if v in ("minimum", "maximum", "minItems", "pattern"):
+    if v == "maximum":  # bounds what a small file can cost (requests sent, time waited)
+        return f"use at most {err.validator_value}"
+    if v in ("minimum", "minItems", "pattern"):
         return f"respect {v} {err.validator_value}"
     return "see the README for this field"
 
