@@ -191,7 +191,8 @@ def _build(project: Project, force: bool) -> Artifact:
     from envoyext import tempfiles
     from envoyext.build import c, lua
 
-    project.build_dir.mkdir(exist_ok=True)
+    if project.lang != "wasm":  # a prebuilt module needs no build dir
+        project.build_dir.mkdir(exist_ok=True)
     if project.lang == "lua":
         src = project.sources[0]
         lua.check_lua(src)

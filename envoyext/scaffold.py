@@ -45,8 +45,12 @@ def render(kind: str, name: str, lang: str, target: Path) -> Path:
     _check_parents(target)
     if (target.is_dir() and any(target.iterdir())) or target.is_file():
         raise UserError("target already exists", file=target, fix="choose another NAME or --dir")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tempfiles.temp_dir_beside(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tempfiles.temp_dir_beside(target)
+    except OSError as e:
+        raise UserError(f"cannot create the project here: {e.strerror}", file=target.parent, field="--dir",
+                        fix="choose a writable --dir") from None
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; a project is an ordinary directory
     try:
         if source.is_dir():

@@ -117,19 +117,20 @@ def _error_from_output(output: str, sources: Sequence[Path]) -> BuildError:
                 return BuildError(f"undefined symbol: {sym}", file=file, line=line,
                                   fix=f"define {sym}, or remove the call: a filter can only import "
                                       f"proxy-wasm host functions (see proxy_wasm.h)")
-            return BuildError(msg, file=sources[0] if len(sources) == 1 else None)
+            return BuildError(msg, file=sources[0] if len(sources) == 1 else None, fix=_fix_for(msg))
     tail = " ".join(output.split())[-300:] or "no output"
-    return BuildError(f"the C compiler failed: {tail}", file=sources[0] if len(sources) == 1 else None)
+    return BuildError(f"the C compiler failed: {tail}", file=sources[0] if len(sources) == 1 else None,
+                      fix="correct the C sources")
 
 
-def _fix_for(msg: str) -> str | None:
+def _fix_for(msg: str) -> str:
     if "conflicting types for 'pw_on_" in msg:
         return "give the hook exactly the signature declared in proxy_wasm.h"
     if "file not found" in msg:
         return "check the #include name, or pass include_dirs"
     if "implicit declaration" in msg or "undeclared function" in msg:
         return "#include the header that declares it (proxy_wasm.h for pw_* functions)"
-    return None
+    return "correct the C source at that line"
 
 
 def _first_use(symbol: str, sources: Sequence[Path]) -> tuple[Path | None, int | None]:

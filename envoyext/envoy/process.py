@@ -121,6 +121,8 @@ def _die_with_parent() -> None:
         pass
 
 
+# The start of every line Envoy logs: [date time][thread][level]
+_LOG_LINE = re.compile(r"^\[[^\]]+\]\[\d+\]\[\w+\]", re.M)
 # Envoy's own words for why a Wasm VM could not be made (a corrupt module, an ABI it does not know).
 _VM_FAILED = re.compile(r"Wasm VM failed (.*)$")
 # A plugin's or script's own log line: `wasm log <plugin> <root_id> <vm_id>: msg`, `script log: msg`.
@@ -182,6 +184,11 @@ def validate(config: dict, *, workdir: Path | None = None, binary: Path | None =
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+    if proc.returncode != 0 and not _LOG_LINE.search(proc.stdout):
+        # Not one Envoy log line: the binary itself is broken or not Envoy; the config is not to blame.
+        said = " ".join(proc.stdout.split())[-160:] or "nothing"
+        raise UserError(f"'envoy --mode validate' exited {proc.returncode} without a log line; it said: {said}",
+                        file=binary or envoy_binary(), fix="check the binary with 'envoyext doctor'")
     if proc.returncode != 0:
         error = EnvoyRejected(_first_error(proc.stdout), file="envoy config",
                               fix="correct the filter or its configuration")

@@ -71,7 +71,7 @@ class WasmFilterHost:
             self.module = compile_module(artifact.path)
         except LoadError as e:
             raise EnvoyRejected(f"Unable to create Wasm HTTP filter {artifact.name}: {e}",
-                                file=artifact.path) from None
+                                file=artifact.path, fix="give a valid proxy-wasm module; rebuild it") from None
         # Envoy runs one VM per thread: the main thread's and each worker's tick (and may be woken
         # by queues) though only one serves our streams. The live runner runs 2 workers.
         self.idle = [self._start_vm() for _ in range(idle_vms)]
