@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from envoyext import tempfiles
 from envoyext.errors import UserError
 
 # The smallest module Envoy's V8 runtime accepts as a proxy-wasm plugin.
@@ -67,13 +67,16 @@ def run_checks() -> list[Check]:
     checks.append(_validates("envoy Lua filter", _tiny_config(lua_entry)))
 
     import wasmtime
-    with tempfile.TemporaryDirectory(prefix="envoyext-doctor-") as tmp:
-        module = Path(tmp) / "tiny.wasm"
+    tmp = tempfiles.mkdtemp("doctor")  # named for this process: a killed doctor's is removed later
+    try:
+        module = tmp / "tiny.wasm"
         module.write_bytes(wasmtime.wat2wasm(TINY_PLUGIN_WAT))
         wasm_entry = {"name": "envoy.filters.http.wasm", "typed_config": {"@type": bootstrap.WASM, "config": {
             "name": "doctor", "vm_config": {"runtime": bootstrap.WASM_RUNTIME,
                                             "code": {"local": {"filename": str(module)}}}}}}
         checks.append(_validates("envoy V8 Wasm runtime", _tiny_config(wasm_entry)))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
     try:
         from envoyext.build import c, lua

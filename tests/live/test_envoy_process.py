@@ -116,3 +116,19 @@ def test_an_upstream_losing_its_client_mid_body_prints_nothing(caplog):
         assert r.status == 200
     # aiohttp logs it (with a traceback) at error level; outside pytest that lands on stderr
     assert not [r for r in caplog.records if r.levelno >= 40], caplog.text
+
+
+def test_envoys_refusal_keeps_the_root_cause():
+    """Envoy's summary ('Unable to create Wasm plugin') says nothing; the cause is a VM failure line
+    or the plugin's own words at any level (a plugin may refuse its config with a warning)."""
+    from envoyext.envoy.process import _first_error
+    summary = "[2026-01-01 00:00:00.000][1][critical][main] error initializing configuration 'v.json': " \
+              "Unable to create Wasm plugin p\n"
+    warned = "[2026-01-01 00:00:00.000][1][warning][wasm] wasm log p p : header must be a string\n"
+    vm = ("[2026-01-01 00:00:00.000][1][error][wasm] [source/extensions/common/wasm/wasm.cc:104] "
+          "Wasm VM failed Failed to parse corrupted Wasm module\n"
+          "[2026-01-01 00:00:00.000][1][error][wasm] [source/extensions/common/wasm/wasm.cc:104] "
+          "Wasm VM failed Failed to load Wasm code\n")
+    assert _first_error(warned + summary) == "Unable to create Wasm plugin p: header must be a string"
+    assert _first_error(vm + summary) == "Unable to create Wasm plugin p: Failed to parse corrupted Wasm module"
+    assert _first_error(summary) == "Unable to create Wasm plugin p"
