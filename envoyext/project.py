@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +92,7 @@ def load(path: Path | str | None = None) -> Project:
         if not module.is_file():
             raise UserError("module file not found", file=file, field="module",
                             fix=f"build it first, or correct the path ({module})")
+        _check_wasm_header(module)
     config = data.get("config")
     config_schema = root / data["config_schema"] if "config_schema" in data else None
     if config_schema is not None:
@@ -98,7 +100,8 @@ def load(path: Path | str | None = None) -> Project:
             raise UserError("schema file not found", file=file, field="config_schema", fix="correct the path")
         validate_config(config, config_schema, file, "config")
     scenario_files: list[Path] = []
-    for pattern in data.get("scenarios", ["scenarios/*.yaml"]):
+    for i, pattern in enumerate(data.get("scenarios", ["scenarios/*.yaml"])):
+        _check_listable(root / pattern, file, f"scenarios[{i}]")
         hits = sorted(Path(p) for p in glob.glob(str(root / pattern)))
         scenario_files += [h for h in hits if h not in scenario_files]
     attach = {"position": "before", "filter": ROUTER, **data.get("attach", {})}
@@ -151,17 +154,49 @@ def artifact_for(path: Path, project: Project | None, *, root_id: str | None = N
     return dataclasses.replace(base, **overrides)
 
 
+def _check_listable(pattern: Path, file: Path, field_name: str) -> None:
+    """glob() silently finds nothing in a directory it may not list; say so instead."""
+    folder = pattern.parent
+    while glob.has_magic(str(folder)):
+        folder = folder.parent
+    if folder.is_dir() and not os.access(folder, os.R_OK | os.X_OK):
+        raise UserError(f"cannot list {folder}: permission denied", file=file, field=field_name,
+                        fix="make the directory readable by this user")
+
+
+def _check_wasm_header(module: Path) -> None:
+    """Every WebAssembly binary starts with \\0asm; anything else (a text file, a .wat, a truncated
+    download) is named here rather than as Envoy's 'Unable to create Wasm plugin'."""
+    from envoyext.errors import read_bytes
+    if read_bytes(module, what="Wasm module")[:4] != b"\0asm":
+        raise UserError("not a WebAssembly binary (it does not start with \\0asm)", file=module,
+                        fix="give the compiled .wasm module (wat2wasm a .wat first)")
+
+
 def validate_config(config: Any, schema_file: Path, file: Path, field_name: str) -> None:
     """A filter's JSON configuration against the filter's own schema (JSON or YAML)."""
-    try:
-        doc = schemas.read_yaml(schema_file)  # JSON is YAML
-    except UserError as e:
-        raise UserError(f"config_schema: {e.message}", file=file, field="config_schema", fix=e.fix) from None
     import jsonschema
+    doc = _json_schema(schema_file)
     err = jsonschema.exceptions.best_match(jsonschema.validators.validator_for(doc)(doc).iter_errors(config))
     if err is not None:
         where = schemas.field_path([field_name, *err.absolute_path])
         raise UserError(err.message, file=file, field=where, fix=f"see {schema_file.name} for the allowed values")
+
+
+def _json_schema(schema_file: Path) -> Any:
+    """The project's config_schema, checked to be a JSON Schema (against its metaschema)."""
+    import jsonschema
+    doc = schemas.read_yaml(schema_file)  # JSON is YAML; a read or syntax error names the schema file
+    if not isinstance(doc, (dict, bool)):
+        raise UserError("not a JSON Schema (expected an object)", file=schema_file,
+                        fix="write a JSON Schema object, e.g. {\"type\": \"object\"}")
+    try:
+        jsonschema.validators.validator_for(doc).check_schema(doc)
+    except jsonschema.exceptions.SchemaError as e:
+        raise UserError(f"not a valid JSON Schema: {e.message}", file=schema_file,
+                        field=schemas.field_path(e.absolute_path),
+                        fix="correct the schema (see json-schema.org)") from None
+    return doc
 
 
 def _stale(out: Path, inputs: list[Path]) -> bool:
@@ -173,9 +208,23 @@ def _stale(out: Path, inputs: list[Path]) -> bool:
 
 def build(project: Project, *, force: bool = False) -> Artifact:
     """Produce the artifact (`build/<name>.lua` or `build/<name>.wasm`); rebuilt only when stale."""
+    try:
+        return _build(project, force)
+    except OSError as e:
+        if e.filename is None:
+            raise
+        where = Path(e.filename)
+        where = where.parent if where.name.endswith(".tmp") else where  # our temp name says nothing
+        raise UserError(f"cannot write the build output: {e.strerror}", file=where,
+                        fix="make the project's build/ directory writable") from None
+
+
+def _build(project: Project, force: bool) -> Artifact:
+    from envoyext import tempfiles
     from envoyext.build import c, lua
 
-    project.build_dir.mkdir(exist_ok=True)
+    if project.lang != "wasm":  # a prebuilt module needs no build dir
+        project.build_dir.mkdir(exist_ok=True)
     if project.lang == "lua":
         named = [Path(n["filename"]) for n in (project.lua_options or {}).get("source_codes", {}).values()]
         for script in project.sources + named:
@@ -184,9 +233,12 @@ def build(project: Project, *, force: bool = False) -> Artifact:
         src = project.sources[0] if project.sources else named[0]
         out = project.build_dir / f"{project.name}.lua"
         if force or _stale(out, [src]):
-            tmp = out.with_suffix(".lua.tmp")
-            shutil.copyfile(src, tmp)
-            tmp.replace(out)
+            tmp = tempfiles.temp_beside(out)  # unique: two builds at once never share one
+            try:
+                shutil.copyfile(src, tmp)
+                tmp.replace(out)
+            finally:
+                tmp.unlink(missing_ok=True)
     elif project.lang == "c":
         out = project.build_dir / f"{project.name}.wasm"
         # A newer SDK (an envoyext upgrade) rebuilds too.

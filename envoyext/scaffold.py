@@ -9,13 +9,14 @@ is written to a temporary sibling and renamed into place, so a failure leaves no
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import jinja2
 
+from envoyext import tempfiles
 from envoyext.errors import UserError
 from envoyext.paths import filters_dir, templates_dir
 
@@ -41,10 +42,16 @@ def render(kind: str, name: str, lang: str, target: Path) -> Path:
         raise UserError(f"invalid filter name '{name}'", field="NAME",
                         fix="use lower-case letters, digits, '.', '_' or '-'")
     target = Path(target)
+    _check_parents(target)
     if (target.is_dir() and any(target.iterdir())) or target.is_file():
         raise UserError("target already exists", file=target, fix="choose another NAME or --dir")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tempfiles.temp_dir_beside(target)
+    except OSError as e:
+        raise UserError(f"cannot create the project here: {e.strerror}", file=target.parent, field="--dir",
+                        fix="choose a writable --dir") from None
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; a project is an ordinary directory
     try:
         if source.is_dir():
             _render_template(source, tmp, {"name": name, "ident": re.sub(r"[^a-z0-9]", "_", name),
@@ -58,6 +65,20 @@ def render(kind: str, name: str, lang: str, target: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _check_parents(target: Path) -> None:
+    """--dir under a file cannot be created; say which part is a file."""
+    for parent in reversed(target.absolute().parents):
+        if parent.exists() and not parent.is_dir():
+            raise UserError("is a file, so nothing can be created under it", file=parent, field="--dir",
+                            fix="choose a --dir whose parents are directories")
 
 
 def _files(root: Path):

@@ -169,7 +169,7 @@ def run_project(project: Project, artifact: Artifact, *, runners: tuple[str, ...
         project.check_config(sc.config, sc.path)
         if LIVE in runners:
             from envoyext.runners import live
-            live.validate(artifact, sc)
+            live.validate(artifact, sc, project_file=project.file)
             if sc.oracle:
                 live.validate(None, sc, oracle=True)
     results = []

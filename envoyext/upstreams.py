@@ -189,7 +189,12 @@ class UpstreamServers:
         from aiohttp import web
 
         async def handle(request: web.Request) -> web.StreamResponse:
-            body = await request.read()
+            try:
+                body = await request.read()
+            except ConnectionResetError:
+                # The client went away mid-body (Envoy reset the upstream stream); nothing to record or
+                # answer. aiohttp would print its traceback on stderr; the case's verdict has the story.
+                return web.Response(status=499)
             headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in request.raw_headers]
             path = request.raw_path
             with self._lock:

@@ -89,3 +89,25 @@ def _reap_adopted_envoys() -> None:
                 os.waitpid(int(d.name), os.WNOHANG)
             except ChildProcessError:
                 pass
+
+
+CORPUS_TEST = "test_bad_inputs.py::test_bad_input["
+
+
+def pytest_terminal_summary(terminalreporter):
+    """`make test` ends with the bad-input corpus's verdict, when its entries ran."""
+    outcomes = {}
+    for outcome in ("passed", "failed", "error", "skipped"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if CORPUS_TEST in getattr(report, "nodeid", "") and getattr(report, "when", "call") in ("call", "setup"):
+                # a setup error counts against the entry as much as a failed call
+                outcomes[report.nodeid] = outcome if outcome != "passed" or report.nodeid not in outcomes \
+                    else outcomes[report.nodeid]
+    if not outcomes:
+        return
+    bad = sorted(n.split("[", 1)[1].rstrip("]") for n, o in outcomes.items() if o != "passed")
+    if bad:
+        text = f"bad-input corpus: {len(outcomes)} entries, {len(bad)} FAILED: {', '.join(bad)}"
+    else:
+        text = f"bad-input corpus: {len(outcomes)} entries, all exit 2 with one line"
+    terminalreporter.write_line(text, red=bool(bad), green=not bad)

@@ -181,3 +181,86 @@ def test_wasm_per_route_config_needs_a_type(tmp_path):
     (project / "scenarios" / "zz.yaml").write_text(
         "routes: [{name: r1, match: {prefix: /}, per_filter_config: {a: 1}}]\ncases: [{name: a}]\n")
     assert_one_line_error(run_cli("test", project), "scenarios/zz.yaml", "routes.r1.per_filter_config", "@type")
+
+
+def _fake_envoy(tmp_path: Path, script: str) -> dict:
+    fake = tmp_path / "fake-envoy"
+    fake.write_text("#!/bin/sh\n" + script)
+    fake.chmod(0o755)
+    return {**os.environ, "NO_COLOR": "1", "ENVOYEXT_ENVOY": str(fake)}
+
+
+@pytest.mark.parametrize("script,says", [
+    ('echo "envoy  version: 0123/1.39.2/Clean/RELEASE/BoringSSL"\n', "1.39.2 at"),
+    ("exit 1\n", "exited 1"),
+])
+def test_doctor_refuses_an_envoy_that_is_not_1_40_or_fails(tmp_path, script, says):
+    r = subprocess.run([*ENVOYEXT, "doctor"], capture_output=True, text=True, env=_fake_envoy(tmp_path, script))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    first = r.stdout.splitlines()[0]
+    assert first.startswith("MISSING envoy:") and says in first, r.stdout
+    assert "ok   envoy" not in r.stdout
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def test_a_killed_run_leaves_work_dirs_that_the_next_run_removes(tmp_path):
+    import tempfile
+    project = scaffold(tmp_path, "lua")
+    kept = Path(tempfile.mkdtemp(prefix=f"envoyext-envoy-{os.getpid()}-"))  # a live owner's: never touched
+    proc = subprocess.Popen([*ENVOYEXT, "run", str(project)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "NO_COLOR": "1"})
+    try:
+        assert "listening on" in proc.stdout.readline()
+        left = list(Path(tempfile.gettempdir()).glob(f"envoyext-*-{proc.pid}-*"))
+        assert left, "the run's work dir is named for its process"
+        envoys = envoy_pids()
+        proc.kill()  # SIGKILL: no cleanup runs
+        proc.wait(30)
+        assert all(d.exists() for d in left)
+        deadline = time.monotonic() + 30  # its Envoy dies with it (parent-death signal)
+        while envoys & envoy_pids() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        r = run_cli("build", project)
+        assert r.returncode == 0, r.stderr
+        assert not any(d.exists() for d in left)
+        assert kept.is_dir()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        kept.rmdir()
+
+
+def test_a_killed_builds_temp_file_is_removed_by_the_next_build(tmp_path):
+    project = scaffold(tmp_path, "lua")
+    build = project / "build"
+    build.mkdir(exist_ok=True)
+    dead = build / f".t-lua.lua.{_dead_pid()}.abcd1234.tmp"
+    alive = build / f".t-lua.lua.{os.getpid()}.efgh5678.tmp"  # a build still running: left alone
+    dead.write_text("half")
+    alive.write_text("half")
+    assert run_cli("build", project, "--force").returncode == 0
+    assert not dead.exists() and alive.exists()
+
+
+def test_builds_racing_on_one_project_never_collide(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from envoyext import project as proj
+    p = proj.load(scaffold(tmp_path, "lua"))
+    with ThreadPoolExecutor(8) as pool:  # before: one fixed .tmp name, so one build renamed another's away
+        list(pool.map(lambda _: proj.build(p, force=True), range(200)))
+    assert [f.name for f in p.build_dir.iterdir()] == ["t-lua.lua"]
+
+
+def test_a_trapping_wasm_filter_prints_no_backtrace(tmp_path):
+    project = scaffold(tmp_path, "c")
+    src = project / "filter.c"
+    src.write_text(src.read_text().replace("return PW_CONTINUE;", "__builtin_trap();", 1))
+    r = run_cli("test", project, "--only", "unit")
+    assert r.returncode == 1 and "FAIL" in r.stdout
+    assert r.stderr == ""  # wasmtime's backtrace no longer spills; the verdict has the failure

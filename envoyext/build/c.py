@@ -16,10 +16,10 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from envoyext import tempfiles
 from envoyext.errors import BuildError, UserError
 
 log = logging.getLogger(__name__)
@@ -84,9 +84,7 @@ def compile_wasm(sources: Sequence[Path | str], out: Path | str, *, include_dirs
         cmd.append("-s")
     cmd += [*cflags, *map(str, srcs), *map(str, runtime)]
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = tempfiles.temp_beside(out)  # named for this process: a killed build's is removed by the next
     try:
         try:
             proc = subprocess.run([*cmd, "-o", str(tmp)], capture_output=True, text=True,
@@ -124,19 +122,20 @@ def _error_from_output(output: str, sources: Sequence[Path]) -> BuildError:
                 return BuildError(f"undefined symbol: {sym}", file=file, line=line,
                                   fix=f"define {sym}, or remove the call: a filter can only import "
                                       f"proxy-wasm host functions (see proxy_wasm.h)")
-            return BuildError(msg, file=sources[0] if len(sources) == 1 else None)
+            return BuildError(msg, file=sources[0] if len(sources) == 1 else None, fix=_fix_for(msg))
     tail = " ".join(output.split())[-300:] or "no output"
-    return BuildError(f"the C compiler failed: {tail}", file=sources[0] if len(sources) == 1 else None)
+    return BuildError(f"the C compiler failed: {tail}", file=sources[0] if len(sources) == 1 else None,
+                      fix="correct the C sources")
 
 
-def _fix_for(msg: str) -> str | None:
+def _fix_for(msg: str) -> str:
     if "conflicting types for 'pw_on_" in msg:
         return "give the hook exactly the signature declared in proxy_wasm.h"
     if "file not found" in msg:
         return "check the #include name, or pass include_dirs"
     if "implicit declaration" in msg or "undeclared function" in msg:
         return "#include the header that declares it (proxy_wasm.h for pw_* functions)"
-    return None
+    return "correct the C source at that line"
 
 
 def _first_use(symbol: str, sources: Sequence[Path]) -> tuple[Path | None, int | None]:

@@ -42,9 +42,10 @@ def check_lua(path: Path | str) -> None:
     if ok:
         return
     m = _MESSAGE.match(err or "")
+    fix = "correct the Lua at that line (LuaJIT 2.1, Lua 5.1 syntax)"
     if m:
-        raise BuildError(m["msg"], file=path, line=int(m["line"]))
-    raise BuildError(err or "the Lua source does not compile", file=path)
+        raise BuildError(m["msg"], file=path, line=int(m["line"]), fix=fix)
+    raise BuildError(err or "the Lua source does not compile", file=path, fix=fix)
 
 
 def _check(src: bytes) -> tuple[bool, str | None]:

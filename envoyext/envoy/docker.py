@@ -77,7 +77,7 @@ def compose_file(config: dict, workdir: Path, *, image: str = IMAGE, concurrency
 class DockerEnvoy(EnvoyRuntime):
     """Envoy in a container; a drop-in for EnvoyProcess."""
 
-    temp_prefix = "envoyext-docker-"
+    temp_kind = "docker"
 
     def __init__(self, config: dict, *, workdir: Path | None = None, concurrency: int = 2, **_):
         super().__init__(config, workdir=workdir, concurrency=concurrency)

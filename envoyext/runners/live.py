@@ -7,6 +7,7 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
 from envoyext import prometheus
 from envoyext.artifact import Artifact
@@ -118,9 +119,11 @@ def _scrape(envoy, settle: bool = False, timeout: float = 3.0) -> prometheus.Ser
     return current
 
 
-def validate(artifact: Artifact | None, scenario: Scenario, *, oracle: bool = False) -> None:
+def validate(artifact: Artifact | None, scenario: Scenario, *, oracle: bool = False,
+             project_file: Path | None = None) -> None:
     """Envoy's verdict (`--mode validate`) on the configuration this scenario runs in, before
-    anything starts; a refusal names the scenario file."""
+    anything starts. A refusal names what is wrong: the module Envoy cannot load, the filter.yaml
+    field (`project_file`) or the configuration's source the filter refuses, else the scenario."""
     addresses = {name: ("127.0.0.1", 9) for name in scenario.all_clusters()}  # any port will do
     try:
         config = bootstrap.build(artifact, scenario, addresses, oracle=oracle)
@@ -130,7 +133,33 @@ def validate(artifact: Artifact | None, scenario: Scenario, *, oracle: bool = Fa
         process.validate(config)
     except EnvoyRejected as e:
         what = "the native oracle's configuration: " if oracle else ""
-        raise EnvoyRejected(f"Envoy rejects {what}{e.message}", file=scenario.path, fix=e.fix) from None
+        blamed = None if oracle else _blame(artifact, scenario, project_file, e)
+        raise blamed or EnvoyRejected(f"Envoy rejects {what}{e.message}", file=scenario.path, fix=e.fix) from None
+
+
+def _blame(artifact: Artifact | None, scenario: Scenario, project_file: Path | None,
+           e: EnvoyRejected) -> EnvoyRejected | None:
+    """The file and field Envoy's refusal is really about, when its log says so."""
+    log = getattr(e, "envoy_log", "")
+    if artifact is None:
+        return None
+    vm = process.wasm_vm_failure(log, loading=True) if artifact.kind == "wasm" else None
+    if vm:
+        return EnvoyRejected(f"Envoy cannot load this Wasm module: {e.message}", file=artifact.path,
+                             fix="give a proxy-wasm module built for ABI 0.2.1 (or 0.2.0/0.1.0) that Envoy "
+                                 "loads; rebuild it")
+    bad_regex = re.search(r"Invalid regex '(.*)': (.*)$", e.message)
+    for i, tag in enumerate(artifact.stats_tags):
+        if bad_regex and tag.get("regex") == bad_regex.group(1):
+            return EnvoyRejected(f"Envoy rejects the regex: {bad_regex.group(2)}", file=project_file or "filter.yaml",
+                                 field=f"stats_tags[{i}].regex", fix="write an RE2 regular expression")
+    if artifact.kind == "wasm" and process.wasm_vm_failure(log):
+        # The plugin refused its configuration (proxy_on_configure): blame where that came from.
+        own = scenario.config is not artifact.config
+        return EnvoyRejected(f"Envoy rejects the filter's configuration: {e.message}",
+                             file=scenario.path if own or project_file is None else project_file,
+                             field="config", fix="give the configuration the filter expects")
+    return None
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from envoyext.errors import UserError
+from envoyext.errors import UserError, read_text
 
 HERE = Path(__file__).parent
 
@@ -37,21 +37,54 @@ def field_path(parts) -> str:
     return out or "(top level)"
 
 
+# A tiny YAML file can stand for a huge document through aliases (*a repeated inside &a ...,
+# "billion laughs"): validating or running it would take forever. No real scenario needs more.
+MAX_NODES = 100_000
+
+
 def read_yaml(path: Path) -> Any:
+    text = read_text(path, what="YAML file")
     try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        raise UserError("file not found", file=path, fix="check the path") from None
-    except IsADirectoryError:
-        raise UserError("is a directory, expected a YAML file", file=path) from None
-    try:
-        return yaml.safe_load(text)
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is not None:
+                _check_size(node, path)
+            return loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark else None
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise UserError(f"YAML syntax error: {problem}", file=path, line=line,
                         fix="correct the YAML at that line") from None
+    except RecursionError:
+        raise UserError("YAML nested too deeply", file=path, fix="flatten the document") from None
+
+
+def _check_size(root: yaml.Node, path: Path) -> None:
+    """Refuse a document whose aliases expand to more than MAX_NODES nodes (or refer to themselves)."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            if sizes[key] < 0:  # reached again while being counted: it contains itself
+                return MAX_NODES + 1
+            return sizes[key]
+        sizes[key] = -1
+        children = node.value if isinstance(node, yaml.SequenceNode) else (
+            [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+        total = 1
+        for child in children:
+            total = min(total + size(child), MAX_NODES + 1)
+        sizes[key] = total
+        return total
+
+    if size(root) > MAX_NODES:
+        raise UserError(f"the document expands to more than {MAX_NODES} nodes (YAML aliases)", file=path,
+                        line=root.start_mark.line + 1, fix="write the values out instead of nesting aliases")
 
 
 def _fix_for(err: jsonschema.ValidationError) -> str:
@@ -66,7 +99,9 @@ def _fix_for(err: jsonschema.ValidationError) -> str:
     if v == "type":
         t = err.validator_value
         return f"give a value of type {t if isinstance(t, str) else ' or '.join(t)}"
-    if v in ("minimum", "maximum", "minItems", "pattern"):
+    if v == "maximum":  # bounds what a small file can cost (requests sent, time waited)
+        return f"use at most {err.validator_value}"
+    if v in ("minimum", "minItems", "pattern"):
         return f"respect {v} {err.validator_value}"
     return "see the README for this field"
 

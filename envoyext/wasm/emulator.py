@@ -79,7 +79,7 @@ class WasmFilterHost:
             self.module = compile_module(artifact.path)
         except LoadError as e:
             raise EnvoyRejected(f"Unable to create Wasm HTTP filter {artifact.name}: {e}",
-                                file=artifact.path) from None
+                                file=artifact.path, fix="give a valid proxy-wasm module; rebuild it") from None
         # Envoy runs one VM per thread: the main thread's and each worker's tick (and may be woken
         # by queues) though only one serves our streams. idle_vms: the main thread's and the other
         # workers' (the live runner's `workers`, 1 by default, so one idle VM).
