@@ -40,7 +40,26 @@ def _fail(e: UserError):
     sys.exit(2)
 
 
-@click.group()
+class _OneLineUsage(click.Group):
+    """click prints a usage error as a usage block, a hint and the error; envoyext's promise is one
+    line naming the place and the fix, exit 2, for every bad input, the command line included."""
+
+    def main(self, *args, **kwargs):
+        try:
+            kwargs.setdefault("prog_name", "envoyext")  # also as `python -m envoyext.cli`
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else "envoyext"
+            _fail(UserError(e.format_message(), field=where, fix=f"see '{where} --help'"))
+        except click.exceptions.Abort:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except click.ClickException as e:   # e.g. a missing file argument
+            e.show()
+            sys.exit(e.exit_code)
+
+
+@click.group(cls=_OneLineUsage)
 @click.version_option(__version__, prog_name="envoyext")
 def main():
     """Author, build, test and ship Envoy Lua and proxy-wasm filters."""
