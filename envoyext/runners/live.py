@@ -28,13 +28,13 @@ ORACLE = "native"
 
 
 def validate(artifact: Artifact | None, scenario: Scenario, *, oracle: bool = False,
-             project_file: Path | None = None) -> None:
+             project_file: Path | None = None, identity: ProxyIdentity = TEST_PROXY) -> None:
     """Envoy's verdict (`--mode validate`) on the configuration this scenario runs in, before
     anything starts. A refusal names what is wrong: the module Envoy cannot load, the filter.yaml
     field (`project_file`) or the configuration's source the filter refuses, else the scenario."""
     addresses = {name: ("127.0.0.1", 9) for name in scenario.all_clusters()}  # any port will do
     try:
-        config = bootstrap.build(artifact, scenario, addresses, oracle=oracle)
+        config = bootstrap.build(artifact, scenario, addresses, identity=identity, oracle=oracle)
     except UserError as e:
         raise UserError(e.message, file=scenario.path, field=e.field, fix=e.fix) from None
     try:
