@@ -14,7 +14,7 @@ from envoyext.artifact import Artifact
 from envoyext.envoy import filter_entry, xds
 from envoyext.envoy.identity import TEST_PROXY, ProxyIdentity
 from envoyext.errors import UserError
-from envoyext.scenario import Route, Scenario
+from envoyext.scenario import Oracle, Route, Scenario
 
 
 def route_entry(route: Route, artifact: Artifact | None) -> dict[str, Any]:
@@ -39,9 +39,10 @@ def route_entry(route: Route, artifact: Artifact | None) -> dict[str, Any]:
         metadata=metadata, typed_per_filter_config=per_filter)
 
 
-def http_filters(artifact: Artifact | None, scenario: Scenario, oracle: bool) -> list[dict[str, Any]]:
-    if oracle:
-        filters = [dict(f) for f in scenario.oracle.http_filters]
+def http_filters(artifact: Artifact | None, scenario: Scenario, native: Oracle | None) -> list[dict[str, Any]]:
+    """The filter under test, or the scenario's `native` oracle filters, then the router."""
+    if native is not None:
+        filters = [dict(f) for f in native.http_filters]
     elif artifact is None:
         raise UserError("no filter to test", fix="build the filter, or run the scenario's native oracle")
     else:
@@ -53,13 +54,16 @@ def build(artifact: Artifact | None, scenario: Scenario, addresses: dict[str, tu
           *, identity: ProxyIdentity = TEST_PROXY, listen: tuple[str, int] = ("127.0.0.1", 0),
           oracle: bool = False) -> dict[str, Any]:
     """The whole bootstrap. `oracle` swaps the filter under test for the scenario's native filters."""
+    native = scenario.oracle if oracle else None
+    if oracle and native is None:
+        raise UserError("the scenario has no native oracle", file=scenario.path, fix="add an `oracle:` block")
     subject = None if oracle else artifact
     virtual_host = xds.virtual_host(
         "local", ["*"], [route_entry(r, subject) for r in scenario.routes],
-        typed_per_filter_config=scenario.oracle.typed_per_filter_config if oracle else None)
+        typed_per_filter_config=native.typed_per_filter_config if native is not None else None)
     hcm = xds.http_connection_manager(
         identity.stat_prefix, xds.route_config("local_route", [virtual_host]),
-        http_filters(artifact, scenario, oracle),
+        http_filters(artifact, scenario, native),
         codec_type="AUTO",
         # Trailers over HTTP/1.1 reach filters only when the codec is told to keep them.
         http_protocol_options={"enable_trailers": True})
