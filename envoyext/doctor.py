@@ -31,19 +31,20 @@ class Check:
     required: bool = True
 
 
-def _tiny_config(filter_entry: dict) -> dict:
+def _tiny_config(entry: dict) -> dict:
     from envoyext.artifact import Artifact
-    from envoyext.envoy import bootstrap
+    from envoyext.envoy import bootstrap, xds
+    from envoyext.envoy.identity import TEST_PROXY
     from envoyext.scenario import from_dict
     sc = from_dict({"cases": [{"name": "-"}]}, Path("doctor"))
     config = bootstrap.build(Artifact("lua", Path("/dev/null"), "doctor"), sc, {"upstream": ("127.0.0.1", 9)})
-    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    hcm["http_filters"] = [filter_entry, hcm["http_filters"][-1]]  # keep the router
+    hcm = xds.hcm_of(xds.listener_named(config, TEST_PROXY.listener))
+    hcm["http_filters"] = [entry, xds.router_filter()]
     return config
 
 
 def run_checks() -> list[Check]:
-    from envoyext.envoy import bootstrap, process
+    from envoyext.envoy import filter_entry, process
     checks: list[Check] = []
     try:
         binary = process.envoy_binary()
@@ -62,8 +63,7 @@ def run_checks() -> list[Check]:
         return checks
     checks.append(Check("envoy", True, f"{version} at {binary}"))
 
-    lua_entry = {"name": "envoy.filters.http.lua", "typed_config": {
-        "@type": bootstrap.LUA, "default_source_code": {"inline_string": "function envoy_on_request(h) end"}}}
+    lua_entry = filter_entry.lua_filter("envoy.filters.http.lua", default_source="function envoy_on_request(h) end")
     checks.append(_validates("envoy Lua filter", _tiny_config(lua_entry)))
 
     import wasmtime
@@ -71,9 +71,7 @@ def run_checks() -> list[Check]:
     try:
         module = tmp / "tiny.wasm"
         module.write_bytes(wasmtime.wat2wasm(TINY_PLUGIN_WAT))
-        wasm_entry = {"name": "envoy.filters.http.wasm", "typed_config": {"@type": bootstrap.WASM, "config": {
-            "name": "doctor", "vm_config": {"runtime": bootstrap.WASM_RUNTIME,
-                                            "code": {"local": {"filename": str(module)}}}}}}
+        wasm_entry = filter_entry.wasm_filter("envoy.filters.http.wasm", module, plugin_name="doctor")
         checks.append(_validates("envoy V8 Wasm runtime", _tiny_config(wasm_entry)))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -37,17 +37,17 @@ class LiveFilter:
 
     def request(self, method: str = "GET", path: str = "/", *, headers: dict | None = None,
                 body: bytes | str = b"", authority: str = "example.com") -> Response | None:
-        from envoyext.runners import live
+        from envoyext.envoy.client import send
         rq = Request(method, path, authority, header_list(headers),
                      body.encode() if isinstance(body, str) else body)
-        return live.send(*self.envoy.listener, rq)
+        return send(*self.envoy.listener, rq)
 
     def received(self, cluster: str = UPSTREAM) -> list:
         return list(self.upstreams.received[cluster])
 
     def logs(self) -> list:
-        from envoyext.runners import live
-        return live.filter_logs(self.envoy.log_text())
+        from envoyext.envoy.logs import filter_logs
+        return filter_logs(self.envoy.log_text())
 
     def stats(self) -> dict[str, int]:
         return self.admin.stats()

@@ -17,7 +17,7 @@ from tests.conftest import envoy_pids, run_cli
 from tests.differential import Differential
 
 HERE = Path(__file__).parent
-NOOP = Artifact("lua", HERE / "golden" / "noop.lua", "noop")
+NOOP = Artifact("lua", HERE / "envoy" / "golden" / "noop.lua", "noop")
 BEFORE_ENVOYS = envoy_pids()  # Envoys this machine ran before these tests (other engineers' too)
 
 

@@ -159,11 +159,14 @@ def test_emulate_runs_one_scenario_in_the_emulator_alone(tmp_path, lang, suffix)
 
 def test_config_prints_the_bootstrap(tmp_path):
     import yaml
+
+    from envoyext.envoy import xds
+    from envoyext.envoy.identity import TEST_PROXY
     project = scaffold(tmp_path, "lua")
     r = run_cli("config", project)
     assert r.returncode == 0, r.stderr
     doc = yaml.safe_load(r.stdout)
-    hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm = xds.hcm_of(xds.listener_named(doc, TEST_PROXY.listener))
     assert [f["name"] for f in hcm["http_filters"]] == ["t-lua", "envoy.filters.http.router"]
 
 

@@ -9,7 +9,7 @@ from envoyext.artifact import Artifact
 from tests.differential import Differential, scenario_cases
 
 HERE = Path(__file__).parent
-DIFFERENTIAL = Differential(lambda path: Artifact("lua", HERE / "golden" / "noop.lua", "noop"))
+DIFFERENTIAL = Differential(lambda path: Artifact("lua", HERE / "envoy" / "golden" / "noop.lua", "noop"))
 
 
 @pytest.mark.parametrize("path,name", scenario_cases(sorted((HERE / "scenarios").glob("*.yaml"))))

@@ -286,9 +286,9 @@ def test_lua_filter_without_default_source_code(tmp_path):
     p = project.load(root)
     artifact = project.build(p)
     assert not artifact.has_default_script
-    from envoyext.envoy import bootstrap
+    from envoyext.envoy import filter_entry
     sc = load(p.scenario_files[0], default_config=p.config)
-    typed = bootstrap.filter_config(artifact, sc.config)["typed_config"]
+    typed = filter_entry.for_artifact(artifact, sc.config)["typed_config"]
     assert "default_source_code" not in typed and set(typed["source_codes"]) == {"named"}
     emu = {o.case: o for o in emulated.run_scenario(artifact, sc)}
     real = {o.case: o for o in live.run_scenario(artifact, sc)}

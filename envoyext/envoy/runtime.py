@@ -9,19 +9,20 @@ from pathlib import Path
 
 from envoyext import tempfiles
 from envoyext.envoy.admin import Admin
+from envoyext.envoy.identity import TEST_PROXY, ProxyIdentity
 from envoyext.errors import UserError
-
-# The listener every generated bootstrap names (envoyext.envoy.bootstrap).
-LISTENER = "envoyext"
 
 
 class EnvoyRuntime:
-    """Use as a context manager; `url`, `admin` and `listener` are ready inside."""
+    """Use as a context manager; `url`, `admin` and `listener` are ready inside. `identity` says
+    which proxy `config` makes (its listener is the one `listener` reads back) and its log levels."""
 
     temp_kind = "envoy"  # work dirs are envoyext-<kind>-<pid>-*: a killed run's are removed by the next
 
-    def __init__(self, config: dict, *, workdir: Path | None = None, concurrency: int = 2):
+    def __init__(self, config: dict, *, identity: ProxyIdentity = TEST_PROXY, workdir: Path | None = None,
+                 concurrency: int = 2):
         self.config = config
+        self.identity = identity
         self._own_tmp = tempfiles.mkdtemp(self.temp_kind) if workdir is None else None
         self.workdir = Path(workdir or self._own_tmp)
         self.concurrency = concurrency
@@ -45,7 +46,7 @@ class EnvoyRuntime:
             if self.admin is None and admin_path.exists() and admin_path.read_text().strip():
                 self.admin = Admin(admin_path.read_text().strip())
             if self.admin is not None and self.admin.ready():
-                self.listener = self.admin.listener_address(LISTENER)
+                self.listener = self.admin.listener_address(self.identity.listener)
                 return
             time.sleep(0.02)
         raise UserError(f"Envoy did not become ready within {timeout:.0f}s; log: {self.log_path}")

@@ -11,7 +11,7 @@ and logged and the stream let through.
 The rest of the Lua filter proto (`source_codes`, `stat_prefix`, `clear_route_cache`) comes from
 `filter.yaml`'s `lua:` block as `Artifact.lua_options`; `lua_config` overrides it (tests, the Python
 API). Every named script gets the JSON config as the default one does, exactly as
-`envoyext.envoy.bootstrap.filter_config` inlines them for live Envoy. A filter without a default
+`envoyext.envoy.filter_entry.for_artifact` inlines them for live Envoy. A filter without a default
 script (`default_source_code` absent) runs only the scripts routes select.
 
 Lua states and workers: Envoy keeps one lua_State per script per worker (the live runner starts

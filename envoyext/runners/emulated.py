@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from envoyext import prometheus
 from envoyext.artifact import Artifact
-from envoyext.envoy.bootstrap import STAT_PREFIX
+from envoyext.envoy.identity import TEST_PROXY
 from envoyext.messages import Request, codec_bad_value, is_no_response, is_token, no_response, request_head
 from envoyext.scenario import (
     UPSTREAM,
@@ -236,7 +236,7 @@ class EmulatedEnvoy:
         return http1_response(rq.method, reply.status, stream.response_headers, stream.response_body)
 
     def _count_request(self, status: int, stream: Stream, extra: tuple[str, ...] = ()) -> None:
-        prefix = f"http.{STAT_PREFIX}."
+        prefix = TEST_PROXY.hcm_stats
         names = ["downstream_rq_total", "downstream_rq_completed", f"downstream_rq_{status // 100}xx", *extra]
         if stream.routed:  # the router saw the request: no filter answered it first
             names.append("rq_total")

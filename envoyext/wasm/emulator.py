@@ -18,8 +18,8 @@ import logging
 from typing import Any
 
 from envoyext.artifact import Artifact
-from envoyext.envoy.bootstrap import plugin_configuration_text
 from envoyext.envoy.facts import disabled_by_route
+from envoyext.envoy.filter_entry import plugin_configuration_text
 from envoyext.errors import EnvoyRejected
 from envoyext.runners.emulated import (
     CONNECT_FAILURE_BODY,

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from envoyext.artifact import Artifact
+from envoyext.envoy import logs
 from envoyext.errors import EnvoyRejected
 from envoyext.runners import emulated, live
 from envoyext.scenario import check, compare, from_dict
@@ -51,7 +52,7 @@ def test_envoy_runs_the_filter_as_the_emulator_does(smoke_wasm):
 def test_configure_logs_through_the_sdk(smoke_wasm):
     sc = from_dict({**SCENARIO, "cases": [{"name": "-"}]}, Path("sdk_smoke.yaml"))
     with live.started(artifact(smoke_wasm), sc) as (envoy, _):
-        assert "sdk_smoke: configured x-sdk=hello" in [line.message for line in live.filter_logs(envoy.log_text())]
+        assert "sdk_smoke: configured x-sdk=hello" in [line.message for line in logs.filter_logs(envoy.log_text())]
 
 
 def test_validation_really_loads_and_configures_the_module(smoke_wasm, tmp_path):

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from envoyext.artifact import Artifact
-from envoyext.envoy import bootstrap
+from envoyext.envoy import bootstrap, logs
+from envoyext.envoy.client import send
 from envoyext.envoy.process import EnvoyProcess
 from envoyext.errors import EnvoyRejected
 from envoyext.runners import live
@@ -26,7 +27,7 @@ def test_starts_serves_and_stops(tmp_path):
     with live.started(art, SCENARIO) as (envoy, ups):
         pid = envoy.proc.pid
         assert envoy.admin.ready()
-        r = live.send(*envoy.listener, Request(path="/p"))
+        r = send(*envoy.listener, Request(path="/p"))
         assert r.status == 200 and ("x-t", "1") in r.headers
         assert envoy.admin.stats()["http.ingress_http.downstream_rq_2xx"] == 1
         assert ups.received["upstream"][0].path == "/p"
@@ -59,7 +60,7 @@ def test_filter_logs_are_parsed_by_level():
             "[2026-01-01 00:00:00.000][1][debug][wasm] wasm log p r vm: two\nlines\n"
             "[2026-01-01 00:00:00.000][1][info][main] unrelated\n"
             "[2026-01-01 00:00:00.000][1][warning][lua] script log: careful\n")
-    assert [(l.level, l.message) for l in live.filter_logs(text)] == [
+    assert [(l.level, l.message) for l in logs.filter_logs(text)] == [
         ("info", "hello"), ("debug", "two\nlines"), ("warn", "careful")]
 
 
@@ -112,7 +113,7 @@ def test_an_upstream_losing_its_client_mid_body_prints_nothing(caplog):
         s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789")
         s.close()  # mid-body: aiohttp's read fails with "Connection lost"
         # A second request on a new connection is answered after the first was handled.
-        r = live.send(*ups.address("upstream"), Request(path="/after"))
+        r = send(*ups.address("upstream"), Request(path="/after"))
         assert r.status == 200
     # aiohttp logs it (with a traceback) at error level; outside pytest that lands on stderr
     assert not [r for r in caplog.records if r.levelno >= 40], caplog.text
@@ -121,7 +122,6 @@ def test_an_upstream_losing_its_client_mid_body_prints_nothing(caplog):
 def test_envoys_refusal_keeps_the_root_cause():
     """Envoy's summary ('Unable to create Wasm plugin') says nothing; the cause is a VM failure line
     or the plugin's own words at any level (a plugin may refuse its config with a warning)."""
-    from envoyext.envoy.process import _first_error
     summary = "[2026-01-01 00:00:00.000][1][critical][main] error initializing configuration 'v.json': " \
               "Unable to create Wasm plugin p\n"
     warned = "[2026-01-01 00:00:00.000][1][warning][wasm] wasm log p p : header must be a string\n"
@@ -129,6 +129,6 @@ def test_envoys_refusal_keeps_the_root_cause():
           "Wasm VM failed Failed to parse corrupted Wasm module\n"
           "[2026-01-01 00:00:00.000][1][error][wasm] [source/extensions/common/wasm/wasm.cc:104] "
           "Wasm VM failed Failed to load Wasm code\n")
-    assert _first_error(warned + summary) == "Unable to create Wasm plugin p: header must be a string"
-    assert _first_error(vm + summary) == "Unable to create Wasm plugin p: Failed to parse corrupted Wasm module"
-    assert _first_error(summary) == "Unable to create Wasm plugin p"
+    assert logs.first_error(warned + summary) == "Unable to create Wasm plugin p: header must be a string"
+    assert logs.first_error(vm + summary) == "Unable to create Wasm plugin p: Failed to parse corrupted Wasm module"
+    assert logs.first_error(summary) == "Unable to create Wasm plugin p"

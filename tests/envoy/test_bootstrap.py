@@ -1,6 +1,6 @@
 """The bootstrap generator is pure: same inputs, same config, checked against golden files.
 
-Regenerate after an intended change with: UPDATE_GOLDEN=1 make test (then review the diff)."""
+Regenerate after an intended change with `make golden` (then review the diff)."""
 
 import json
 import os
@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from envoyext.artifact import Artifact
-from envoyext.envoy import bootstrap
+from envoyext.envoy import bootstrap, filter_entry, xds
+from envoyext.envoy.identity import TEST_PROXY, ProxyIdentity
 from envoyext.envoy.process import validate
 from envoyext.scenario import from_dict
 
@@ -52,7 +53,7 @@ def test_matches_golden(kind, per_route):
 
 
 def test_wasm_configuration_is_json_string():
-    hcm = config_for("wasm")["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm = xds.hcm_of(xds.listener_named(config_for("wasm"), TEST_PROXY.listener))
     plugin = hcm["http_filters"][0]["typed_config"]["config"]
     assert json.loads(plugin["configuration"]["value"]) == {"header": "x-a", "limit": 3}
     assert [f["name"] for f in hcm["http_filters"]] == ["my-wasm", "envoy.filters.http.router"]
@@ -82,7 +83,7 @@ def test_connect_route_full_metadata_and_no_default_script_are_envoy_config():
     artifact = Artifact("lua", GOLDEN / "noop.lua", "my-lua", lua_options={
         "default_source_code": False, "source_codes": {"alt": {"filename": str(GOLDEN / "noop.lua")}}})
     config = bootstrap.build(artifact, from_dict(doc, Path("s.yaml")), ADDRESSES)
-    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm = xds.hcm_of(xds.listener_named(config, TEST_PROXY.listener))
     tunnel, short = hcm["route_config"]["virtual_hosts"][0]["routes"]
     assert tunnel["match"] == {"connect_matcher": {}}
     assert tunnel["route"]["upgrade_configs"] == [{"upgrade_type": "CONNECT"}]
@@ -90,4 +91,23 @@ def test_connect_route_full_metadata_and_no_default_script_are_envoy_config():
     assert short["metadata"] == {"filter_metadata": {"my-lua": {"team": "edge"}}}  # the short form
     lua = hcm["http_filters"][0]["typed_config"]
     assert "default_source_code" not in lua and set(lua["source_codes"]) == {"alt"}
+    validate(config)
+
+
+def test_the_proxy_identity_names_node_listener_stat_prefix_and_admin_port():
+    gateway = ProxyIdentity(name="gw", node_id="router~10.0.0.1~gw.default~cluster.local", node_cluster="gw",
+                            listener="gw_http", stat_prefix="gateway", admin_port=15000)
+    config = bootstrap.build(CASES["wasm"], from_dict(json.loads(json.dumps(SCENARIO)), Path("s.yaml")), ADDRESSES,
+                             identity=gateway)
+    assert config["node"] == {"id": "router~10.0.0.1~gw.default~cluster.local", "cluster": "gw"}
+    assert config["admin"]["address"]["socket_address"]["port_value"] == 15000
+    assert xds.hcm_of(xds.listener_named(config, "gw_http"))["stat_prefix"] == "gateway"
+    with pytest.raises(KeyError):
+        xds.listener_named(config, TEST_PROXY.listener)
+
+
+def test_a_route_turns_the_filter_off_with_the_shared_disabled_config():
+    config = config_for("lua", filter_entry.disabled())
+    routes = xds.hcm_of(xds.listener_named(config, TEST_PROXY.listener))["route_config"]["virtual_hosts"][0]["routes"]
+    assert routes[0]["typed_per_filter_config"] == {"my-lua": filter_entry.disabled()}
     validate(config)

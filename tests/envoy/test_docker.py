@@ -30,7 +30,7 @@ def test_compose_file_runs_the_pinned_image_with_the_bootstrap(tmp_path):
 
 
 def test_docker_runtime_plumbing_with_a_stand_in_docker(tmp_path, monkeypatch):
-    """No engine here: tests/fake_docker.py, as `docker`, runs the compose file's command with the
+    """No engine here: tests/envoy/fake_docker.py, as `docker`, runs the compose file's command with the
     real Envoy binary, which proves the command line, mounts and readiness wait are right."""
     from envoyext.envoy.process import envoy_binary
     from envoyext.runners import live
@@ -52,9 +52,10 @@ def test_docker_runtime_plumbing_with_a_stand_in_docker(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not engine_available(), reason="no Docker engine")
 def test_docker_runtime_serves_a_lua_filter(tmp_path):
+    from envoyext.envoy.client import send
     from envoyext.runners import live
     script = tmp_path / "f.lua"
     script.write_text("function envoy_on_response(h) h:headers():add('x-d', '1') end\n")
     with live.started(Artifact("lua", script, "d"), SCENARIO, runtime="docker") as (envoy, _):
-        r = live.send(*envoy.listener, Request(path="/"))
+        r = send(*envoy.listener, Request(path="/"))
         assert ("x-d", "1") in r.headers
