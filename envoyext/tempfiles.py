@@ -30,9 +30,9 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def _stale(name: str, pattern: re.Pattern) -> bool:
+def _stale(name: str, pattern: re.Pattern[str]) -> bool:
     m = pattern.match(name)
-    return bool(m) and int(m["pid"]) != os.getpid() and not pid_alive(int(m["pid"]))
+    return m is not None and int(m["pid"]) != os.getpid() and not pid_alive(int(m["pid"]))
 
 
 def mkdtemp(kind: str) -> Path:
