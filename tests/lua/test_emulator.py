@@ -167,8 +167,8 @@ def test_stats_are_shared_by_every_script_of_the_filter():
 
 def test_lua_options_come_from_the_artifact_and_named_scripts_get_the_config(tmp_path):
     from envoyext.artifact import Artifact
+    from envoyext.emulated.connection_manager import EmulatedEnvoy
     from envoyext.lua.emulator import LuaFilterHost
-    from envoyext.runners.emulated import EmulatedEnvoy
     from envoyext.scenario import Case, Request, from_dict
     (tmp_path / "f.lua").write_text('function envoy_on_request(h) h:headers():add("x-s", "default") end\n')
     (tmp_path / "n.lua").write_text('function envoy_on_request(h) h:headers():add("x-s", envoyext_config.v) end')
