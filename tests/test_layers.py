@@ -76,25 +76,25 @@ def find_cycle(graph: Graph) -> list[str] | None:
     return None
 
 
-def test_the_cycle_finder_catches_a_cycle_and_passes_a_tree():
+def test_the_cycle_finder_catches_a_cycle_and_passes_a_tree() -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"a"}}) == ["a", "a"]
     assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
 
 
-def test_the_graph_sees_function_local_imports():
+def test_the_graph_sees_function_local_imports() -> None:
     graph = import_graph()
     # runners.emulated imports each host inside load_host(), only when it needs it.
     assert {"envoyext.wasm.emulator", "envoyext.lua.emulator"} <= graph["envoyext.runners.emulated"]
     assert "envoyext.emulated.stream" in graph["envoyext.emulated.connection_manager"]
 
 
-def test_no_import_cycle_in_the_package():
+def test_no_import_cycle_in_the_package() -> None:
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
-def test_the_emulated_envoy_sits_below_the_filter_hosts_and_the_runners():
+def test_the_emulated_envoy_sits_below_the_filter_hosts_and_the_runners() -> None:
     above = ("envoyext.wasm", "envoyext.lua", "envoyext.runners")
     graph = import_graph()
     for module, targets in graph.items():
@@ -104,7 +104,7 @@ def test_the_emulated_envoy_sits_below_the_filter_hosts_and_the_runners():
             assert not {t for t in targets if t.startswith("envoyext.runners")}, module
 
 
-def test_the_wasm_host_loads_without_the_runners():
+def test_the_wasm_host_loads_without_the_runners() -> None:
     code = "import sys, envoyext.wasm.host, envoyext.wasm.api, envoyext.lua.api; " \
            "print(sorted(m for m in sys.modules if m.startswith('envoyext.runners')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
