@@ -18,8 +18,9 @@ import time
 from pathlib import Path
 
 from envoyext.artifact import Artifact
+from envoyext.emulated.connection_manager import EmulatedEnvoy
+from envoyext.emulated.stream import Stream
 from envoyext.lua.emulator import LuaFilterHost
-from envoyext.runners.emulated import EmulatedEnvoy, Stream
 from envoyext.scenario import from_dict
 
 SCRIPT = """

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from envoyext.artifact import Artifact
+from envoyext.emulated.connection_manager import EmulatedEnvoy
 from envoyext.lua.emulator import LuaFilterHost
-from envoyext.runners.emulated import EmulatedEnvoy
 from envoyext.scenario import UPSTREAM, Case, LogLine, Received, Request, first, from_dict, header_list
 
 

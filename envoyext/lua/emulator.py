@@ -1,4 +1,4 @@
-"""The Lua filter host for the emulated Envoy (`envoyext.runners.emulated`).
+"""The Lua filter host for the emulated Envoy (`envoyext.emulated`).
 
 `LuaFilterHost` is one `envoy.filters.http.lua` filter configuration: the default script (the
 artifact, with the scenario's JSON config set as `envoyext_config = ...` on its first line by
@@ -29,22 +29,18 @@ from pathlib import Path
 from typing import Any
 
 from envoyext.artifact import Artifact, lua_code
+from envoyext.emulated.router import CONNECT_FAILURE_BODY, DEFAULT_ROUTE_TIMEOUT_MS, TIMEOUT_BODY
+from envoyext.emulated.stream import Envoy, LocalReply, Stream
 from envoyext.envoy.facts import disabled_by_route
 from envoyext.errors import UserError
 from envoyext.lua.host import Callouts, LuaScript, StatsStore
-from envoyext.runners.emulated import DEFAULT_ROUTE_TIMEOUT_MS, LocalReply, Stream
 from envoyext.scenario import LUA_FILTER_NAMESPACE, LogLine, Response, first
-
-# The HCM stat prefix of the bootstrap both runners use; the filter's stats live under
-# "http.<prefix>.lua.[<stat_prefix>.]" (verified on Envoy 1.40 admin /stats).
-HCM_STAT_PREFIX = "ingress_http"
 
 # What Envoy's async client hands a Lua httpCall when the cluster fails (observed on 1.40: these
 # arrive through onSuccess as the router's local replies; "upstream failure" is only for resets).
 CALLOUT_FAILURES = {
-    "connection_failure": (503, b"upstream connect error or disconnect/reset before headers. "
-                                b"reset reason: remote connection failure"),
-    "timeout": (504, b"upstream request timeout"),
+    "connection_failure": (503, CONNECT_FAILURE_BODY),
+    "timeout": (504, TIMEOUT_BODY),
     "reset": (503, b"upstream failure"),
 }
 
@@ -83,13 +79,14 @@ def as_read(headers, body: bytes) -> bytes:
 class LuaFilterHost:
     runner = "lua-emulator"
 
-    def __init__(self, artifact: Artifact, config: Any, env, lua_config: dict | None = None,
+    def __init__(self, artifact: Artifact, config: Any, env: Envoy, lua_config: dict | None = None,
                  source: str | None = None):
         self.env = env
         self.filter_name = artifact.filter_name
         cfg = lua_config if lua_config is not None else (artifact.lua_options or {})
         stat_prefix = cfg.get("stat_prefix") or ""
-        self.stat_prefix = f"http.{HCM_STAT_PREFIX}.lua." + (f"{stat_prefix}." if stat_prefix else "")
+        # The filter's stats live under "http.<HCM stat prefix>.lua.[<stat_prefix>.]" (Envoy 1.40 admin /stats).
+        self.stat_prefix = f"{env.identity.hcm_stats}lua." + (f"{stat_prefix}." if stat_prefix else "")
         self.clear_route_cache = cfg.get("clear_route_cache", True)
         self.store = StatsStore(self.stat_prefix)
         self.callouts = Callouts(self._has_cluster, self._call, lambda: env.clock.ns // 1000, self.store)
@@ -283,12 +280,14 @@ class LuaStreamFilter:
             return LocalReply(503, b"no healthy upstream", details="no_healthy_upstream")
         return None
 
-    def encode(self, stream: Stream) -> None:
+    def encode(self, stream: Stream) -> LocalReply | None:
+        """Never replaces the response: respond() is for the request path only (Envoy 1.40)."""
         self._encode(stream)
         if self.drain:
             # drainConnectionUponCompletion(): the connection manager says so last, after every
             # filter and after date/server (observed, local replies too).
             stream.response_headers = list(stream.response_headers) + [("connection", "close")]
+        return None
 
     def _encode(self, stream: Stream) -> None:
         self._setup(stream)

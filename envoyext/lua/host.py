@@ -22,10 +22,10 @@ from typing import Any
 
 import lupa.luajit21 as lupa
 
+from envoyext.emulated.stream import FilterDidNotReturn
 from envoyext.envoy import facts
 from envoyext.errors import BuildError
 from envoyext.messages import DEFAULT_RESPONSE_TIMEOUT_MS, wire_bytes
-from envoyext.runners.emulated import FilterDidNotReturn
 
 RUNTIME_SOURCE = resources.files("envoyext.lua").joinpath("runtime.lua").read_text()
 

@@ -19,7 +19,7 @@ is the filter's local reply, if any; `ex.request_headers`/`ex.request_body` are 
 upstream. `respond()` pushes a response through on_response_*; `call()` does request, response
 and finish in one go. With `auto_answer=True` (the default) callouts are answered at once by the
 `clusters` you declare (the scenario upstream format: echo, status/headers/body, rules, down).
-`run_scenario(artifact, scenario)` runs a whole scenario file through the emulated Envoy.
+A whole scenario file runs through the emulated Envoy with `envoyext.runners.emulated.run_scenario`.
 """
 
 from __future__ import annotations
@@ -28,17 +28,16 @@ from pathlib import Path
 from typing import Any
 
 from envoyext.artifact import Artifact
-from envoyext.runners import emulated
+from envoyext.emulated.connection_manager import EmulatedEnvoy, send_local_reply
+from envoyext.emulated.stream import LocalReply, Stream
 from envoyext.scenario import LogLine, Scenario, default_routes, header_list
 from envoyext.upstreams import UpstreamSpec
 from envoyext.wasm import headers as H
-from envoyext.wasm.context import HttpCall, HttpCallResponse, Reply
-from envoyext.wasm.emulator import WasmFilterHost, local_reply
+from envoyext.wasm.context import HttpCall, HttpCallResponse
+from envoyext.wasm.emulator import WasmFilterHost
 from envoyext.wasm.filter import StreamFlow
 
-run_scenario = emulated.run_scenario
-
-__all__ = ["WasmPlugin", "Exchange", "run_scenario"]
+__all__ = ["WasmPlugin", "Exchange"]
 
 
 # Pseudo-headers a request gets when it lacks them (in this order, ahead of its own).
@@ -56,7 +55,7 @@ def _headers(h) -> list[tuple[str, str]]:
 class Exchange:
     """One stream through the plugin. Its header lists are live: they show the filter's edits."""
 
-    def __init__(self, plugin: "WasmPlugin", stream: emulated.Stream, flow: StreamFlow, seq: int):
+    def __init__(self, plugin: "WasmPlugin", stream: Stream, flow: StreamFlow, seq: int):
         self.plugin = plugin
         self.stream = stream
         self.flow = flow
@@ -78,7 +77,7 @@ class Exchange:
         return self.stream.request_body
 
     @property
-    def local_response(self) -> Reply | None:
+    def local_response(self) -> LocalReply | None:
         """The filter's local reply (from any callback), or the fail-closed 503."""
         return self.flow.encode_reply or self.flow.reply
 
@@ -102,7 +101,7 @@ class Exchange:
         if self._gen is None and r is not None and not self._local_encoded:
             # Envoy encodes a local reply at once, through this filter's encoder callbacks too.
             self._local_encoded = True
-            self.plugin.env._set_local_reply(self.stream, local_reply(r))
+            send_local_reply(self.stream, r)
             self._gen = self.plugin.host.drive(self.flow.encode(), stall_ok=True)
         # Only a paused exchange has anything to resume; the plugin forgets finished ones (a test
         # running many cycles would otherwise keep every stream alive and slow the GC down).
@@ -139,7 +138,7 @@ class Exchange:
 class WasmPlugin:
     """A proxy-wasm module loaded as Envoy would load it (VM per thread, root context, configure)."""
 
-    def __init__(self, host: WasmFilterHost, env: emulated.EmulatedEnvoy):
+    def __init__(self, host: WasmFilterHost, env: EmulatedEnvoy):
         self.host = host
         self.env = env
         self._paused: dict[int, Exchange] = {}   # by creation order (Exchange.seq)
@@ -156,7 +155,7 @@ class WasmPlugin:
         scenario = Scenario(path=Path(str(path)), name="api", config=config, upstream=UpstreamSpec(),
                             clusters={k: UpstreamSpec.from_dict(v) for k, v in (clusters or {}).items()},
                             routes=default_routes(), cases=[])
-        env = emulated.EmulatedEnvoy(scenario)
+        env = EmulatedEnvoy(scenario)
         policy = options.pop("failure_policy", None) or ("fail_open" if fail_open else "fail_closed")
         art = Artifact("wasm", Path(path), name, root_id=root_id, vm_id=vm_id, failure_policy=policy)
         return cls(WasmFilterHost(art, config, env, auto_answer=auto_answer, **options), env)
@@ -171,7 +170,7 @@ class WasmPlugin:
             (pseudo if h[0].startswith(":") else regular).append(h)
         names = {k for k, _ in pseudo}
         hs = [d for d in _REQUEST_DEFAULTS if d[0] not in names] + pseudo + regular
-        stream = emulated.Stream(hs, body, _headers(trailers), self.env, start_ns=self.env.clock.ns,
+        stream = Stream(hs, body, _headers(trailers), self.env, start_ns=self.env.clock.ns,
                                  downstream_address=source)
         stream.cluster_name = "upstream"
         filt = self.host.new_stream(stream)

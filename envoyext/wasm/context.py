@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from envoyext.emulated.stream import LocalReply
 from envoyext.wasm import abi
 from envoyext.wasm import headers as H
 from envoyext.wasm.abi import (
@@ -31,10 +32,15 @@ from envoyext.wasm.host import DEFAULT_DEADLINE_MS, GuestTrap, LoadError, WasmVm
 from envoyext.wasm.metrics import MetricStore, VmMetrics
 from envoyext.wasm.shared import SharedState
 
-if TYPE_CHECKING:
-    from envoyext.wasm.properties import PropertySource
-
 Headers = list  # list[tuple[str, str]], mutated in place
+
+
+class Properties(Protocol):
+    """The attributes one context can see: `envoyext.wasm.properties.PropertySource`, which reads
+    contexts (so this module names only what it asks of it)."""
+
+    def get(self, path: bytes) -> tuple[WasmResult, bytes]: ...
+    def set(self, path: bytes, value: bytes) -> WasmResult: ...
 
 
 @dataclass
@@ -74,16 +80,6 @@ class HttpCall:
     trailers: list[tuple[str, str]]
     timeout_ms: int
     context_id: int
-
-
-@dataclass
-class Reply:
-    """A reply generated in the filter chain (the filter's own, or the fail-closed 503)."""
-    status: int
-    body: bytes = b""
-    headers: list = field(default_factory=list)
-    details: str = ""
-    grpc_status: int | None = None
 
 
 @dataclass
@@ -166,7 +162,7 @@ class Context:
     def clear_route_cache(self) -> None:
         pass
 
-    def properties(self) -> "PropertySource":
+    def properties(self) -> Properties:
         return self.wasm.property_source(self)
 
 
@@ -191,7 +187,7 @@ class HttpContext(Context):
         self.stream = stream
         self.maps: dict[int, Headers | None] = {}     # what Envoy's *_headers_ pointers hold now
         self.body: dict[int, Buffer | None] = dict.fromkeys(_HTTP_BODIES)
-        self.local_reply: Reply | None = None          # proxy_send_local_response's, once the call returned
+        self.local_reply: LocalReply | None = None          # proxy_send_local_response's, once the call returned
         self.continued: set[int] = set()               # StreamTypes proxy_continue_stream resumed
 
     def mutable_map(self, t: int) -> Headers | None:
@@ -241,7 +237,7 @@ class HttpContext(Context):
         reply_headers: Headers = []
         for k, v in headers:
             H.add(reply_headers, k, v, H.INLINE_BY_MAP[MapType.ResponseHeaders])
-        reply = Reply(status, body, reply_headers, details.replace(" ", "_").replace("\t", "_"),
+        reply = LocalReply(status, body, reply_headers, details.replace(" ", "_").replace("\t", "_"),
                       grpc_status if 0 <= grpc_status <= 16 else None)
 
         def send():
@@ -259,7 +255,7 @@ class Wasm:
     """One VM running one plugin: cpp-host's WasmBase with Envoy's Wasm around it."""
 
     def __init__(self, module, plugin: Plugin, services: Services, imports_factory,
-                 property_factory: Callable[["Context"], "PropertySource"]):
+                 property_factory: Callable[["Context"], Properties]):
         self.plugin = plugin
         self.services = services
         self.property_source = property_factory

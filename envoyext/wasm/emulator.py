@@ -1,4 +1,4 @@
-"""The Wasm filter host for the emulated Envoy (`envoyext.runners.emulated.FilterHost`).
+"""The Wasm filter host for the emulated Envoy (`envoyext.emulated.stream.FilterHost`).
 
 `WasmFilterHost` loads the plugin as Envoy does (compile, start the VM, root context,
 on_vm_start, on_configure; a failure there is Envoy rejecting the filter) - once per Envoy
@@ -18,19 +18,14 @@ import logging
 from typing import Any
 
 from envoyext.artifact import Artifact
+from envoyext.emulated.router import CONNECT_FAILURE_BODY, TIMEOUT_BODY
+from envoyext.emulated.stream import Envoy, FilterDidNotReturn, LocalReply, StreamStuck
 from envoyext.envoy.facts import disabled_by_route
 from envoyext.envoy.filter_entry import plugin_configuration_text
 from envoyext.errors import EnvoyRejected
-from envoyext.runners.emulated import (
-    CONNECT_FAILURE_BODY,
-    TIMEOUT_BODY,
-    FilterDidNotReturn,
-    LocalReply,
-    StreamStuck,
-)
 from envoyext.scenario import LogLine
 from envoyext.wasm.abi import LOG_LEVEL_NAMES
-from envoyext.wasm.context import HttpCall, HttpCallResponse, Plugin, Reply, Services, Wasm
+from envoyext.wasm.context import HttpCall, HttpCallResponse, Plugin, Services, Wasm
 from envoyext.wasm.filter import WAIT, StreamFlow
 from envoyext.wasm.host import DEFAULT_DEADLINE_MS, LoadError, compile_module
 from envoyext.wasm.imports import make_imports
@@ -52,7 +47,7 @@ class StreamStalled(StreamStuck):
 class WasmFilterHost:
     runner = "wasm-emulator"
 
-    def __init__(self, artifact: Artifact, config: Any, env, *, shared: SharedState | None = None,
+    def __init__(self, artifact: Artifact, config: Any, env: Envoy, *, shared: SharedState | None = None,
                  metrics: MetricStore | None = None, log_level: int = 0, failure_policy: str | None = None,
                  deadline_ms: int = DEFAULT_DEADLINE_MS, memory_limit: int | None = None, auto_answer: bool = True,
                  vm_configuration: bytes = b"", environment: dict[str, str] | None = None,
@@ -90,7 +85,7 @@ class WasmFilterHost:
     def _start_vm(self) -> Wasm:
         try:
             w = Wasm(self.module, self.plugin, self.services, make_imports,
-                     lambda ctx: PropertySource(ctx, self.connections))
+                     lambda ctx: PropertySource(ctx, self.connections, self.env.identity))
             w.start()
             w.start_plugin()
         except LoadError as e:
@@ -222,11 +217,6 @@ class WasmFilterHost:
             vm.shutdown()
 
 
-def local_reply(r: Reply) -> LocalReply:
-    """The filter's reply as the emulated Envoy sends it."""
-    return LocalReply(r.status, r.body, list(r.headers), r.details)
-
-
 def _local_response(status: int, body: bytes) -> HttpCallResponse:
     """What Envoy's async client hands back when its router answers locally."""
     return HttpCallResponse([(":status", str(status)), ("content-length", str(len(body))),
@@ -240,14 +230,14 @@ class SkippedFilter:
         return None
 
     def encode(self, stream) -> None:
-        pass
+        return None
 
     def complete(self, stream) -> None:
         pass
 
 
 class WasmStreamFilter:
-    """envoyext.runners.emulated.StreamFilter for one stream."""
+    """envoyext.emulated.stream.StreamFilter for one stream."""
 
     def __init__(self, host: WasmFilterHost, flow: StreamFlow):
         self.host = host
@@ -255,15 +245,12 @@ class WasmStreamFilter:
 
     def decode(self, stream) -> LocalReply | None:
         self.host.drive(self.flow.decode())
-        r = self.flow.reply
-        return None if r is None else local_reply(r)
+        return self.flow.reply
 
-    def encode(self, stream) -> None:
+    def encode(self, stream) -> LocalReply | None:
         # Envoy runs the filter's encoder callbacks for its own local reply too.
-        f = self.flow
-        self.host.drive(f.encode())
-        if f.encode_reply is not None:
-            stream.env._set_local_reply(stream, local_reply(f.encode_reply))
+        self.host.drive(self.flow.encode())
+        return self.flow.encode_reply
 
     def complete(self, stream) -> None:
         self.flow.complete()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from envoyext.emulated.stream import LocalReply
 from envoyext.wasm.abi import (
     AbiVersion,
     BufferType,
@@ -25,7 +26,7 @@ from envoyext.wasm.abi import (
     MapType,
     StreamType,
 )
-from envoyext.wasm.context import Buffer, HttpContext, Reply, Wasm, data_status, headers_status, trailers_status
+from envoyext.wasm.context import Buffer, HttpContext, Wasm, data_status, headers_status, trailers_status
 
 WAIT = object()   # what the flows yield while the stream is paused
 
@@ -48,8 +49,8 @@ class StreamFlow:
         self.stream = stream
         self.fail_open = fail_open
         self.ctx: HttpContext | None = None
-        self.reply: Reply | None = None          # set when decoding ended in a local reply
-        self.encode_reply: Reply | None = None   # set when encoding replaced the response
+        self.reply: LocalReply | None = None          # set when decoding ended in a local reply
+        self.encode_reply: LocalReply | None = None   # set when encoding replaced the response
         self.request_chunks = body_chunks
         self.response_chunks = response_chunks
         if not wasm.failed:
@@ -61,7 +62,7 @@ class StreamFlow:
         if (self.ctx is not None and not self.wasm.failed) or self.fail_open:
             return False
         if self.reply is None:
-            self.reply = Reply(503, details="wasm_fail_stream")
+            self.reply = LocalReply(503, details="wasm_fail_stream")
         return True
 
     def _passthrough(self) -> bool:
@@ -214,7 +215,7 @@ class StreamFlow:
         if self.wasm.failed:
             if self.fail_open:
                 return True
-            self.encode_reply = Reply(503, details="wasm_fail_stream")
+            self.encode_reply = LocalReply(503, details="wasm_fail_stream")
             return True
         if self.ctx.local_reply is not None:
             self.encode_reply = self.ctx.local_reply

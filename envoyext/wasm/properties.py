@@ -14,6 +14,7 @@ import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from envoyext.envoy.identity import TEST_PROXY, ProxyIdentity
 from envoyext.wasm import headers as H
 from envoyext.wasm.abi import WasmResult, serialize_pairs
 
@@ -131,9 +132,10 @@ class Lazy:
 class PropertySource:
     """The attributes one context can see (a stream's only while it has one)."""
 
-    def __init__(self, ctx: "Context", connection_id: int = 0):
+    def __init__(self, ctx: "Context", connection_id: int = 0, identity: ProxyIdentity = TEST_PROXY):
         self.ctx = ctx
         self.connection_id = connection_id
+        self.identity = identity   # the proxy's node (xds.node)
         self.stream = getattr(ctx, "stream", None)
 
     # -- the top level --------------------------------------------------------------------------
@@ -148,8 +150,8 @@ class PropertySource:
         if name == "node":   # Envoy 1.40 answers NotFound for the bare name; xds.node has it
             return None
         if name == "xds_node":
-            return Lazy({"id": "envoyext", "cluster": "envoyext"}.get,
-                        lambda: _proto_string(1, "envoyext") + _proto_string(2, "envoyext"))
+            node = {"id": self.identity.node_id, "cluster": self.identity.node_cluster}
+            return Lazy(node.get, lambda: _proto_string(1, node["id"]) + _proto_string(2, node["cluster"]))
         s = self.stream
         if s is None:
             return None

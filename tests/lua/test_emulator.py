@@ -167,8 +167,8 @@ def test_stats_are_shared_by_every_script_of_the_filter():
 
 def test_lua_options_come_from_the_artifact_and_named_scripts_get_the_config(tmp_path):
     from envoyext.artifact import Artifact
+    from envoyext.emulated.connection_manager import EmulatedEnvoy
     from envoyext.lua.emulator import LuaFilterHost
-    from envoyext.runners.emulated import EmulatedEnvoy
     from envoyext.scenario import Case, Request, from_dict
     (tmp_path / "f.lua").write_text('function envoy_on_request(h) h:headers():add("x-s", "default") end\n')
     (tmp_path / "n.lua").write_text('function envoy_on_request(h) h:headers():add("x-s", envoyext_config.v) end')
@@ -201,3 +201,18 @@ def test_changed_request_headers_reach_the_upstream(body, expected):
     assert got[-len(expected):] == expected
     if "accept" in body:
         assert ("accept", "a,b") in r.upstream[-1].headers
+
+
+def test_the_proxy_identity_names_the_lua_filter_stats(tmp_path):
+    from envoyext.artifact import Artifact
+    from envoyext.envoy.identity import ProxyIdentity
+    from envoyext.runners import emulated
+    from envoyext.scenario import load
+    (tmp_path / "f.lua").write_text("function envoy_on_request(h) h:stats():counter('seen'):inc() end\n")
+    (tmp_path / "s.yaml").write_text("cases: [{name: one, request: {}}]\n")
+    gateway = ProxyIdentity(name="gateway", stat_prefix="gateway_http")
+    [obs] = emulated.run_scenario(Artifact("lua", tmp_path / "f.lua", "f"), load(tmp_path / "s.yaml"),
+                                  identity=gateway)
+    assert obs.stats["http.gateway_http.lua.seen"] == 1 and obs.stats["http.gateway_http.lua.executions"] == 1
+    assert obs.stats["http.gateway_http.downstream_rq_total"] == 1
+    assert not any(name.startswith("http.ingress_http.") for name in obs.stats)

@@ -302,3 +302,20 @@ def test_a_stream_nothing_can_resume_is_one_user_error_naming_the_module(tmp_pat
     # That case fails with the reason, one line; the run goes on to the next case.
     assert stuck.response is None and stuck.error.startswith(f"{path}: the filter paused the stream")
     assert "\n" not in stuck.error and after.case == "next"
+
+
+def test_the_proxy_identity_names_the_node_and_the_connection_manager_stats(module, tmp_path):
+    from envoyext.artifact import Artifact
+    from envoyext.envoy.identity import ProxyIdentity
+    from envoyext.runners import emulated
+    from envoyext.scenario import load
+    (tmp_path / "s.yaml").write_text(
+        "cases: [{name: node, request: {headers: {x-probe: props, x-arg: 'xds.node.id,xds.node.cluster'}}}]\n")
+    gateway = ProxyIdentity(name="gateway", node_id="gw-1", node_cluster="gateways", stat_prefix="gateway_http")
+    [obs] = emulated.run_scenario(Artifact("wasm", module("probe"), "probe"), load(tmp_path / "s.yaml"),
+                                  identity=gateway)
+    logs = [line.message for line in obs.logs]
+    assert f"prop xds.node.id = 0 {b'gw-1'.hex()}" in logs
+    assert f"prop xds.node.cluster = 0 {b'gateways'.hex()}" in logs
+    assert obs.stats["http.gateway_http.downstream_rq_total"] == 1
+    assert not any(name.startswith("http.ingress_http.") for name in obs.stats)
