@@ -29,6 +29,7 @@ STRICT = [
     "envoyext/envoy/client.py",
     "envoyext/envoy/probe.py",
     "envoyext/tempfiles.py",
+    "envoyext/emulated",
 ]
 MYPY = [sys.executable, "-m", "mypy", "--ignore-missing-imports", "--no-error-summary", "--hide-error-context",
         "--cache-dir", str(REPO / ".mypy_cache")]
