@@ -19,6 +19,7 @@ from envoyext import prometheus
 from envoyext.artifact import Artifact
 from envoyext.envoy.bootstrap import STAT_PREFIX
 from envoyext.messages import Request, codec_bad_value, is_no_response, is_token, no_response, request_head
+from envoyext.runners.names import EMULATED
 from envoyext.scenario import (
     UPSTREAM,
     Case,
@@ -136,8 +137,6 @@ class StreamFilter(Protocol):
 
 
 class FilterHost(Protocol):
-    runner: str  # "wasm-emulator" | "lua-emulator"
-
     def new_stream(self, stream: Stream) -> StreamFilter: ...
     def advance(self, env: "EmulatedEnvoy") -> None:
         """Virtual time moved (env.clock): fire what is due (ticks)."""
@@ -439,7 +438,7 @@ def run_scenario(artifact: Artifact, scenario: Scenario, workers: int = 1) -> li
     try:
         for case in scenario.cases:
             if case.startup:
-                observations.append(Observation(case=case.name, runner=host.runner, logs=started))
+                observations.append(Observation(case=case.name, runner=EMULATED, logs=started))
                 continue
             if case.only == "live":
                 continue
@@ -469,7 +468,7 @@ def run_scenario(artifact: Artifact, scenario: Scenario, workers: int = 1) -> li
             prom = prometheus.delta(prom_before, _series(host, artifact)) if scrape else None
             received = env.take_received()
             observations.append(Observation(
-                case=case.name, runner=host.runner, response=None if error else responses[-1],
+                case=case.name, runner=EMULATED, response=None if error else responses[-1],
                 responses=responses, upstream=received.pop(UPSTREAM, []), clusters=received,
                 logs=host.take_logs(),
                 stats={k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)},

@@ -16,13 +16,14 @@ from envoyext.envoy.process import EnvoyProcess
 from envoyext.envoy.runtime import EnvoyRuntime
 from envoyext.errors import EnvoyRejected, UserError
 from envoyext.messages import is_no_response, no_response
+from envoyext.runners.names import LIVE, NATIVE
 from envoyext.scenario import UPSTREAM, LogLine, Observation, Request, Response, Scenario, startup_logs
 from envoyext.upstreams import UpstreamServers
 
-RUNNER = "live"
+RUNNER = LIVE
 # The runner's own admin requests move these; they say nothing about the case.
 ADMIN_STATS = ("http.admin.", "listener.admin.")
-ORACLE = "native"
+ORACLE = NATIVE
 
 # Observations use the emulators' level names; spdlog spells one of them out.
 _LEVEL = {"warning": "warn"}

@@ -50,8 +50,6 @@ class StreamStalled(StreamStuck):
 
 
 class WasmFilterHost:
-    runner = "wasm-emulator"
-
     def __init__(self, artifact: Artifact, config: Any, env, *, shared: SharedState | None = None,
                  metrics: MetricStore | None = None, log_level: int = 0, failure_policy: str | None = None,
                  deadline_ms: int = DEFAULT_DEADLINE_MS, memory_limit: int | None = None, auto_answer: bool = True,
