@@ -66,7 +66,7 @@ def _print_worker_differences(r: CaseResult) -> None:
 def _print_logs(r: CaseResult) -> None:
     """The filter's own last log lines per runner, to read a failure by."""
     for runner, obs in r.observations.items():
-        lines = [f"{l.level}: {l.message}" for l in obs.logs][-LOG_TAIL:]  # as logged: ids help here
+        lines = [obs.log_text(l) for l in obs.logs][-LOG_TAIL:]  # as logged: ids help here
         lines += [fault_line(f) for f in obs.faults]
         if lines:
             click.echo(f"     {runner} filter log (last {LOG_TAIL}):")

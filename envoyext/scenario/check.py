@@ -6,6 +6,7 @@ Runners only produce observations; nothing else decides pass or fail.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,11 +26,15 @@ class Mismatch:
         return f"{self.where}: expected {self.expected!r}, got {self.actual!r}"
 
 
-def _strings(v) -> list[str]:
+# An expectation as the scenario's YAML holds it (validated against schemas/scenario.yaml).
+Expectation = dict[str, Any]
+
+
+def _strings(v: str | list[str] | None) -> list[str]:
     return [] if v is None else ([v] if isinstance(v, str) else list(v))
 
 
-def _check_headers(where: str, want: dict | None, absent: list | None, got: Headers) -> list[Mismatch]:
+def _check_headers(where: str, want: Expectation | None, absent: list[str] | None, got: Headers) -> list[Mismatch]:
     out = []
     for name, value in (want or {}).items():
         have = values(got, name)
@@ -38,9 +43,9 @@ def _check_headers(where: str, want: dict | None, absent: list | None, got: Head
             if have != exp:
                 out.append(Mismatch(f"{where}.{name}", exp, have or None))
         else:
-            exp = header_text(value)
-            if ",".join(have) != exp and exp not in have:
-                out.append(Mismatch(f"{where}.{name}", exp, ",".join(have) if have else None))
+            one = header_text(value)
+            if ",".join(have) != one and one not in have:
+                out.append(Mismatch(f"{where}.{name}", one, ",".join(have) if have else None))
     for name in absent or []:
         have = values(got, name)
         if have:
@@ -48,7 +53,7 @@ def _check_headers(where: str, want: dict | None, absent: list | None, got: Head
     return out
 
 
-def _check_received(where: str, want: dict, got: list[Received]) -> list[Mismatch]:
+def _check_received(where: str, want: Expectation, got: list[Received]) -> list[Mismatch]:
     out = []
     if "called" in want and bool(got) != want["called"]:
         out.append(Mismatch(f"{where}.called", want["called"], bool(got)))
@@ -83,9 +88,9 @@ def check(case: Case, obs: Observation) -> list[Mismatch]:
     resp = obs.response
     if resp is None and any(k in e for k in ("status", "headers", "headers_absent", "body", "body_contains")):
         return [Mismatch("response", "a response", "stream reset without a response")]
-    if "status" in e and resp.status != e["status"]:
-        out.append(Mismatch("status", e["status"], resp.status))
     if resp is not None:
+        if "status" in e and resp.status != e["status"]:
+            out.append(Mismatch("status", e["status"], resp.status))
         out += _check_headers("headers", e.get("headers"), e.get("headers_absent"), resp.headers)
         body = show(resp.body)
         if "body" in e and body != e["body"]:
@@ -97,24 +102,27 @@ def check(case: Case, obs: Observation) -> list[Mismatch]:
         out += _check_received("upstream", e["upstream"], obs.upstream)
     for name, want in (e.get("clusters") or {}).items():
         out += _check_received(f"clusters.{name}", want, obs.clusters.get(name, []))
+    # The filter's log lines on every proxy the case crossed; each shown with its proxy unless it is
+    # the client's (so a single proxy's read as before).
     messages = [l.message for l in obs.logs]
+    shown = [l.message if l.proxy == obs.proxy else f"{l.proxy}: {l.message}" for l in obs.logs]
     for s in _strings(e.get("logs_contain")):
         if not any(s in m for m in messages):
-            out.append(Mismatch("logs_contain", s, messages[-10:]))
+            out.append(Mismatch("logs_contain", s, shown[-10:]))
     for s in _strings(e.get("logs_absent")):
-        hit = [m for m in messages if s in m]
+        hit = [line for m, line in zip(messages, shown) if s in m]
         if hit:
             out.append(Mismatch("logs_absent", s, hit[:3]))
-    for name, delta in (e.get("stats") or {}).items():
+    for name, delta in (e.get("stats") or {}).items():  # the client's proxy's, as `stats` holds
         got = obs.stats.get(name, 0)
         if got != delta:
             out.append(Mismatch(f"stats.{name}", delta, got))
     for sample, wanted in (e.get("prometheus") or {}).items():
         for want in wanted:
-            got = prometheus.matching(obs.prometheus or {}, sample, want.get("labels") or {})
-            if got != want["value"]:
+            value = prometheus.matching(obs.prometheus or {}, sample, want.get("labels") or {})
+            if value != want["value"]:
                 labels = ",".join(f'{k}="{v}"' for k, v in (want.get("labels") or {}).items())
-                out.append(Mismatch(f"prometheus.{sample}{{{labels}}}", want["value"], got))
+                out.append(Mismatch(f"prometheus.{sample}{{{labels}}}", want["value"], value))
     return out
 
 
@@ -140,8 +148,14 @@ def _stable_body(body: bytes) -> Any:
     return doc
 
 
-def _stable_logs(logs: list[LogLine]) -> list[tuple[str, str]]:
-    return [(l.level, mask(l.message)) for l in logs]
+def _stable_logs(logs: list[LogLine], proxy: str) -> list[tuple[str, str]]:
+    return [(l.level, mask(l.message)) for l in logs if l.proxy == proxy]
+
+
+def _where(proxy: str, client_proxy: str, where: str) -> str:
+    """What a mismatch is about: as for a single proxy on the client's proxy, under
+    `proxies.<name>.` on any other."""
+    return where if proxy == client_proxy else f"proxies.{proxy}.{where}"
 
 
 # What counts as the filter's own error in a run that otherwise passed: a log line at these levels
@@ -158,18 +172,19 @@ def fault_line(fault: str) -> str:
 
 
 def filter_errors(obs: Observation) -> list[str]:
-    """The filter's own errors during a case, one line each (empty: none)."""
-    out = [f"{l.level}: {l.message}" for l in obs.logs if l.level in ERROR_LEVELS]
+    """The filter's own errors during a case on every proxy it crossed, one line each (empty: none)."""
+    out = [obs.log_text(l) for l in obs.logs if l.level in ERROR_LEVELS]
     out += [fault_line(f) for f in obs.faults]
     if not out:
-        out = [f"{name} +{delta}" for name, delta in obs.stats.items()
-               if ".lua." in f".{name}" and name.endswith(".errors") and delta > 0]
+        out = [_where(proxy, obs.proxy, f"{name} +{delta}") for proxy, stats in obs.stats_by_proxy().items()
+               for name, delta in stats.items() if ".lua." in f".{name}" and name.endswith(".errors") and delta > 0]
     return out
 
 
-def compare(a: Observation, b: Observation, parts=("status", "headers", "body", "upstream", "logs", "stats"),
-            ) -> list[Mismatch]:
-    """Where two observations of the same case disagree (a is 'expected', b 'actual').
+def compare(a: Observation, b: Observation,
+            parts: Sequence[str] = ("status", "headers", "body", "upstream", "logs", "stats")) -> list[Mismatch]:
+    """Where two observations of the same case disagree (a is 'expected', b 'actual'), proxy by
+    proxy: what the same proxy logged and counted, and which proxy sent each received request.
 
     Stats are compared for the names `a` reports, so an emulator (which knows only the filter's
     own stats) can be held against live Envoy (which knows them all)."""
@@ -179,11 +194,14 @@ def compare(a: Observation, b: Observation, parts=("status", "headers", "body", 
         return []
     if a.error or b.error:
         return [Mismatch("run", a.error or "ran", b.error or "ran")]
+    if a.proxy != b.proxy:
+        return [Mismatch("proxy", a.proxy, b.proxy)]
     out: list[Mismatch] = []
     ra, rb = a.response, b.response
-    if (ra is None) != (rb is None):
-        return [Mismatch("response", "a response" if ra else "no response", "a response" if rb else "no response")]
-    if ra is not None:
+    if ra is None or rb is None:
+        if (ra is None) != (rb is None):
+            return [Mismatch("response", "a response" if ra else "no response", "a response" if rb else "no response")]
+    else:
         if "status" in parts and ra.status != rb.status:
             out.append(Mismatch("status", ra.status, rb.status))
         if "headers" in parts and _stable(ra.headers) != _stable(rb.headers):
@@ -198,6 +216,8 @@ def compare(a: Observation, b: Observation, parts=("status", "headers", "body", 
                 out.append(Mismatch(f"{where}.count", len(ua), len(ub)))
                 continue
             for x, y in zip(ua, ub):
+                if x.proxy != y.proxy:
+                    out.append(Mismatch(f"{where}.proxy", x.proxy, y.proxy))
                 rx, ry = f"{x.method} {mask(x.path)}", f"{y.method} {mask(y.path)}"
                 if rx != ry:
                     out.append(Mismatch(f"{where}.request", rx, ry))
@@ -206,16 +226,20 @@ def compare(a: Observation, b: Observation, parts=("status", "headers", "body", 
                 if _stable_body(x.body) != _stable_body(y.body):
                     out.append(Mismatch(f"{where}.body", mask(show(x.body))[:200], mask(show(y.body))[:200]))
     if "logs" in parts:
-        la, lb = _stable_logs(a.logs), _stable_logs(b.logs)
-        if sorted(la) != sorted(lb):
-            out.append(Mismatch("logs", la, lb))
+        proxies = dict.fromkeys([a.proxy, *(l.proxy for l in a.logs), *(l.proxy for l in b.logs)])
+        for proxy in proxies:
+            la, lb = _stable_logs(a.logs, proxy), _stable_logs(b.logs, proxy)
+            if sorted(la) != sorted(lb):
+                out.append(Mismatch(_where(proxy, a.proxy, "logs"), la, lb))
     if "stats" in parts:
-        for name, v in a.stats.items():
-            if b.stats.get(name, 0) != v:
-                out.append(Mismatch(f"stats.{name}", v, b.stats.get(name, 0)))
+        for proxy, stats in a.stats_by_proxy().items():
+            theirs = b.stats_of(proxy)
+            for name, v in stats.items():
+                if theirs.get(name, 0) != v:
+                    out.append(Mismatch(_where(proxy, a.proxy, f"stats.{name}"), v, theirs.get(name, 0)))
         if a.prometheus is not None and b.prometheus is not None:
-            for (sample, labels), v in a.prometheus.items():
-                if b.prometheus.get((sample, labels), 0) != v:
-                    out.append(Mismatch(f"prometheus.{sample}{dict(sorted(labels))}", v,
+            for (sample, labels), d in a.prometheus.items():
+                if b.prometheus.get((sample, labels), 0) != d:
+                    out.append(Mismatch(f"prometheus.{sample}{dict(sorted(labels))}", d,
                                         b.prometheus.get((sample, labels), 0)))
     return out

@@ -16,6 +16,9 @@ from envoyext.errors import UserError
 from envoyext.messages import DEFAULT_RESPONSE_TIMEOUT_MS, Headers, Request, first, header_list, unsendable, values
 from envoyext.upstreams import UpstreamSpec
 
+# A mapping as the scenario's YAML holds it, already validated against schemas/scenario.yaml.
+Yaml = dict[str, Any]
+
 # Cluster name of the default test upstream, in the bootstrap and in observations.
 UPSTREAM = "upstream"
 # The case a scenario's `startup:` block becomes: what the filter logged while it started.
@@ -27,15 +30,15 @@ LUA_FILTER_NAMESPACE = "envoy.filters.http.lua"
 @dataclass
 class Route:
     name: str
-    match: dict
+    match: Yaml
     cluster: str | None = UPSTREAM
-    direct_response: dict | None = None
-    metadata: dict | None = None
+    direct_response: Yaml | None = None
+    metadata: Yaml | None = None
     per_filter_config: Any = None
     timeout_ms: int | None = None
-    upgrade_configs: list[dict] | None = None
+    upgrade_configs: list[Yaml] | None = None
 
-    def _connect_upgrade(self) -> dict | None:
+    def _connect_upgrade(self) -> Yaml | None:
         """The route's enabled CONNECT upgrade (RouteAction.upgrade_configs), if any."""
         return next((u for u in self.upgrade_configs or []
                      if u["upgrade_type"].upper() == "CONNECT" and u.get("enabled", True)), None)
@@ -49,14 +52,15 @@ class Route:
         """connect_config: Envoy answers the CONNECT itself and tunnels to the cluster over TCP."""
         return "connect_config" in (self._connect_upgrade() or {})
 
-    def filter_metadata(self, filter_name: str) -> dict[str, dict]:
+    def filter_metadata(self, filter_name: str) -> dict[str, Yaml]:
         """Envoy's `Metadata.filter_metadata` of this route: the full form as written, or the
         short form (bare keys) under the filter's own name."""
         md = self.metadata
         if not md:
             return {}
         if "filter_metadata" in md:
-            return md["filter_metadata"]
+            full: dict[str, Yaml] = md["filter_metadata"]
+            return full
         return {filter_name: md}
 
     def matches(self, path: str | None, headers: Headers) -> bool:
@@ -80,7 +84,7 @@ class Route:
 class Case:
     name: str
     request: Request
-    expect: dict
+    expect: Yaml
     repeat: int = 1
     wait_ms: int = 0
     only: str | None = None  # "live" | "emulated" | None (both)
@@ -89,8 +93,8 @@ class Case:
 
 @dataclass
 class Oracle:
-    http_filters: list[dict]
-    typed_per_filter_config: dict
+    http_filters: list[Yaml]
+    typed_per_filter_config: Yaml
     compare: list[str]
 
 
@@ -117,7 +121,7 @@ def default_routes() -> list[Route]:
     return [Route(name="default", match={"prefix": "/"}, cluster=UPSTREAM)]
 
 
-def from_dict(data: dict, path: Path, default_config: Any = None) -> Scenario:
+def from_dict(data: Yaml, path: Path, default_config: Any = None) -> Scenario:
     """Build a Scenario from already-validated data."""
     clusters = {n: UpstreamSpec.from_dict(s) for n, s in (data.get("clusters") or {}).items()}
     if UPSTREAM in clusters:
@@ -161,7 +165,7 @@ def from_dict(data: dict, path: Path, default_config: Any = None) -> Scenario:
                     workers=data.get("workers"))
 
 
-def _request(rq: dict, path: Path, where: str) -> Request:
+def _request(rq: Yaml, path: Path, where: str) -> Request:
     """A case's request. CONNECT has no path: its target is the authority (`host:port`)."""
     method = rq.get("method", "GET")
     if method == "CONNECT" and "path" in rq:
@@ -173,7 +177,7 @@ def _request(rq: dict, path: Path, where: str) -> Request:
                    timeout_ms=rq.get("timeout_ms", DEFAULT_RESPONSE_TIMEOUT_MS))
 
 
-def _startup_case(expect: dict, cases: list[dict], path: Path) -> Case:
+def _startup_case(expect: Yaml, cases: list[Yaml], path: Path) -> Case:
     """The `startup:` block as a case of its own, checked and compared like any other."""
     for i, c in enumerate(cases):
         if c["name"] == STARTUP:
@@ -182,7 +186,7 @@ def _startup_case(expect: dict, cases: list[dict], path: Path) -> Case:
     return Case(name=STARTUP, request=Request(), expect=expect, startup=True)
 
 
-def _check_metadata(md: dict | None, path: Path, where: str) -> None:
+def _check_metadata(md: Yaml | None, path: Path, where: str) -> None:
     """The full form (`filter_metadata: {namespace: {...}}`) stands alone; anything else is the
     short form, put under the filter's own name."""
     if md and "filter_metadata" in md and len(md) > 1:
