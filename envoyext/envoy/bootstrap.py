@@ -24,7 +24,6 @@ WASM = T + "envoy.extensions.filters.http.wasm.v3.Wasm"
 ROUTER = T + "envoy.extensions.filters.http.router.v3.Router"
 STRING_VALUE = T + "google.protobuf.StringValue"
 WASM_RUNTIME = "envoy.wasm.runtime.v8"
-FAILURE_POLICY = {"fail_closed": "FAIL_CLOSED", "fail_open": "FAIL_OPEN", "reload": "FAIL_RELOAD"}
 
 
 def plugin_configuration_text(config: Any) -> str | None:
@@ -62,7 +61,7 @@ def filter_config(artifact: Artifact, config: Any, lua_source: str | None = None
         "root_id": artifact.root_id,
         "vm_config": {"vm_id": artifact.vm_id, "runtime": WASM_RUNTIME,
                       "code": {"local": {"filename": str(artifact.path)}}},
-        "failure_policy": FAILURE_POLICY[artifact.failure_policy],
+        "failure_policy": artifact.failure_policy.envoy,
     }
     cfg = plugin_configuration(config)
     if cfg is not None:
