@@ -35,7 +35,7 @@ class Observation:
     the one the client sent to; its stats are `stats`, the single-proxy view expectations check.
     """
     case: str
-    runner: str
+    runner: str                                 # its registry name (envoyext.runners)
     response: Response | None = None           # the last response (None: stream reset, no response)
     responses: list[Response] = field(default_factory=list)
     upstream: list[Received] = field(default_factory=list)
