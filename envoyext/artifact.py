@@ -17,6 +17,9 @@ class FailurePolicy(str, Enum):
     FAIL_OPEN = "fail_open"       # the filter is skipped
     RELOAD = "reload"             # a fresh VM serves the next stream
 
+    def __str__(self) -> str:
+        return self.value  # as filter.yaml spells it, in messages and f-strings
+
     @property
     def envoy(self) -> str:
         """Its name in Envoy's config (envoy.extensions.wasm.v3.FailurePolicy)."""

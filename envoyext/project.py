@@ -149,8 +149,8 @@ def artifact_for(path: Path, project: Project | None, *, root_id: str | None = N
             raise UserError(f"a .{path.suffix[1:]} artifact for a '{project.lang}' project", file=project.file,
                             field="lang", fix="pass the project's own artifact, or --project for this one")
         base = build_artifact(project, path)
-    overrides = {k: v for k, v in {"root_id": root_id, "vm_id": vm_id}.items() if v is not None}
-    return dataclasses.replace(base, **overrides)
+    return dataclasses.replace(base, root_id=base.root_id if root_id is None else root_id,
+                               vm_id=base.vm_id if vm_id is None else vm_id)
 
 
 def _check_listable(pattern: Path, file: Path, field_name: str) -> None:

@@ -107,16 +107,17 @@ def _judge(sc: Scenario, i: int, by_runner: dict[str, list[Observation | None]],
     case = sc.cases[i]
     r = CaseResult(sc.name, case.name, workers=workers)
     for runner, observations in by_runner.items():
-        if observations[i] is not None:
-            r.observations[runner] = observations[i]
-            r.failures[runner] = scenario_mod.check(case, observations[i])
+        seen = observations[i]
+        if seen is not None:
+            r.observations[runner] = seen
+            r.failures[runner] = scenario_mod.check(case, seen)
     if EMULATED in r.observations and LIVE in r.observations:
         differences = scenario_mod.compare(r.observations[EMULATED], r.observations[LIVE])
         if workers > 1:
             r.worker_differences = differences
         else:
             r.disagreements = differences
-    if LIVE in r.observations and native is not None:
+    if LIVE in r.observations and native is not None and sc.oracle is not None:
         r.observations[NATIVE] = native
         r.oracle = scenario_mod.compare(native, r.observations[LIVE], parts=sc.oracle.compare)
     return r
