@@ -2,9 +2,37 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
+
+from envoyext.envoy.xds import ROUTER_NAME
+
+
+class FailurePolicy(str, Enum):
+    """Wasm: what a VM failure does to traffic (filter.yaml's `failure_policy`; Envoy's
+    PluginConfig.failure_policy, Istio's WasmPlugin failStrategy)."""
+    FAIL_CLOSED = "fail_closed"   # every request is answered 503
+    FAIL_OPEN = "fail_open"       # the filter is skipped
+    RELOAD = "reload"             # a fresh VM serves the next stream
+
+    def __str__(self) -> str:
+        return self.value  # as filter.yaml spells it, in messages and f-strings
+
+    @property
+    def envoy(self) -> str:
+        """Its name in Envoy's config (envoy.extensions.wasm.v3.FailurePolicy)."""
+        return {"fail_closed": "FAIL_CLOSED", "fail_open": "FAIL_OPEN", "reload": "FAIL_RELOAD"}[self.value]
+
+
+@dataclass(frozen=True)
+class Attach:
+    """Where the filter goes in an HTTP filter chain (filter.yaml's `attach`): before or after the
+    named filter, or first or last. What publishing (EnvoyFilter patches, WasmPlugin phases) places
+    it by; the test bootstrap puts it before the router."""
+    position: Literal["before", "after", "first", "last"] = "before"
+    filter: str = ROUTER_NAME
 
 
 @dataclass(frozen=True)
@@ -15,19 +43,18 @@ class Artifact:
     root_id: str = ""          # Wasm: root context id the plugin is configured under
     vm_id: str = ""            # Wasm: VMs with the same vm_id share shared data and queues
     config: Any = None         # default JSON configuration (a scenario's `config` overrides it)
-    # Wasm: what a VM failure does to traffic: fail_closed (503), fail_open (skip the filter) or
-    # reload (a fresh VM). Envoy's PluginConfig.failure_policy; Istio's WasmPlugin failStrategy.
-    failure_policy: str = "fail_closed"
+    failure_policy: FailurePolicy = FailurePolicy.FAIL_CLOSED   # Wasm: what a VM failure does to traffic
+    attach: Attach = field(default_factory=Attach)              # where it goes in an HTTP filter chain
     # Lua: the rest of Envoy's Lua filter config, in its proto's shape: stat_prefix,
     # clear_route_cache, source_codes {name: {"filename": absolute path}}; default_source_code:
     # False when the filter has none (then `path` is its first named script).
-    lua_options: dict | None = None
+    lua_options: dict[str, Any] | None = None
     # Envoy stats_config.stats_tags: which parts of the filter's stat names become Prometheus labels.
-    stats_tags: tuple = ()
+    stats_tags: tuple[dict[str, Any], ...] = ()
 
-    @property
-    def fail_open(self) -> bool:
-        return self.failure_policy == "fail_open"
+    def __post_init__(self) -> None:
+        # filter.yaml's spelling ("fail_open") is accepted wherever an Artifact is made.
+        object.__setattr__(self, "failure_policy", FailurePolicy(self.failure_policy))
 
     @property
     def has_default_script(self) -> bool:

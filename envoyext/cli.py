@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from envoyext import __version__
+from envoyext import __version__, runners
 from envoyext.errors import UserError, from_os_error
 
 
@@ -119,10 +119,17 @@ def build(path, force):
     click.echo(f"built {artifact.path} ({artifact.path.stat().st_size} bytes)")
 
 
+class RunnerChoice(click.Choice):
+    """A runner's registry name; the names older scripts pass (`unit`) are accepted, not shown."""
+
+    def convert(self, value, param, ctx):
+        return super().convert(runners.ALIASES.get(value, value), param, ctx)
+
+
 @main.command()
 @click.argument("path", required=False, type=click.Path(path_type=Path))
-@click.option("--only", type=click.Choice(["live", "unit"]), default=None,
-              help="live: real Envoy only; unit: the emulator only. Default: both, compared.")
+@click.option("--only", type=RunnerChoice(runners.selectable()), default=None,
+              help="emulated: the emulator only; live: real Envoy only. Default: both, compared.")
 @click.option("--runtime", type=click.Choice(["process", "docker"]), default="process", show_default=True)
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
               help="Live Envoy's worker threads (overrides the scenario's and filter.yaml's 'workers'; default 1).")
@@ -140,9 +147,9 @@ def test(path, only, runtime, workers, as_json):
         raise UserError("no scenario files", file=p.file, field="scenarios",
                         fix="add scenarios/*.yaml or list them under 'scenarios'")
     artifact = proj.build(p)
-    runners = {"live": (testrun.LIVE,), "unit": (testrun.EMULATED,)}.get(only, (testrun.EMULATED, testrun.LIVE))
     printer = None if as_json else report.print_case
-    results = testrun.run_project(p, artifact, runners=runners, runtime=runtime, workers=workers,
+    chosen = (only,) if only else runners.selectable()
+    results = testrun.run_project(p, artifact, runners=chosen, runtime=runtime, workers=workers,
                                   on_result=printer)
     if as_json:
         click.echo(json.dumps({"filter": p.name, "summary": report.counts(results),
@@ -177,7 +184,7 @@ def emulate(artifact, scenario_file, project_dir, config_text, root_id, vm_id, a
     sc = scenario_mod.load(scenario_file, default_config=config if config_text else a.config)
     if p is not None:
         p.check_config(sc.config, sc.path)
-    results = testrun.run_scenario(a, sc, runners=(testrun.EMULATED,))
+    results = testrun.run_scenario(a, sc, runners=(runners.EMULATED,))
     if as_json:
         click.echo(json.dumps({"summary": report.counts(results), "results": [r.to_json() for r in results]},
                               indent=2))

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from envoyext.envoy.identity import TEST_PROXY
+
 Headers = list[tuple[str, str]]
 
 def header_list(spec: dict | None) -> Headers:
@@ -98,6 +100,7 @@ class Received:
     path: str
     headers: Headers
     body: bytes = b""
+    proxy: str = TEST_PROXY.name  # the proxy that sent it (its ProxyIdentity.name)
 
 
 @dataclass

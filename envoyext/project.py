@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from envoyext import schemas
-from envoyext.artifact import Artifact
+from envoyext.artifact import Artifact, Attach, FailurePolicy
 from envoyext.errors import UserError
 
 FILE = "filter.yaml"
-ROUTER = "envoy.filters.http.router"
 
 
 @dataclass
@@ -27,9 +26,9 @@ class Project:
     module: Path | None = None
     root_id: str = ""
     vm_id: str = ""
-    failure_policy: str = "fail_closed"
+    failure_policy: FailurePolicy | None = None  # None: filter.yaml leaves it to the Artifact's default
     config: Any = None
-    attach: dict = field(default_factory=lambda: {"position": "before", "filter": ROUTER})
+    attach: Attach = field(default_factory=Attach)
     scenario_files: list[Path] = field(default_factory=list)
     stats_tags: list[dict] = field(default_factory=list)
     config_schema: Path | None = None
@@ -104,7 +103,6 @@ def load(path: Path | str | None = None) -> Project:
         _check_listable(root / pattern, file, f"scenarios[{i}]")
         hits = sorted(Path(p) for p in glob.glob(str(root / pattern)))
         scenario_files += [h for h in hits if h not in scenario_files]
-    attach = {"position": "before", "filter": ROUTER, **data.get("attach", {})}
     lua_options = None
     if "lua" in data:
         if lang != "lua":
@@ -122,7 +120,8 @@ def load(path: Path | str | None = None) -> Project:
             lua_options["default_source_code"] = False
     return Project(root=root, name=data["name"], lang=lang, sources=sources, module=module,
                    root_id=data.get("root_id", ""), vm_id=data.get("vm_id", ""),
-                   failure_policy=data.get("failure_policy", "fail_closed"), config=config, attach=attach,
+                   failure_policy=FailurePolicy(data["failure_policy"]) if "failure_policy" in data else None,
+                   config=config, attach=Attach(**data.get("attach", {})),
                    scenario_files=scenario_files, stats_tags=data.get("stats_tags", []),
                    config_schema=config_schema, lua_options=lua_options, workers=data.get("workers", 1))
 
@@ -150,8 +149,8 @@ def artifact_for(path: Path, project: Project | None, *, root_id: str | None = N
             raise UserError(f"a .{path.suffix[1:]} artifact for a '{project.lang}' project", file=project.file,
                             field="lang", fix="pass the project's own artifact, or --project for this one")
         base = build_artifact(project, path)
-    overrides = {k: v for k, v in {"root_id": root_id, "vm_id": vm_id}.items() if v is not None}
-    return dataclasses.replace(base, **overrides)
+    return dataclasses.replace(base, root_id=base.root_id if root_id is None else root_id,
+                               vm_id=base.vm_id if vm_id is None else vm_id)
 
 
 def _check_listable(pattern: Path, file: Path, field_name: str) -> None:
@@ -252,8 +251,9 @@ def _build(project: Project, force: bool) -> Artifact:
 
 def build_artifact(project: Project, path: Path) -> Artifact:
     """The artifact at `path` with everything filter.yaml says about how it runs."""
+    chosen = {} if project.failure_policy is None else {"failure_policy": project.failure_policy}
     return Artifact(kind="lua" if project.lang == "lua" else "wasm", path=path.resolve(), name=project.name,
                     root_id=project.root_id, vm_id=project.vm_id, config=project.config,
-                    failure_policy=project.failure_policy, lua_options=project.lua_options,
-                    stats_tags=tuple(project.stats_tags))
+                    attach=project.attach, lua_options=project.lua_options, stats_tags=tuple(project.stats_tags),
+                    **chosen)
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
+from envoyext.runners import EMULATED, LIVE, NATIVE
 from envoyext.scenario import fault_line
-from envoyext.testrun import EMULATED, FAILED, LIVE, NOT_RUN, PASSED, CaseResult
+from envoyext.testrun import FAILED, NOT_RUN, PASSED, CaseResult
 
 # How many of the filter's last log lines a failing case shows per runner.
 LOG_TAIL = 10
@@ -36,7 +37,7 @@ def print_case(r: CaseResult) -> None:
         _diff(r.disagreements, ("emulated", "live"))
     if r.oracle:
         click.secho("     differs from the native Envoy filter:", fg="yellow", bold=True)
-        _diff(r.oracle, ("native", "filter"))
+        _diff(r.oracle, (NATIVE, "filter"))
     _print_logs(r)
 
 
@@ -65,7 +66,7 @@ def _print_worker_differences(r: CaseResult) -> None:
 def _print_logs(r: CaseResult) -> None:
     """The filter's own last log lines per runner, to read a failure by."""
     for runner, obs in r.observations.items():
-        lines = [f"{l.level}: {l.message}" for l in obs.logs][-LOG_TAIL:]  # as logged: ids help here
+        lines = [obs.log_text(l) for l in obs.logs][-LOG_TAIL:]  # as logged: ids help here
         lines += [fault_line(f) for f in obs.faults]
         if lines:
             click.echo(f"     {runner} filter log (last {LOG_TAIL}):")

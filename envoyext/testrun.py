@@ -12,16 +12,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from envoyext import scenario as scenario_mod
 from envoyext.artifact import Artifact
 from envoyext.errors import UserError
 from envoyext.project import Project
+from envoyext.runners import EMULATED, LIVE, NATIVE, Settings, named, oracles_of, selectable
 from envoyext.scenario import Mismatch, Observation, Scenario
-
-LIVE = "live"
-EMULATED = "emulated"
-
 
 # A case's verdict, its `status` in --json. NOT_RUN: no runner executed it (its `only:` excludes
 # every runner of the run); it is never counted as passed.
@@ -43,7 +41,7 @@ class CaseResult:
 
     @property
     def ran(self) -> bool:
-        return EMULATED in self.observations or LIVE in self.observations
+        return bool(self.failures)  # some runner observed the case and it was checked
 
     @property
     def status(self) -> str:
@@ -86,23 +84,20 @@ def exit_code(results: list[CaseResult]) -> int:
     return 0
 
 
-def run_scenario(artifact: Artifact, sc: Scenario, *, runners: tuple[str, ...] = (EMULATED, LIVE),
+def run_scenario(artifact: Artifact, sc: Scenario, *, runners: tuple[str, ...] = selectable(),
                  runtime: str = "process", validated: bool = False, workers: int = 1) -> list[CaseResult]:
-    """`validated`: live.validate() already accepted this scenario's configuration.
-    `workers`: live Envoy's worker threads. The emulator runs (and ticks) a Wasm VM per thread as
-    Envoy does, but serves every stream from one worker's state."""
+    """`runners`: registry names (envoyext.runners), each run in turn, then the oracles compared
+    with them when the scenario names one. `validated`: every runner's validate() already
+    accepted this scenario. `workers`: live Envoy's worker threads. The emulator runs (and ticks) a
+    Wasm VM per thread as Envoy does, but serves every stream from one worker's state."""
+    settings = Settings(runtime=runtime, workers=workers, validated=validated)
     by_runner: dict[str, list[Observation | None]] = {}
     native: list[Observation | None] = [None] * len(sc.cases)
-    if EMULATED in runners:
-        from envoyext.runners import emulated
-        by_runner[EMULATED] = _guarded(EMULATED, sc, lambda: emulated.run_scenario(artifact, sc, workers))
-    if LIVE in runners:
-        from envoyext.runners import live
-        by_runner[LIVE] = _guarded(LIVE, sc, lambda: live.run_scenario(
-            artifact, sc, runtime=runtime, check_config=not validated, workers=workers))
-        if sc.oracle:
-            native = _guarded("native", sc, lambda: live.run_scenario(
-                None, sc, oracle=True, runtime=runtime, check_config=not validated, workers=workers))
+    for name in runners:
+        runner = named(name)
+        by_runner[runner.name] = _guarded(runner.name, sc, partial(runner.run, artifact, sc, settings))
+        for oracle in oracles_of(runner.name) if sc.oracle else []:
+            native = _guarded(oracle.name, sc, partial(oracle.run, artifact, sc, settings))
     return [_judge(sc, i, by_runner, native[i], workers) for i in range(len(sc.cases))]
 
 
@@ -112,31 +107,27 @@ def _judge(sc: Scenario, i: int, by_runner: dict[str, list[Observation | None]],
     case = sc.cases[i]
     r = CaseResult(sc.name, case.name, workers=workers)
     for runner, observations in by_runner.items():
-        if observations[i] is not None:
-            r.observations[runner] = observations[i]
-            r.failures[runner] = scenario_mod.check(case, observations[i])
+        seen = observations[i]
+        if seen is not None:
+            r.observations[runner] = seen
+            r.failures[runner] = scenario_mod.check(case, seen)
     if EMULATED in r.observations and LIVE in r.observations:
         differences = scenario_mod.compare(r.observations[EMULATED], r.observations[LIVE])
         if workers > 1:
             r.worker_differences = differences
         else:
             r.disagreements = differences
-    if LIVE in r.observations and native is not None:
-        r.observations["native"] = native
+    if LIVE in r.observations and native is not None and sc.oracle is not None:
+        r.observations[NATIVE] = native
         r.oracle = scenario_mod.compare(native, r.observations[LIVE], parts=sc.oracle.compare)
     return r
-
-
-def _kind(runner: str) -> str:
-    """The kind of runner a case's `only:` names: the native oracle runs in live Envoy."""
-    return EMULATED if runner == EMULATED else LIVE
 
 
 def _by_case(sc: Scenario, runner: str, observations: list[Observation]) -> list[Observation | None]:
     """Observations lined up with `sc.cases` by position (None: a case `only:` keeps from this
     runner). Runners observe the cases they run, in order; pairing by name could drop a case."""
     pending = iter(observations)
-    lined_up = [next(pending, None) if case.only in (None, _kind(runner)) else None for case in sc.cases]
+    lined_up = [next(pending, None) if named(runner).runs(case.only) else None for case in sc.cases]
     for i, (case, obs) in enumerate(zip(sc.cases, lined_up)):
         if obs is not None and obs.case != case.name:  # a runner that skipped a case must not shift the rest
             lined_up[i] = Observation(case=case.name, runner=runner,
@@ -155,11 +146,11 @@ def _guarded(runner: str, sc: Scenario, run: Callable[[], list[Observation]]) ->
         if os.environ.get("ENVOYEXT_DEBUG"):
             raise
         reason = f"{runner} runner failed: {type(e).__name__}: {e}"
-        ran = [c for c in sc.cases if c.only in (None, _kind(runner))]
+        ran = [c for c in sc.cases if named(runner).runs(c.only)]
         return _by_case(sc, runner, [Observation(case=c.name, runner=runner, error=reason) for c in ran])
 
 
-def run_project(project: Project, artifact: Artifact, *, runners: tuple[str, ...] = (EMULATED, LIVE),
+def run_project(project: Project, artifact: Artifact, *, runners: tuple[str, ...] = selectable(),
                 runtime: str = "process", workers: int | None = None,
                 on_result: Callable[[CaseResult], None] | None = None) -> list[CaseResult]:
     """`workers`: live Envoy's worker threads from the command line; it overrides a scenario's
@@ -167,16 +158,14 @@ def run_project(project: Project, artifact: Artifact, *, runners: tuple[str, ...
     scenarios = [scenario_mod.load(path, default_config=project.config) for path in project.scenario_files]
     for sc in scenarios:  # every bad input is reported before anything runs
         project.check_config(sc.config, sc.path)
-        if LIVE in runners:
-            from envoyext.runners import live
-            live.validate(artifact, sc, project_file=project.file)
-            if sc.oracle:
-                live.validate(None, sc, oracle=True)
+        for name in runners:
+            for runner in [named(name), *(oracles_of(named(name).name) if sc.oracle else [])]:
+                if runner.validate:
+                    runner.validate(artifact, sc, project.file)
     results = []
     for sc in scenarios:
         chosen = workers or sc.workers or project.workers
-        for r in run_scenario(artifact, sc, runners=runners, runtime=runtime, validated=LIVE in runners,
-                              workers=chosen):
+        for r in run_scenario(artifact, sc, runners=runners, runtime=runtime, validated=True, workers=chosen):
             results.append(r)
             if on_result:
                 on_result(r)

@@ -264,6 +264,17 @@ def test_a_trapping_wasm_filter_prints_no_backtrace(tmp_path):
     project = scaffold(tmp_path, "c")
     src = project / "filter.c"
     src.write_text(src.read_text().replace("return PW_CONTINUE;", "__builtin_trap();", 1))
-    r = run_cli("test", project, "--only", "unit")
+    r = run_cli("test", project, "--only", "emulated")
     assert r.returncode == 1 and "FAIL" in r.stdout
     assert r.stderr == ""  # wasmtime's backtrace no longer spills; the verdict has the failure
+
+
+def test_runners_go_by_their_registry_names_and_unit_is_a_hidden_alias(tmp_path):
+    project = scaffold(tmp_path, "lua")
+    r = run_cli("test", project, "--only", "unit", "--json")  # what scripts before issue 9 pass
+    assert r.returncode == 0, r.stdout + r.stderr
+    results = json.loads(r.stdout)["results"]
+    assert results and all(set(x["observations"]) == {"emulated"} for x in results)
+    assert {o["runner"] for x in results for o in x["observations"].values()} == {"emulated"}
+    shown = run_cli("test", "--help").stdout
+    assert "[emulated|live]" in shown and "unit" not in shown

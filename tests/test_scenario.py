@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from envoyext import scenario as S
+from envoyext.envoy.identity import TEST_PROXY
 from envoyext.errors import UserError
 
 
@@ -133,3 +134,48 @@ def test_filter_errors_are_error_lines_faults_or_the_lua_error_counter():
         "Wasm VM failed: Function: proxy_on_request_headers failed: error while executing ... wasm trap: x"]
     assert S.filter_errors(obs(stats={"http.ingress_http.lua.errors": 1})) == ["http.ingress_http.lua.errors +1"]
     assert S.filter_errors(obs(stats={"http.ingress_http.lua.executions": 1, "x.errors": 1})) == []
+
+
+def mesh_obs(**kw):
+    """A request through a gateway to a sidecar (a mesh case): the gateway is the client's proxy."""
+    base = dict(proxy="gateway", stats={"gw.requests": 1}, other_stats={"sidecar": {"sc.requests": 1}},
+                logs=[S.LogLine("info", "routed", proxy="gateway"), S.LogLine("info", "authorized", proxy="sidecar")],
+                upstream=[S.Received("GET", "/p", [("x-up", "1")], proxy="sidecar")])
+    base.update(kw)
+    return obs(**base)
+
+
+def test_check_with_two_proxies_reads_every_proxys_logs_and_the_client_proxys_stats():
+    o = mesh_obs()
+    assert S.check(case({"logs_contain": ["routed", "authorized"], "stats": {"gw.requests": 1},
+                         "upstream": {"path": "/p"}}), o) == []
+    # The sidecar's counter is not the gateway's: a single-proxy expectation reads the client's proxy.
+    fails = S.check(case({"stats": {"sc.requests": 1}, "logs_absent": "authorized"}), o)
+    assert [(m.where, m.actual) for m in fails] == [("logs_absent", ["sidecar: authorized"]), ("stats.sc.requests", 0)]
+    assert o.stats_of("sidecar") == {"sc.requests": 1} and o.stats_of("nowhere") == {}
+
+
+def test_compare_with_two_proxies_holds_each_proxy_to_its_own_logs_stats_and_requests():
+    assert S.compare(mesh_obs(), mesh_obs()) == []
+    both_on_gateway = [S.LogLine("info", "routed", proxy="gateway"), S.LogLine("info", "authorized", proxy="gateway")]
+    moved = mesh_obs(logs=both_on_gateway, other_stats={"sidecar": {"sc.requests": 2}},
+                     upstream=[S.Received("GET", "/p", [("x-up", "1")], proxy="gateway")])
+    diff = {m.where: m for m in S.compare(mesh_obs(), moved)}
+    assert set(diff) == {"upstream.proxy", "logs", "proxies.sidecar.logs", "proxies.sidecar.stats.sc.requests"}
+    assert (diff["proxies.sidecar.logs"].expected, diff["proxies.sidecar.logs"].actual) == (
+        [("info", "authorized")], [])
+    assert S.compare(mesh_obs(), mesh_obs(proxy="sidecar"))[0].where == "proxy"
+
+
+def test_a_filter_error_on_another_proxy_names_that_proxy():
+    o = mesh_obs(logs=[S.LogLine("error", "boom", proxy="sidecar")])
+    assert S.filter_errors(o) == ["sidecar error: boom"]
+    assert o.to_json()["logs"] == ["sidecar error: boom"] and o.to_json()["proxy"] == "gateway"
+    lua = mesh_obs(other_stats={"sidecar": {"http.inbound.lua.errors": 1}}, logs=[])
+    assert S.filter_errors(lua) == ["proxies.sidecar.http.inbound.lua.errors +1"]
+
+
+def test_a_single_proxy_is_todays_envoyext_proxy():
+    o = obs(logs=[S.LogLine("info", "x")], upstream=[S.Received("GET", "/", [])])
+    assert o.proxy == o.logs[0].proxy == o.upstream[0].proxy == TEST_PROXY.name == "envoyext"
+    assert o.to_json()["logs"] == ["info: x"] and o.stats_by_proxy() == {"envoyext": {}}

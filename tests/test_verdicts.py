@@ -75,7 +75,7 @@ ONLY = {"only": """
 
 def test_a_case_no_runner_ran_is_not_run_never_passed(tmp_path):
     project = lua_project(tmp_path, PASS_THROUGH, ONLY)
-    r = run_cli("test", project, "--only", "unit")
+    r = run_cli("test", project, "--only", "emulated")
     assert r.returncode == 1, r.stdout + r.stderr  # 'emulated only' ran and failed
     assert "NOT RUN only › live only" in r.stdout
     assert "PASS only › live only" not in r.stdout
@@ -93,7 +93,7 @@ def test_not_run_cases_beside_passing_ones_exit_0(tmp_path):
           - {name: everywhere, request: {path: /}, expect: {status: 200}}
           - {name: live only, only: live, request: {path: /}, expect: {status: 418}}
         """})
-    r = run_cli("test", project, "--only", "unit")
+    r = run_cli("test", project, "--only", "emulated")
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.strip().splitlines()[-1] == "1 passed, 0 failed, 1 not run"
 
@@ -103,7 +103,7 @@ def test_a_run_where_nothing_ran_is_not_a_pass(tmp_path):
         cases:
           - {name: live only, only: live, request: {path: /}, expect: {status: 200}}
         """})
-    r = run_cli("test", project, "--only", "unit")
+    r = run_cli("test", project, "--only", "emulated")
     assert r.returncode == 1, r.stdout + r.stderr
     assert "NOT RUN only › live only" in r.stdout
     assert r.stdout.strip().splitlines()[-1].startswith("0 passed, 0 failed, 1 not run (nothing ran")
@@ -284,31 +284,31 @@ def test_bad_worker_counts_are_one_line_errors(tmp_path):
 
 def test_observations_pair_with_cases_by_position_not_name():
     """A scenario built in Python (no loader to refuse it) with two cases of one name keeps both."""
+    from envoyext import runners, testrun
     from envoyext import scenario as S
-    from envoyext import testrun
     sc = S.from_dict({"cases": [{"name": "x"}, {"name": "y", "only": "live"}, {"name": "z"}]}, Path("s.yaml"))
     sc.cases[2].name = "x"
     seen = [S.Observation("x", "emulated", S.Response(418, [], b"")), S.Observation("x", "emulated", None)]
-    paired = testrun._by_case(sc, testrun.EMULATED, seen)
+    paired = testrun._by_case(sc, runners.EMULATED, seen)
     assert paired == [seen[0], None, seen[1]]
 
 
 def test_a_runner_that_skipped_a_case_does_not_shift_the_others():
     """Pairing by position checks names: an observation of another case is an error, not a pass."""
+    from envoyext import runners, testrun
     from envoyext import scenario as S
-    from envoyext import testrun
     sc = S.from_dict({"cases": [{"name": "a"}, {"name": "b"}]}, Path("s.yaml"))
-    paired = testrun._by_case(sc, testrun.EMULATED, [S.Observation("b", "emulated", S.Response(200, [], b""))])
+    paired = testrun._by_case(sc, runners.EMULATED, [S.Observation("b", "emulated", S.Response(200, [], b""))])
     assert paired[0].error and "'b'" in paired[0].error and paired[1] is None
 
 
 def test_worker_differences_fail_only_with_one_worker():
     """Negative control: with one worker, the same emulated-vs-live difference is an emulator bug."""
+    from envoyext import runners, testrun
     from envoyext import scenario as S
-    from envoyext import testrun
     sc = S.from_dict({"cases": [{"name": "x"}]}, Path("s.yaml"))
-    by_runner = {testrun.EMULATED: [S.Observation("x", "emulated", S.Response(200, [("x-n", "2")], b""))],
-                 testrun.LIVE: [S.Observation("x", "live", S.Response(200, [("x-n", "1")], b""))]}
+    by_runner = {runners.EMULATED: [S.Observation("x", "emulated", S.Response(200, [("x-n", "2")], b""))],
+                 runners.LIVE: [S.Observation("x", "live", S.Response(200, [("x-n", "1")], b""))]}
     one = testrun._judge(sc, 0, by_runner, None, workers=1)
     assert one.status == testrun.FAILED and [m.where for m in one.disagreements] == ["headers"]
     two = testrun._judge(sc, 0, by_runner, None, workers=2)

@@ -127,8 +127,6 @@ class StreamFilter(Protocol):
 
 
 class FilterHost(Protocol):
-    runner: str  # "wasm-emulator" | "lua-emulator"
-
     def new_stream(self, stream: Stream) -> StreamFilter: ...
     def advance(self, env: Envoy) -> None:
         """Virtual time moved (env.clock): fire what is due (ticks)."""

@@ -18,12 +18,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from envoyext.artifact import Artifact, lua_code
+from envoyext.artifact import Artifact, FailurePolicy, lua_code
 from envoyext.envoy.xds import FILTER_CONFIG, LUA, LUA_PER_ROUTE, STRING_VALUE, WASM, Json, http_filter
 from envoyext.errors import UserError
 
 WASM_RUNTIME = "envoy.wasm.runtime.v8"
-FAILURE_POLICY = {"fail_closed": "FAIL_CLOSED", "fail_open": "FAIL_OPEN", "reload": "FAIL_RELOAD"}
 
 
 def plugin_configuration_text(config: Any) -> str | None:
@@ -48,7 +47,8 @@ def lua_filter(name: str, *, default_source: str | None = None, source_codes: di
 
 
 def wasm_filter(name: str, module: Path | str, *, plugin_name: str | None = None, root_id: str | None = None,
-                vm_id: str | None = None, failure_policy: str | None = None, config: Any = None) -> Json:
+                vm_id: str | None = None, failure_policy: FailurePolicy | str | None = None,
+                config: Any = None) -> Json:
     """A Wasm filter entry running the local `module` in V8; `failure_policy` as filter.yaml spells
     it (fail_closed, fail_open, reload), `config` the plugin configuration (see above)."""
     plugin: Json = {"name": plugin_name if plugin_name is not None else name}
@@ -58,7 +58,7 @@ def wasm_filter(name: str, module: Path | str, *, plugin_name: str | None = None
     vm_config.update(runtime=WASM_RUNTIME, code={"local": {"filename": str(module)}})
     plugin["vm_config"] = vm_config
     if failure_policy is not None:
-        plugin["failure_policy"] = FAILURE_POLICY[failure_policy]
+        plugin["failure_policy"] = FailurePolicy(failure_policy).envoy
     text = plugin_configuration_text(config)
     if text is not None:
         plugin["configuration"] = {"@type": STRING_VALUE, "value": text}

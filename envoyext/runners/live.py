@@ -20,11 +20,12 @@ from envoyext.envoy.process import EnvoyProcess
 from envoyext.envoy.runtime import EnvoyRuntime
 from envoyext.errors import EnvoyRejected, UserError
 from envoyext.messages import is_no_response, no_response
+from envoyext.runners.names import LIVE, NATIVE
 from envoyext.scenario import UPSTREAM, Observation, Scenario, startup_logs
 from envoyext.upstreams import UpstreamServers
 
-RUNNER = "live"
-ORACLE = "native"
+RUNNER = LIVE
+ORACLE = NATIVE
 
 
 def validate(artifact: Artifact | None, scenario: Scenario, *, oracle: bool = False,

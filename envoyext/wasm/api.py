@@ -27,7 +27,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from envoyext.artifact import Artifact
+from envoyext.artifact import Artifact, FailurePolicy
 from envoyext.emulated.connection_manager import EmulatedEnvoy, send_local_reply
 from envoyext.emulated.stream import LocalReply, Stream
 from envoyext.scenario import LogLine, Scenario, default_routes, header_list
@@ -156,8 +156,9 @@ class WasmPlugin:
                             clusters={k: UpstreamSpec.from_dict(v) for k, v in (clusters or {}).items()},
                             routes=default_routes(), cases=[])
         env = EmulatedEnvoy(scenario)
-        policy = options.pop("failure_policy", None) or ("fail_open" if fail_open else "fail_closed")
-        art = Artifact("wasm", Path(path), name, root_id=root_id, vm_id=vm_id, failure_policy=policy)
+        policy = options.pop("failure_policy", None) or (FailurePolicy.FAIL_OPEN if fail_open else None)
+        art = Artifact("wasm", Path(path), name, root_id=root_id, vm_id=vm_id,
+                       **({"failure_policy": policy} if policy else {}))
         return cls(WasmFilterHost(art, config, env, auto_answer=auto_answer, **options), env)
 
     # -- streams ---------------------------------------------------------------------------------

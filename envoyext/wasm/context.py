@@ -51,7 +51,6 @@ class Plugin:
     vm_id: str = ""
     configuration: bytes = b""
     vm_configuration: bytes = b""
-    fail_open: bool = False
     allow_on_headers_stop_iteration: bool = False
     environment: dict[str, str] = field(default_factory=dict)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from envoyext.artifact import Artifact
+from envoyext.artifact import Artifact, FailurePolicy
 from envoyext.emulated.router import CONNECT_FAILURE_BODY, TIMEOUT_BODY
 from envoyext.emulated.stream import Envoy, FilterDidNotReturn, LocalReply, StreamStuck
 from envoyext.envoy.facts import disabled_by_route
@@ -45,11 +45,9 @@ class StreamStalled(StreamStuck):
 
 
 class WasmFilterHost:
-    runner = "wasm-emulator"
-
     def __init__(self, artifact: Artifact, config: Any, env: Envoy, *, shared: SharedState | None = None,
-                 metrics: MetricStore | None = None, log_level: int = 0, failure_policy: str | None = None,
-                 deadline_ms: int = DEFAULT_DEADLINE_MS, memory_limit: int | None = None, auto_answer: bool = True,
+                 metrics: MetricStore | None = None, log_level: int = 0, deadline_ms: int = DEFAULT_DEADLINE_MS,
+                 memory_limit: int | None = None, auto_answer: bool = True,
                  vm_configuration: bytes = b"", environment: dict[str, str] | None = None,
                  allow_on_headers_stop_iteration: bool = False, idle_vms: int = 1):
         self.artifact = artifact
@@ -57,9 +55,8 @@ class WasmFilterHost:
         self.plugin = Plugin(name=artifact.name, root_id=artifact.root_id, vm_id=artifact.vm_id,
                              configuration=(plugin_configuration_text(config) or "").encode(),
                              vm_configuration=vm_configuration,
-                             fail_open=artifact.fail_open, environment=dict(environment or {}),
+                             environment=dict(environment or {}),
                              allow_on_headers_stop_iteration=allow_on_headers_stop_iteration)
-        self.failure_policy = failure_policy or artifact.failure_policy
         self.auto_answer = auto_answer
         self.no_response_on_deadline = False
         self.logs: list[LogLine] = []
@@ -187,10 +184,11 @@ class WasmFilterHost:
         route = stream.route
         if route is not None and disabled_by_route(route.per_filter_config):
             return SkippedFilter()
-        if self.wasm.failed and self.failure_policy == "reload":
+        policy = self.artifact.failure_policy
+        if self.wasm.failed and policy is FailurePolicy.RELOAD:
             self.wasm = self._start_vm()
         self.connections += 1
-        return WasmStreamFilter(self, StreamFlow(self.wasm, stream, fail_open=self.plugin.fail_open))
+        return WasmStreamFilter(self, StreamFlow(self.wasm, stream, fail_open=policy is FailurePolicy.FAIL_OPEN))
 
     def advance(self, env=None) -> None:
         """Virtual time moved: fire the ticks now due, then whatever they set in motion."""

@@ -1,0 +1,209 @@
+"""The scenario format: what to send through a filter and what should come out.
+
+`load()` reads a scenario YAML file (validated against schemas/scenario.yaml), `from_dict()` builds a
+`Scenario` from validated data and checks what a schema cannot (cluster references, case names,
+requests the live client can send).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from envoyext import schemas
+from envoyext.errors import UserError
+from envoyext.messages import DEFAULT_RESPONSE_TIMEOUT_MS, Headers, Request, first, header_list, unsendable, values
+from envoyext.upstreams import UpstreamSpec
+
+# A mapping as the scenario's YAML holds it, already validated against schemas/scenario.yaml.
+Yaml = dict[str, Any]
+
+# Cluster name of the default test upstream, in the bootstrap and in observations.
+UPSTREAM = "upstream"
+# The case a scenario's `startup:` block becomes: what the filter logged while it started.
+STARTUP = "startup"
+# Envoy's Lua filter reads route metadata under its own filter name, then under this one.
+LUA_FILTER_NAMESPACE = "envoy.filters.http.lua"
+
+
+@dataclass
+class Route:
+    name: str
+    match: Yaml
+    cluster: str | None = UPSTREAM
+    direct_response: Yaml | None = None
+    metadata: Yaml | None = None
+    per_filter_config: Any = None
+    timeout_ms: int | None = None
+    upgrade_configs: list[Yaml] | None = None
+
+    def _connect_upgrade(self) -> Yaml | None:
+        """The route's enabled CONNECT upgrade (RouteAction.upgrade_configs), if any."""
+        return next((u for u in self.upgrade_configs or []
+                     if u["upgrade_type"].upper() == "CONNECT" and u.get("enabled", True)), None)
+
+    @property
+    def allows_connect(self) -> bool:
+        return self._connect_upgrade() is not None
+
+    @property
+    def terminates_connect(self) -> bool:
+        """connect_config: Envoy answers the CONNECT itself and tunnels to the cluster over TCP."""
+        return "connect_config" in (self._connect_upgrade() or {})
+
+    def filter_metadata(self, filter_name: str) -> dict[str, Yaml]:
+        """Envoy's `Metadata.filter_metadata` of this route: the full form as written, or the
+        short form (bare keys) under the filter's own name."""
+        md = self.metadata
+        if not md:
+            return {}
+        if "filter_metadata" in md:
+            full: dict[str, Yaml] = md["filter_metadata"]
+            return full
+        return {filter_name: md}
+
+    def matches(self, path: str | None, headers: Headers) -> bool:
+        """Envoy's route match for the subset of fields the scenario format allows. A CONNECT
+        request (no :path) matches only a `connect_matcher` route, and only it matches one."""
+        m = self.match
+        if ("connect_matcher" in m) != (first(headers, ":method") == "CONNECT"):
+            return False
+        bare = (path or "").split("?", 1)[0]
+        if "path" in m and bare != m["path"]:
+            return False
+        if "prefix" in m and not (path or "").startswith(m["prefix"]):
+            return False
+        for name, want in header_list(m.get("headers")):
+            if want not in values(headers, name):
+                return False
+        return True
+
+
+@dataclass
+class Case:
+    name: str
+    request: Request
+    expect: Yaml
+    repeat: int = 1
+    wait_ms: int = 0
+    only: str | None = None  # "live" | "emulated" | None (both)
+    startup: bool = False    # no request: the expectations are on the logs of the filter's start
+
+
+@dataclass
+class Oracle:
+    http_filters: list[Yaml]
+    typed_per_filter_config: Yaml
+    compare: list[str]
+
+
+@dataclass
+class Scenario:
+    path: Path
+    name: str
+    config: Any
+    upstream: UpstreamSpec
+    clusters: dict[str, UpstreamSpec]
+    routes: list[Route]
+    cases: list[Case]
+    oracle: Oracle | None = None
+    workers: int | None = None  # live Envoy's worker threads (None: filter.yaml's, or the CLI's)
+
+    def route_for(self, path: str | None, headers: Headers) -> Route | None:
+        return next((r for r in self.routes if r.matches(path, headers)), None)
+
+    def all_clusters(self) -> dict[str, UpstreamSpec]:
+        return {UPSTREAM: self.upstream, **self.clusters}
+
+
+def default_routes() -> list[Route]:
+    return [Route(name="default", match={"prefix": "/"}, cluster=UPSTREAM)]
+
+
+def from_dict(data: Yaml, path: Path, default_config: Any = None) -> Scenario:
+    """Build a Scenario from already-validated data."""
+    clusters = {n: UpstreamSpec.from_dict(s) for n, s in (data.get("clusters") or {}).items()}
+    if UPSTREAM in clusters:
+        raise UserError(f"cluster name '{UPSTREAM}' is reserved for the default upstream",
+                        file=path, field=f"clusters.{UPSTREAM}", fix="rename it, or configure it under 'upstream'")
+    routes = []
+    for i, r in enumerate(data.get("routes") or []):
+        target = r.get("cluster", None if "direct_response" in r else UPSTREAM)
+        if target is not None and target != UPSTREAM and target not in clusters:
+            raise UserError(f"route points at unknown cluster '{target}'", file=path,
+                            field=f"routes[{i}].cluster", fix="declare it under 'clusters'")
+        _check_metadata(r.get("metadata"), path, f"routes[{i}].metadata")
+        routes.append(Route(name=r.get("name", f"route{i}"), match=r["match"], cluster=target,
+                            direct_response=r.get("direct_response"), metadata=r.get("metadata"),
+                            per_filter_config=r.get("per_filter_config"), timeout_ms=r.get("timeout_ms"),
+                            upgrade_configs=r.get("upgrade_configs")))
+    cases = [_startup_case(data["startup"], data["cases"], path)] if "startup" in data else []
+    first_index: dict[str, int] = {}
+    for i, c in enumerate(data["cases"]):
+        # Reports, JSON results and differential tools name cases: two of one name make a verdict ambiguous.
+        if c["name"] in first_index:
+            raise UserError(f"case name '{c['name']}' is already used by cases[{first_index[c['name']]}]",
+                            file=path, field=f"cases[{i}].name", fix="give every case of a scenario its own name")
+        first_index[c["name"]] = i
+        for name in (c.get("expect") or {}).get("clusters") or {}:
+            if name not in clusters:
+                raise UserError(f"expectation on undeclared cluster '{name}'", file=path,
+                                field=f"cases[{i}].expect.clusters.{name}", fix="declare it under 'clusters'")
+        cases.append(Case(
+            name=c["name"], request=_request(c.get("request") or {}, path, f"cases[{i}].request"),
+            expect=c.get("expect") or {}, repeat=c.get("repeat", 1), wait_ms=c.get("wait_ms", 0),
+            only=c.get("only")))
+        _check_sendable(cases[-1].request, path, f"cases[{i}].request")
+    o = data.get("oracle")
+    oracle = Oracle(o.get("http_filters", []), o.get("typed_per_filter_config", {}),
+                    o.get("compare", ["status", "headers", "body", "upstream"])) if o else None
+    return Scenario(path=path, name=data.get("name", path.stem),
+                    config=data["config"] if "config" in data else default_config,
+                    upstream=UpstreamSpec.from_dict(data.get("upstream") or {}),
+                    clusters=clusters, routes=routes or default_routes(), cases=cases, oracle=oracle,
+                    workers=data.get("workers"))
+
+
+def _request(rq: Yaml, path: Path, where: str) -> Request:
+    """A case's request. CONNECT has no path: its target is the authority (`host:port`)."""
+    method = rq.get("method", "GET")
+    if method == "CONNECT" and "path" in rq:
+        raise UserError("a CONNECT request has no path (its target is the authority)", file=path,
+                        field=f"{where}.path", fix="remove it and give authority: host:port")
+    return Request(method=method, path=None if method == "CONNECT" else rq.get("path", "/"),
+                   authority=rq.get("authority", "example.com"), headers=header_list(rq.get("headers")),
+                   body=rq.get("body", "").encode(), trailers=header_list(rq.get("trailers")),
+                   timeout_ms=rq.get("timeout_ms", DEFAULT_RESPONSE_TIMEOUT_MS))
+
+
+def _startup_case(expect: Yaml, cases: list[Yaml], path: Path) -> Case:
+    """The `startup:` block as a case of its own, checked and compared like any other."""
+    for i, c in enumerate(cases):
+        if c["name"] == STARTUP:
+            raise UserError(f"the case name '{STARTUP}' is taken by the startup block", file=path,
+                            field=f"cases[{i}].name", fix="rename the case")
+    return Case(name=STARTUP, request=Request(), expect=expect, startup=True)
+
+
+def _check_metadata(md: Yaml | None, path: Path, where: str) -> None:
+    """The full form (`filter_metadata: {namespace: {...}}`) stands alone; anything else is the
+    short form, put under the filter's own name."""
+    if md and "filter_metadata" in md and len(md) > 1:
+        extra = sorted(k for k in md if k != "filter_metadata")[0]
+        raise UserError("route metadata mixes the full form (filter_metadata) with bare keys", file=path,
+                        field=f"{where}.{extra}", fix="move it under filter_metadata.<filter name>")
+
+
+def _check_sendable(rq: Request, path: Path, where: str) -> None:
+    """A request the live client cannot put on the wire is the scenario's fault, not a runner's."""
+    problem = unsendable(rq)
+    if problem:
+        field_, message, fix = problem
+        raise UserError(message, file=path, field=f"{where}.{field_}", fix=fix)
+
+
+def load(path: Path | str, default_config: Any = None) -> Scenario:
+    path = Path(path)
+    return from_dict(schemas.load(path, "scenario"), path, default_config)
+
