@@ -24,6 +24,7 @@ A whole scenario file runs through the emulated Envoy with `envoyext.runners.emu
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -157,8 +158,9 @@ class WasmPlugin:
                             routes=default_routes(), cases=[])
         env = EmulatedEnvoy(scenario)
         policy = options.pop("failure_policy", None) or (FailurePolicy.FAIL_OPEN if fail_open else None)
-        art = Artifact("wasm", Path(path), name, root_id=root_id, vm_id=vm_id,
-                       **({"failure_policy": policy} if policy else {}))
+        art = Artifact("wasm", Path(path), name, root_id=root_id, vm_id=vm_id)
+        if policy:  # else the Artifact's default
+            art = dataclasses.replace(art, failure_policy=FailurePolicy(policy))
         return cls(WasmFilterHost(art, config, env, auto_answer=auto_answer, **options), env)
 
     # -- streams ---------------------------------------------------------------------------------
