@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from envoyext.envoy.identity import TEST_PROXY
 from envoyext.messages import Received, header_list
 
 
@@ -109,8 +110,9 @@ class UpstreamServers:
     Runs an aiohttp event loop on a background thread so the caller can stay synchronous.
     Use as a context manager; `received[name]` lists requests in arrival order."""
 
-    def __init__(self, specs: dict[str, UpstreamSpec]):
+    def __init__(self, specs: dict[str, UpstreamSpec], via: str = TEST_PROXY.name):
         self.specs = specs
+        self.via = via  # the proxy in front of these servers (ProxyIdentity.name): who sent what they receive
         self.ports: dict[str, int] = {}
         self.received: dict[str, list] = {name: [] for name in specs}
         self._lock = threading.Lock()
@@ -198,7 +200,7 @@ class UpstreamServers:
             headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in request.raw_headers]
             path = request.raw_path
             with self._lock:
-                self.received[name].append(Received(request.method, path, headers, body))
+                self.received[name].append(Received(request.method, path, headers, body, proxy=self.via))
             reply = spec.respond(request.method, path, headers, body)
             if reply.delay_ms:
                 await asyncio.sleep(reply.delay_ms / 1000)

@@ -32,7 +32,7 @@ class EmulatedEnvoy:
         self.scenario = scenario
         self.identity = identity
         self.clock = Clock()
-        self.router = Router(scenario, self.clock)
+        self.router = Router(scenario, self.clock, identity.name)
         self.clusters = self.router.clusters
         self.stats: dict[str, int] = {}  # the connection manager's own counters, as Envoy names them
 

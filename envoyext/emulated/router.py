@@ -21,8 +21,9 @@ UPSTREAM_ADDRESS = "127.0.0.1:8080"
 
 
 class Router:
-    def __init__(self, scenario: Scenario, clock: Clock):
+    def __init__(self, scenario: Scenario, clock: Clock, proxy: str):
         self.clock = clock
+        self.proxy = proxy  # the proxy whose requests the clusters receive (ProxyIdentity.name)
         self.clusters: dict[str, UpstreamSpec] = scenario.all_clusters()
         self.received: dict[str, list[Received]] = {n: [] for n in self.clusters}
 
@@ -46,7 +47,7 @@ class Router:
         method = first(headers, ":method") or "GET"
         path = first(headers, ":path") or "/"
         wire = upstream_wire_headers(headers, body)
-        self.received[cluster].append(Received(method, path, wire, body))
+        self.received[cluster].append(Received(method, path, wire, body, proxy=self.proxy))
         return spec.respond(method, path, wire, body)
 
     def take_received(self) -> dict[str, list[Received]]:

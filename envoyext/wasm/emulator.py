@@ -96,7 +96,7 @@ class WasmFilterHost:
             self.failures.append(message)
             log.warning("%s: %s", self.artifact.name, message)
             return
-        self.logs.append(LogLine(LOG_LEVEL_NAMES[level], message))
+        self.logs.append(LogLine(LOG_LEVEL_NAMES[level], message, self.env.identity.name))
 
     # -- the event loop while a stream is paused -----------------------------------------------------
     def pump(self) -> bool:

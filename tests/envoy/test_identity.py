@@ -23,6 +23,9 @@ def test_a_live_run_under_another_identity_passes_with_its_stat_prefix(tmp_path)
     [obs] = live.run_scenario(Artifact("lua", script, "t-lua"), sc, identity=GATEWAY)
     assert check(sc.cases[0], obs) == []
     assert not [name for name in obs.stats if name.startswith("http.ingress_http.")]
+    # What the observation says came from this proxy names it.
+    assert obs.proxy == "gateway" and {line.proxy for line in obs.logs} == {"gateway"}
+    assert [r.proxy for r in obs.upstream] == ["gateway"]
 
 
 def test_the_running_envoy_is_the_node_the_identity_names(tmp_path):

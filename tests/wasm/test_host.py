@@ -319,3 +319,6 @@ def test_the_proxy_identity_names_the_node_and_the_connection_manager_stats(modu
     assert f"prop xds.node.cluster = 0 {b'gateways'.hex()}" in logs
     assert obs.stats["http.gateway_http.downstream_rq_total"] == 1
     assert not any(name.startswith("http.ingress_http.") for name in obs.stats)
+    # What the observation says came from this proxy names it.
+    assert obs.proxy == "gateway" and {line.proxy for line in obs.logs} == {"gateway"}
+    assert [r.proxy for r in obs.upstream] == ["gateway"]
