@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from envoyext.envoy.xds import ROUTER_NAME
+from envoyext.errors import UserError
 
 
 class FailurePolicy(str, Enum):
@@ -51,6 +52,8 @@ class Artifact:
     lua_options: dict[str, Any] | None = None
     # Envoy stats_config.stats_tags: which parts of the filter's stat names become Prometheus labels.
     stats_tags: tuple[dict[str, Any], ...] = ()
+    # Lua: the libraries (envoyext/sdk/<name>.lua) lua_code appends to every script of the filter.
+    lua_libraries: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # filter.yaml's spelling ("fail_open") is accepted wherever an Artifact is made.
@@ -105,8 +108,35 @@ def _lua_char(c: str) -> str:
     return c
 
 
-def lua_code(source: str, config: Any) -> str:
-    """The exact script Envoy runs (and the emulator, and publish emit) for this config."""
-    if config is None:
-        return source
-    return f"{LUA_CONFIG_GLOBAL} = {to_lua(config)}; {source}"
+# Lua libraries: envoyext/sdk/<name>.lua, each a chunk that returns its module table. Envoy takes
+# a Lua filter as one inline script (no require, no files), so a filter's declared libraries are
+# appended to the script itself.
+LUA_LIBRARY_DIR = Path(__file__).resolve().parent / "sdk"
+
+
+def lua_library_names() -> list[str]:
+    return sorted(p.stem for p in LUA_LIBRARY_DIR.glob("*.lua"))
+
+
+def check_lua_libraries(names: Any, *, file: Path | None = None, field: str = "lua_libraries") -> tuple[str, ...]:
+    """The declared library names, or a UserError naming the first unknown one (`field[i]`)."""
+    available = lua_library_names()
+    for i, name in enumerate(names):
+        if name not in available:
+            raise UserError(f"unknown Lua library {name!r}", file=file, field=f"{field}[{i}]",
+                            fix=f"use one of: {', '.join(available)}")
+    return tuple(names)
+
+
+def lua_code(source: str, config: Any, libraries: tuple[str, ...] | list[str] = ()) -> str:
+    """The exact script Envoy runs (and the emulator, and publish emit) for this config and these
+    libraries. Each library becomes a global after the user's code, so every user line keeps its
+    number (in errors too); being defined after the script's top level ran, a library's global is
+    there only for functions that run per request (envoy_on_request/envoy_on_response), never for
+    the script's top level: build what needs it on first use."""
+    if config is not None:
+        source = f"{LUA_CONFIG_GLOBAL} = {to_lua(config)}; {source}"
+    for name in libraries:
+        body = (LUA_LIBRARY_DIR / f"{name}.lua").read_text()
+        source += f"\n{name} = (function()\n{body}\nend)()\n"
+    return source

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from envoyext import schemas
-from envoyext.artifact import Artifact, Attach, FailurePolicy
+from envoyext.artifact import Artifact, Attach, FailurePolicy, check_lua_libraries
 from envoyext.errors import UserError
 
 FILE = "filter.yaml"
@@ -33,6 +33,7 @@ class Project:
     stats_tags: list[dict] = field(default_factory=list)
     config_schema: Path | None = None
     lua_options: dict | None = None
+    lua_libraries: tuple[str, ...] = ()  # envoyext/sdk/<name>.lua, appended to every script (artifact.lua_code)
     workers: int = 1  # live Envoy's worker threads; one is what the emulator models
 
     def check_config(self, config: Any, file: Path, field_name: str = "config") -> None:
@@ -118,12 +119,16 @@ def load(path: Path | str | None = None) -> Project:
             lua_options["source_codes"] = named
         if not sources:  # Envoy's default_source_code absent: per-route scripts only
             lua_options["default_source_code"] = False
+    if "lua_libraries" in data and lang != "lua":
+        raise UserError("'lua_libraries' belong to a Lua filter", file=file, field="lua_libraries", fix="remove them")
+    lua_libraries = check_lua_libraries(data.get("lua_libraries", []), file=file)
     return Project(root=root, name=data["name"], lang=lang, sources=sources, module=module,
                    root_id=data.get("root_id", ""), vm_id=data.get("vm_id", ""),
                    failure_policy=FailurePolicy(data["failure_policy"]) if "failure_policy" in data else None,
                    config=config, attach=Attach(**data.get("attach", {})),
                    scenario_files=scenario_files, stats_tags=data.get("stats_tags", []),
-                   config_schema=config_schema, lua_options=lua_options, workers=data.get("workers", 1))
+                   config_schema=config_schema, lua_options=lua_options, lua_libraries=lua_libraries,
+                   workers=data.get("workers", 1))
 
 
 def beside(artifact: Path) -> Project | None:
@@ -138,7 +143,7 @@ def beside(artifact: Path) -> Project | None:
 def artifact_for(path: Path, project: Project | None, *, root_id: str | None = None,
                  vm_id: str | None = None) -> Artifact:
     """A prebuilt .wasm or .lua as the given project configures it (its name, config, root_id,
-    vm_id, failure_policy, lua options, stats_tags); without a project, named after the file."""
+    vm_id, failure_policy, lua options and libraries, stats_tags); without a project, named after the file."""
     kind = {".wasm": "wasm", ".lua": "lua"}.get(path.suffix)
     if kind is None:
         raise UserError("expected a .wasm or .lua file", file=path, fix="pass a built filter")
@@ -255,5 +260,5 @@ def build_artifact(project: Project, path: Path) -> Artifact:
     return Artifact(kind="lua" if project.lang == "lua" else "wasm", path=path.resolve(), name=project.name,
                     root_id=project.root_id, vm_id=project.vm_id, config=project.config,
                     attach=project.attach, lua_options=project.lua_options, stats_tags=tuple(project.stats_tags),
-                    **chosen)
+                    lua_libraries=project.lua_libraries, **chosen)
 

@@ -30,3 +30,9 @@ def test_attach_moves_from_filter_yaml_onto_the_artifact(tmp_path):
     assert plain.attach == Attach(position="before", filter="envoy.filters.http.router")
     p = lua_project(tmp_path, "attach: {position: after, filter: envoy.filters.http.cors}\n")
     assert project.build_artifact(p, tmp_path / "filter.lua").attach == Attach("after", "envoy.filters.http.cors")
+
+
+def test_lua_libraries_move_from_filter_yaml_onto_the_artifact(tmp_path):
+    p = lua_project(tmp_path, "lua_libraries: [pw_match]\n")
+    assert p.lua_libraries == ("pw_match",)
+    assert project.build_artifact(p, tmp_path / "filter.lua").lua_libraries == ("pw_match",)

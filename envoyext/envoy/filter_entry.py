@@ -4,7 +4,8 @@ by side, and their per-route configs.
 One rule each, used by every config that carries a filter (the single-filter test bootstrap today;
 mesh sidecars and published snippets next), and by the Wasm emulator for the bytes it hands a plugin:
 - Lua: Envoy's Lua filter has no configuration field, so the JSON configuration is Lua data put in
-  front of every script (`artifact.lua_code`), inlined as Istio's EnvoyFilter carries it: the default
+  front of every script and its declared libraries after it (`artifact.lua_code`), inlined as Istio's
+  EnvoyFilter carries it: the default
   script as default_source_code, named scripts as source_codes, the rest of the `lua:` block as is.
   Per route: LuaPerRoute.
 - Wasm: the configuration is the plugin's configuration, a StringValue (a string as is, else compact
@@ -74,9 +75,11 @@ def for_artifact(artifact: Artifact, config: Any, lua_source: str | None = None)
         options.pop("default_source_code", None)
         default = None
         if artifact.has_default_script:
-            default = lua_code(lua_source if lua_source is not None else artifact.path.read_text(), config)
+            source = lua_source if lua_source is not None else artifact.path.read_text()
+            default = lua_code(source, config, artifact.lua_libraries)
         # Every script gets the same config, whichever one a route selects.
-        scripts = {key: lua_code(Path(ds["filename"]).read_text(), config) for key, ds in named.items()}
+        scripts = {key: lua_code(Path(ds["filename"]).read_text(), config, artifact.lua_libraries)
+                   for key, ds in named.items()}
         return lua_filter(artifact.filter_name, default_source=default, source_codes=scripts, **options)
     return wasm_filter(artifact.filter_name, artifact.path, plugin_name=artifact.name, root_id=artifact.root_id,
                        vm_id=artifact.vm_id, failure_policy=artifact.failure_policy, config=config)

@@ -11,11 +11,12 @@
         assert f.stats()["http.ingress_http.lua.errors"] == 0
 
 `LuaFilter(script_or_path, *, code=None, config=None, name=..., routes=None, clusters=None,
-upstream=None, lua_config=None)`: `script_or_path` is a .lua path (or pass the source as `code=`);
+upstream=None, lua_config=None, libraries=())`: `script_or_path` is a .lua path (or pass the source as `code=`);
 `config` is the filter's JSON config (visible to the script as `envoyext_config`, as in Envoy);
 `routes`, `clusters` and `upstream` take the scenario format (YAML-shaped dicts: route metadata,
 per_filter_config as LuaPerRoute, canned or echo upstreams); `lua_config` the rest of the Lua
-filter proto (`source_codes`, `stat_prefix`, `clear_route_cache`).
+filter proto (`source_codes`, `stat_prefix`, `clear_route_cache`); `libraries` the Lua libraries to
+append (filter.yaml's `lua_libraries`, e.g. ["pw_match"]), globals for envoy_on_request/response.
 
 `request(method, path, headers=None, body=b"", trailers=None, authority="example.com")` runs one
 request through the emulated Envoy (connection manager, envoy_on_request, route, upstream,
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from envoyext.artifact import Artifact
+from envoyext.artifact import Artifact, check_lua_libraries
 from envoyext.emulated.connection_manager import EmulatedEnvoy
 from envoyext.lua.emulator import LuaFilterHost
 from envoyext.scenario import UPSTREAM, Case, LogLine, Received, Request, first, from_dict, header_list
@@ -67,9 +68,10 @@ class LuaFilter:
     def __init__(self, script: str | Path | None = None, *, code: str | None = None, config: Any = None,
                  name: str = "envoy.filters.http.lua", routes: list[dict] | None = None,
                  clusters: dict[str, dict] | None = None, upstream: dict | None = None,
-                 lua_config: dict | None = None):
+                 lua_config: dict | None = None, libraries: list[str] | tuple[str, ...] = ()):
         if script is None and code is None:
             raise ValueError("give a script path or code=")
+        libraries = check_lua_libraries(libraries, field="libraries")
         path = Path(script) if script is not None else Path(f"<{name}>.lua")
         data: dict[str, Any] = {"cases": []}
         if routes:
@@ -80,8 +82,8 @@ class LuaFilter:
             data["upstream"] = upstream
         self.scenario = from_dict(data, path.parent / "api.yaml")
         self.env = EmulatedEnvoy(self.scenario)
-        self.host = LuaFilterHost(Artifact("lua", path, name), config, self.env, lua_config=lua_config,
-                                  source=code)
+        self.host = LuaFilterHost(Artifact("lua", path, name, lua_libraries=libraries), config, self.env,
+                                  lua_config=lua_config, source=code)
 
     def __enter__(self) -> "LuaFilter":
         return self

@@ -2,7 +2,8 @@
 
 `LuaFilterHost` is one `envoy.filters.http.lua` filter configuration: the default script (the
 artifact, with the scenario's JSON config set as `envoyext_config = ...` on its first line by
-artifact.lua_code, exactly as the live bootstrap inlines it), named `source_codes`, and the
+artifact.lua_code, its declared libraries appended, exactly as the live bootstrap inlines it),
+named `source_codes`, and the
 per-route `LuaPerRoute` configs of the scenario's routes, each in its own LuaJIT state.
 `LuaStreamFilter` runs one stream through it as Envoy's Lua filter does: envoy_on_request over
 the request, envoy_on_response over the response (local replies included), script errors counted
@@ -94,10 +95,10 @@ class LuaFilterHost:
         self.default: LuaScript | None = None  # default_source_code absent: routes select scripts
         if source is not None or artifact.has_default_script:
             code = source if source is not None else path.read_text()
-            self.default = self._load(lua_code(code, config), str(path))
+            self.default = self._load(lua_code(code, config, artifact.lua_libraries), str(path))
         base = Path(getattr(env.scenario, "path", ".")).parent
-        self.named = {name: self._load(lua_code(read_source(spec, base, f"config.source_codes.{name}"), config),
-                                       name)
+        self.named = {name: self._load(lua_code(read_source(spec, base, f"config.source_codes.{name}"), config,
+                                                artifact.lua_libraries), name)
                       for name, spec in (cfg.get("source_codes") or {}).items()}
         # LuaPerRoute per route, resolved (and inline sources loaded) at configuration time.
         self.per_route: dict[str, tuple[LuaScript | None, dict]] = {}

@@ -71,6 +71,24 @@ def test_lua_config_is_lua_data_on_the_first_line():
     assert code.splitlines() == ['envoyext_config = {["k"] = 1}; line1', "line2"]  # line numbers unchanged
 
 
+def test_lua_libraries_are_appended_after_the_users_lines():
+    from envoyext.artifact import LUA_LIBRARY_DIR, lua_code
+    code = lua_code("line1\nline2", {"k": 1}, ["pw_match"])
+    lines = code.splitlines()
+    assert lines[:3] == ['envoyext_config = {["k"] = 1}; line1', "line2", "pw_match = (function()"]
+    assert code.endswith(f"\n{(LUA_LIBRARY_DIR / 'pw_match.lua').read_text()}\nend)()\n")
+    assert lua_code("line1", None, ["pw_match"]).startswith("line1\npw_match = ")
+
+
+def test_an_unknown_lua_library_is_named_with_the_available_ones():
+    from envoyext.artifact import check_lua_libraries
+    from envoyext.errors import UserError
+    with pytest.raises(UserError) as e:
+        check_lua_libraries(["pw_match", "json"], file=Path("filter.yaml"))
+    assert e.value.one_line() == ("filter.yaml: lua_libraries[1]: unknown Lua library 'json' "
+                                  "(fix: use one of: pw_match)")
+
+
 def test_connect_route_full_metadata_and_no_default_script_are_envoy_config():
     """The scenario format's connect_matcher + upgrade_configs, full route Metadata, and a Lua
     filter without default_source_code, as Envoy 1.40 takes them (`--mode validate`)."""

@@ -21,15 +21,19 @@ FILES = sorted(f for f in SCENARIOS.glob("*.yaml") if not f.name.endswith(".opti
 
 def artifact(path: Path) -> Artifact:
     """`<name>.lua`, with the filter.yaml `lua:` block from `<name>.options.yaml` when there is one
-    (source_codes files relative to it, made absolute as the project loader makes them)."""
+    (source_codes files relative to it, made absolute as the project loader makes them), and
+    filter.yaml's `lua_libraries` if that file names them too."""
     options = None
+    libraries: tuple[str, ...] = ()
     sidecar = path.with_suffix(".options.yaml")
     if sidecar.exists():
         options = yaml.safe_load(sidecar.read_text())
+        libraries = tuple(options.pop("lua_libraries", ()))
         if "source_codes" in options:
             options["source_codes"] = {name: {"filename": str((path.parent / file).resolve())}
                                        for name, file in options["source_codes"].items()}
-    return Artifact("lua", path.with_suffix(".lua"), "envoyext.lua", lua_options=options)
+    return Artifact("lua", path.with_suffix(".lua"), "envoyext.lua", lua_options=options or None,
+                    lua_libraries=libraries)
 
 
 DIFFERENTIAL = Differential(artifact)

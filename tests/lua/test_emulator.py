@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from envoyext.errors import UserError
 from envoyext.lua.api import LuaFilter
 from envoyext.lua.host import ScriptLoadError
 
@@ -216,3 +217,15 @@ def test_the_proxy_identity_names_the_lua_filter_stats(tmp_path):
     assert obs.stats["http.gateway_http.lua.seen"] == 1 and obs.stats["http.gateway_http.lua.executions"] == 1
     assert obs.stats["http.gateway_http.downstream_rq_total"] == 1
     assert not any(name.startswith("http.ingress_http.") for name in obs.stats)
+
+
+def test_the_python_api_takes_lua_libraries():
+    code = ('function envoy_on_request(h)\n'
+            '  local m = pw_match.string_matcher({prefix = "/api"}, "p")\n'
+            '  h:respond({[":status"] = m(h:headers():get(":path")) and "200" or "404"}, "")\n'
+            'end\n')
+    with LuaFilter(code=code, libraries=["pw_match"]) as f:
+        assert f.request(path="/api/x").status == 200
+        assert f.request(path="/x").status == 404
+    with pytest.raises(UserError, match=r"libraries\[0\]: unknown Lua library 'nope'"):
+        LuaFilter(code=code, libraries=["nope"])

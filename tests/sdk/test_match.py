@@ -5,8 +5,8 @@ natively with zig) and in Lua (envoyext/sdk/pw_match.lua, run on LuaJIT through 
 - both refuse what they do not support, with the same message;
 - their work (the engines' own step counters) grows linearly with a pathological input, where a
   backtracking matcher's grows exponentially (the negative control, counted the same way);
-- every Lua library filter that matches strings carries the Lua engine verbatim, and no C filter
-  carries a matcher of its own.
+- every Lua library filter that matches strings declares the Lua engine (filter.yaml's
+  lua_libraries), and no filter, Lua or C, carries a matcher of its own.
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ class LuaEngine:
 
     def __init__(self):
         self.lua = lupa.LuaRuntime(encoding=None)
-        self.pw_match = self.lua.execute(LUA_ENGINE.read_bytes() + b"\nreturn pw_match")
+        self.pw_match = self.lua.execute(LUA_ENGINE.read_bytes())
         self.compile = self.lua.eval("function(m, p) local prog, err = m.compile(p); return {prog, err} end")
 
     def compile_error(self, pattern: bytes) -> str | None:
@@ -363,40 +363,24 @@ def test_lua_string_matcher_errors_name_the_field(lua_engine):
 
 # ---- one implementation, used by every library filter -------------------------------------------
 
-BEGIN, END = "-- BEGIN pw_match", "-- END pw_match\n"
+LIBRARY_FILTERS = ["cors", "csrf", "ext-authz", "fault"]
 
 
-def lua_block(text: str) -> str | None:
-    start = text.find(BEGIN)
-    return text[start:text.index(END, start) + len(END)] if start >= 0 else None
-
-
-def test_the_lua_engine_file_is_exactly_one_block():
-    text = LUA_ENGINE.read_text()
-    assert lua_block(text) == text
-
-
-def test_every_lua_library_filter_that_matches_strings_carries_the_engine_verbatim():
-    canonical = LUA_ENGINE.read_text()
-    carriers = set()
-    for script in sorted(filters_dir().glob("*/lua/filter.lua")):
-        block = lua_block(script.read_text())
-        if block is not None:
-            assert block == canonical, f"{script}: the pw_match block differs from {LUA_ENGINE}; copy it again"
-            carriers.add(script.parent.parent.name)
-    assert {"cors", "csrf", "ext-authz", "fault"} <= carriers
+def test_every_lua_library_filter_that_matches_strings_declares_the_engine():
+    from envoyext import project
+    for kind in LIBRARY_FILTERS:
+        assert "pw_match" in project.load(filters_dir() / kind / "lua").lua_libraries, kind
 
 
 def test_no_library_filter_has_a_matcher_of_its_own():
     assert not list(filters_dir().glob("*/c/regex.[ch]")), "the C filters share envoyext/sdk/pw_match.c"
-    for kind in ["cors", "csrf", "ext-authz", "fault"]:
+    for kind in LIBRARY_FILTERS:
         source = (filters_dir() / kind / "c" / "filter.c").read_text()
         assert "pw_json_string_matcher(" in source, kind
         assert "strncasecmp" not in source and "same_bytes" not in source, kind
     for script in filters_dir().glob("*/lua/filter.lua"):
         text = script.read_text()
-        outside = text.replace(lua_block(text) or "", "")
-        assert not re.search(r"function\s+\w*(regex|full_match)", outside), f"{script}: use the pw_match block"
+        assert not re.search(r"function\s+\w*(regex|full_match)", text), f"{script}: declare lua_libraries: [pw_match]"
 
 
 # ---- the build links it into every module ----------------------------------------------------------
