@@ -83,11 +83,14 @@ def validate(scenario: Scenario) -> None:
                                 field=f"cases[{i}].from", fix="send from a workload, or use the default or demo profile")
         elif _sidecar(mesh, source) is None:
             raise UserError(f"no workload '{source}' in the mesh", file=scenario.path, field=f"cases[{i}].from",
-                            fix=f"one of: {INGRESS}, " + ", ".join(sorted({w.deployment for w in mesh.workloads
-                                                                             if not w.gateway})))
+                            fix=f"one of: {INGRESS}, " + ", ".join(_deployments(mesh)))
         elif not case.target:
             raise UserError("a request from a workload needs a target host:port", file=scenario.path,
                             field=f"cases[{i}].to", fix="add to: <service>:<port>, e.g. reviews:9080")
+
+
+def _deployments(mesh: Mesh) -> list[str]:
+    return sorted({w.deployment for w in mesh.workloads if not w.gateway})
 
 
 def _check_names(scenario: Scenario, mesh: Mesh, behaviours: dict[str, Any], where: str) -> None:
@@ -201,7 +204,8 @@ def _request(case: Case) -> Request:
     return rq
 
 
-def _received_since(apps: dict[str, str], seen: dict[str, int], deployments: dict[str, str]) -> dict[str, list[Received]]:
+def _received_since(apps: dict[str, str], seen: dict[str, int],
+                    deployments: dict[str, str]) -> dict[str, list[Received]]:
     """What each workload received over the case, waiting until the apps stop receiving (mirrors
     and the apps' own onward calls land after the client's response)."""
     deadline = time.monotonic() + SETTLE_MAX_S
