@@ -79,8 +79,9 @@ def validate(scenario: Scenario) -> None:
         source = case.source or INGRESS
         if source == INGRESS:
             if ingress(mesh) is None:
-                raise UserError(f"the mesh has no ingress gateway (profile {mesh.config.profile})", file=scenario.path,
-                                field=f"cases[{i}].from", fix="send from a workload, or use the default or demo profile")
+                raise UserError(f"the mesh has no ingress gateway (profile {mesh.config.profile})",
+                                file=scenario.path, field=f"cases[{i}].from",
+                                fix="send from a workload, or use the default or demo profile")
         elif _sidecar(mesh, source) is None:
             raise UserError(f"no workload '{source}' in the mesh", file=scenario.path, field=f"cases[{i}].from",
                             fix=f"one of: {INGRESS}, " + ", ".join(_deployments(mesh)))
