@@ -106,7 +106,8 @@ class RunnerChoice(click.Choice):
 @main.command()
 @click.argument("path", required=False, type=click.Path(path_type=Path))
 @click.option("--only", type=RunnerChoice(runners.selectable()), default=None,
-              help="emulated: the emulator only; live: real Envoy only. Default: both, compared.")
+              help="emulated: the emulator only; live: real Envoy only; mesh: the project's mesh only "
+                   "(filter.yaml mesh:). Default: all that apply, emulated and live compared.")
 @click.option("--runtime", type=click.Choice(["process", "docker"]), default="process", show_default=True)
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
               help="Live Envoy's worker threads (overrides the scenario's and filter.yaml's 'workers'; default 1).")

@@ -150,12 +150,27 @@ def _guarded(runner: str, sc: Scenario, run: Callable[[], list[Observation]]) ->
         return _by_case(sc, runner, [Observation(case=c.name, runner=runner, error=reason) for c in ran])
 
 
+def in_project_mesh(sc: Scenario, project: Project) -> Scenario:
+    """A filter's own scenario, also to be run in the project's mesh (filter.yaml `mesh:`): the
+    emulator and the single live Envoy run it as always, the mesh runner with the filter attached to
+    the named workload and each case sent as the block says."""
+    if project.mesh is None or sc.mesh is not None:
+        return sc
+    from envoyext.scenario import MeshSpec
+    m = project.mesh
+    sc.mesh = MeshSpec(resources=list(m["resources"]), workloads={},
+                       attach={"workload": m["workload"], "context": m.get("context", "SIDECAR_INBOUND")},
+                       source=m.get("from"), target=m.get("to"))
+    return sc
+
+
 def run_project(project: Project, artifact: Artifact, *, runners: tuple[str, ...] = selectable(),
                 runtime: str = "process", workers: int | None = None,
                 on_result: Callable[[CaseResult], None] | None = None) -> list[CaseResult]:
     """`workers`: live Envoy's worker threads from the command line; it overrides a scenario's
     `workers`, which overrides filter.yaml's (default 1, what the emulator models)."""
-    scenarios = [scenario_mod.load(path, default_config=project.config) for path in project.scenario_files]
+    scenarios = [in_project_mesh(scenario_mod.load(path, default_config=project.config), project)
+                 for path in project.scenario_files]
     for sc in scenarios:  # every bad input is reported before anything runs
         project.check_config(sc.config, sc.path)
         for name in runners_for(sc, runners):

@@ -109,11 +109,14 @@ def selectable() -> tuple[str, ...]:
 
 def runners_for(scenario: Scenario, chosen: tuple[str, ...]) -> tuple[str, ...]:
     """Of the `chosen` runners, those that run this scenario: a mesh scenario runs in the mesh
-    runner alone (a single test Envoy or the emulator cannot model its gateway and sidecars), any
+    runner alone (a single test Envoy or the emulator cannot model its gateway and sidecars); a
+    filter's scenario in a project with a mesh (filter.yaml `mesh:`) in every chosen runner; any
     other scenario in every chosen runner but the mesh one."""
     names = tuple(named(n).name for n in chosen)
-    if scenario.mesh is not None:
+    if scenario.mesh is not None and scenario.mesh.attach is None:
         return (MESH,) if MESH in names else ()
+    if scenario.mesh is not None:  # a filter's scenario, also run in its project's mesh
+        return names
     return tuple(n for n in names if n != MESH)
 
 

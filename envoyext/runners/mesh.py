@@ -23,7 +23,7 @@ from envoyext.mesh.model import Mesh, Proxy, Resource
 from envoyext.mesh.overlay import overlay, workload_changes
 from envoyext.messages import Received, Request
 from envoyext.runners.names import MESH
-from envoyext.scenario import Case, Observation, Scenario
+from envoyext.scenario import Case, MeshSpec, Observation, Scenario
 
 if TYPE_CHECKING:
     from envoyext.artifact import Artifact
@@ -54,10 +54,10 @@ def build(current: list[Resource], base: int | None = None) -> Mesh:
 
 def attached(artifact: Artifact | None, scenario: Scenario, current: list[Resource]) -> list[Resource]:
     """The resources that attach the filter under test to its workload, as `publish` emits them."""
-    if artifact is None:
+    if artifact is None or scenario.mesh is None or scenario.mesh.attach is None:
         return current
     from envoyext.mesh import attach
-    return overlay(current, attach.resources(artifact, scenario))
+    return overlay(current, attach.resources(artifact, scenario, build(current)))
 
 
 def validate(scenario: Scenario) -> None:
@@ -76,7 +76,7 @@ def validate(scenario: Scenario) -> None:
                                 fix="change routing here; put workload changes in mesh.resources")
             mesh = build(current)
         _check_names(scenario, mesh, case.behaviour, f"cases[{i}].behaviour")
-        source = case.source or INGRESS
+        source = sender(case, scenario.mesh)
         if source == INGRESS:
             if ingress(mesh) is None:
                 raise UserError(f"the mesh has no ingress gateway (profile {mesh.config.profile})",
@@ -85,9 +85,17 @@ def validate(scenario: Scenario) -> None:
         elif _sidecar(mesh, source) is None:
             raise UserError(f"no workload '{source}' in the mesh", file=scenario.path, field=f"cases[{i}].from",
                             fix=f"one of: {INGRESS}, " + ", ".join(_deployments(mesh)))
-        elif not case.target:
+        elif not target(case, scenario.mesh):
             raise UserError("a request from a workload needs a target host:port", file=scenario.path,
                             field=f"cases[{i}].to", fix="add to: <service>:<port>, e.g. reviews:9080")
+
+
+def sender(case: Case, spec: MeshSpec) -> str:
+    return case.source or spec.source or INGRESS
+
+
+def target(case: Case, spec: MeshSpec) -> str | None:
+    return case.target or spec.target
 
 
 def _deployments(mesh: Mesh) -> list[str]:
@@ -138,7 +146,7 @@ def run_scenario(artifact: Artifact | None, scenario: Scenario) -> list[Observat
                 rt.apply(build(current, rt.mesh.plan.base))
             if case.behaviour:
                 behave(rt, rt.mesh, case.behaviour)
-            out.append(observe(rt, case))
+            out.append(observe(rt, case, scenario.mesh))
     return out
 
 
@@ -148,16 +156,16 @@ def behave(rt: MeshRuntime, mesh: Mesh, behaviours: dict[str, Any]) -> None:
             traffic.control(rt.app_control(pod), "/behaviour", behaviour)
 
 
-def _gateway_port(rt: MeshRuntime, case: Case) -> int:
+def _gateway_port(rt: MeshRuntime, to: str | None) -> int:
     """The ingress port: the `to:` port, else the gateway's first HTTP listener (Bookinfo: 8080)."""
-    if case.target and ":" in case.target:
-        return int(case.target.rsplit(":", 1)[1])
+    if to and ":" in to:
+        return int(to.rsplit(":", 1)[1])
     return rt.gateway_port()
 
 
-def observe(rt: MeshRuntime, case: Case) -> Observation:
+def observe(rt: MeshRuntime, case: Case, spec: MeshSpec) -> Observation:
     mesh = rt.mesh
-    source = case.source or INGRESS
+    source, to = sender(case, spec), target(case, spec)
     proxy = ingress(mesh) if source == INGRESS else _sidecar(mesh, source)
     assert proxy is not None
     obs = Observation(case=case.name, runner=RUNNER, proxy=proxy.name)
@@ -166,12 +174,12 @@ def observe(rt: MeshRuntime, case: Case) -> Observation:
     apps = {w.pod: rt.app_control(w.pod) for w in mesh.workloads if not w.gateway}
     seen = {pod: len(traffic.received(url)) for pod, url in apps.items()}
     stats_before = {p.name: rt.admin(p.name).stats() for p in mesh.proxies}
-    rq = _request(case)
+    rq = _request(case, source, to)
 
     def one(_: int) -> traffic.Sent:
         if source == INGRESS:
-            return traffic.to_gateway(proxy.workload.ip, _gateway_port(rt, case), rq)
-        return traffic.from_workload(rt.app_control(proxy.workload.pod), str(case.target), rq)
+            return traffic.to_gateway(proxy.workload.ip, _gateway_port(rt, to), rq)
+        return traffic.from_workload(rt.app_control(proxy.workload.pod), str(to), rq)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=case.concurrency) as pool:
         sent = list(pool.map(one, range(case.repeat)))
@@ -186,6 +194,8 @@ def observe(rt: MeshRuntime, case: Case) -> Observation:
             obs.answered_by.append(deployments.get(pod) if pod else None)
     obs.response = sent[-1].response if sent else None
     obs.workloads = _received_since(apps, seen, deployments)
+    # A filter's scenario speaks of "the upstream": here, every app but the sender's.
+    obs.upstream = [r for name, rx in obs.workloads.items() if name != proxy.workload.deployment for r in rx]
     for p in mesh.proxies:
         delta = _delta(stats_before[p.name], rt.admin(p.name).stats())
         if p.name == proxy.name:
@@ -196,9 +206,9 @@ def observe(rt: MeshRuntime, case: Case) -> Observation:
     return obs
 
 
-def _request(case: Case) -> Request:
+def _request(case: Case, source: str, to: str | None) -> Request:
     rq = case.request
-    host = case.target.rsplit(":", 1)[0] if case.target and (case.source or INGRESS) == INGRESS else None
+    host = to.rsplit(":", 1)[0] if to and source == INGRESS else None
     if host:
         return Request(method=rq.method, path=rq.path, authority=host, headers=rq.headers, body=rq.body,
                        trailers=rq.trailers, timeout_ms=rq.timeout_ms)

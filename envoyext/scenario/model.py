@@ -107,9 +107,14 @@ class Oracle:
 
 @dataclass
 class MeshSpec:
-    """A scenario's `mesh:` block: the resources the mesh is built from, and what its apps do."""
+    """A scenario's `mesh:` block: the resources the mesh is built from, and what its apps do.
+    For a filter project's scenarios run in the project's mesh (filter.yaml `mesh:`), also where the
+    filter attaches (an envoyext.publish.istio.Placement) and who sends each case to whom."""
     resources: list[Path]
     workloads: Yaml
+    attach: Any = None
+    source: str | None = None
+    target: str | None = None
 
 
 @dataclass
