@@ -52,33 +52,33 @@ def render(files, out, no_check):
 @user_errors
 def up(files, workdir, watch_dir):
     """Run the mesh: an Envoy per sidecar and gateway, a stand-in app per pod. Ctrl-C stops it all."""
-    from envoyext.mesh import state
-    from envoyext.runners.mesh import ingress, started
-    m = _load(files)
+    from envoyext.mesh import state, watch
+    from envoyext.runners.mesh import build, ingress, load_resources, started
+    base = load_resources(list(files))
+    resources = base
+    if watch_dir is not None:
+        from envoyext import project as proj
+        p = proj.load(watch_dir)
+        resources = watch.with_filter(p, proj.build(p), base, workdir.resolve() / "modules")
     started_at = time.monotonic()
     try:
-        with started(m, workdir.resolve()) as rt:
+        with started(build(resources), workdir.resolve()) as rt:
             state.save(workdir, files=list(files), base=rt.mesh.plan.base)
             took = time.monotonic() - started_at
             click.echo(f"mesh up: {len(rt.mesh.proxies)} proxies ready in {took:.1f} s")
             gw = ingress(rt.mesh)
             if gw is not None:
                 click.echo(f"gateway: http://{gw.workload.ip}:{rt.gateway_port()}/")
-            for p in rt.mesh.proxies:
-                click.echo(f"  {p.name:<32} admin http://{p.workload.ip}:15000/")
-            click.echo("Ctrl-C to stop")
-            watcher = _watcher(watch_dir, rt) if watch_dir else None
+            for proxy in rt.mesh.proxies:
+                click.echo(f"  {proxy.name:<32} admin http://{proxy.workload.ip}:15000/")
+            watcher = watch.FilterWatcher(watch_dir, rt, base, echo=click.echo) if watch_dir else None
+            click.echo("Ctrl-C to stop" + (f"; watching {watch_dir}" if watcher else ""))
             while True:
                 if watcher:
-                    watcher()
+                    watcher.poll()
                 time.sleep(0.5)
     except KeyboardInterrupt:
         click.echo("stopped")
-
-
-def _watcher(project_dir: Path, rt):
-    from envoyext.mesh import watch
-    return watch.FilterWatcher(project_dir, rt, echo=click.echo).poll
 
 
 @mesh.command()
