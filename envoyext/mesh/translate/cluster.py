@@ -14,11 +14,14 @@ the `upstream_tls` hook of `for_proxy`, which gets every outbound cluster with i
 from __future__ import annotations
 
 import posixpath
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from envoyext.envoy import xds
+from envoyext.errors import UserError
 from envoyext.mesh.model import (
     CLUSTER_DOMAIN,
     ROOT_NAMESPACE,
@@ -167,6 +170,49 @@ def traffic_policy(dr: Resource | None, subset: Json | None, port: int) -> Json:
     return _merge(top, subset.get("trafficPolicy") if subset else None, port)
 
 
+# ---- durations -------------------------------------------------------------------------------
+
+# Istio accepts Go durations ("3m", "1h30m", "250ms"); Envoy's JSON/YAML wants seconds ("180s").
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(h|ms|us|µs|ns|m|s)")
+_UNIT = {"h": Decimal(3600), "m": Decimal(60), "s": Decimal(1), "ms": Decimal("0.001"),
+         "us": Decimal("0.000001"), "µs": Decimal("0.000001"), "ns": Decimal("0.000000001")}
+# The DestinationRule fields that hold durations (wherever they sit: top level, subset, port level).
+_DURATION_KEYS = {"connectTimeout", "idleTimeout", "maxConnectionDuration", "interval", "baseEjectionTime",
+                  "time", "timeout", "ttl", "duration"}
+
+
+def _duration_seconds(value: Any) -> Decimal | None:
+    text = str(value).strip()
+    if not text or _DURATION_PART.sub("", text) != "":
+        return None
+    return sum((Decimal(n) * _UNIT[u] for n, u in _DURATION_PART.findall(text)), Decimal(0))
+
+
+def duration(value: Any) -> str:
+    """An Istio duration as Envoy spells it: "3m" → "180s", "250ms" → "0.25s"."""
+    seconds = _duration_seconds(value)
+    if seconds is None:
+        raise ValueError(f"not a duration: {value!r}")
+    text = f"{seconds:f}"
+    return (text.rstrip("0").rstrip(".") if "." in text else text) + "s"
+
+
+def check_durations(dr: Resource) -> None:
+    """Every duration in a DestinationRule parses, or one UserError naming the field."""
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k in _DURATION_KEYS and not isinstance(v, (dict, list)) and _duration_seconds(v) is None:
+                    raise UserError(f"DestinationRule {dr.namespace}/{dr.name}: not a duration: {v!r}",
+                                    file=dr.file, field=f"{path}.{k}",
+                                    fix='write a duration such as "30s", "1m", "1h30m" or "250ms"')
+                walk(v, f"{path}.{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{path}[{i}]")
+    walk(dr.spec, "spec")
+
+
 # ---- policy → cluster fields -----------------------------------------------------------------
 
 def _connection_pool(cluster: Json, policy: Json, protocol: str) -> None:
@@ -184,7 +230,7 @@ def _connection_pool(cluster: Json, policy: Json, protocol: str) -> None:
             thresholds[envoy_field] = int(value)
     cluster["circuit_breakers"] = {"thresholds": [thresholds]}
     if "connectTimeout" in tcp:
-        cluster["connect_timeout"] = tcp["connectTimeout"]
+        cluster["connect_timeout"] = duration(tcp["connectTimeout"])
     keepalive = tcp.get("tcpKeepalive")
     if keepalive:
         cluster["upstream_connection_options"] = {"tcp_keepalive": {k: v for k, v in (
@@ -196,11 +242,11 @@ def _connection_pool(cluster: Json, policy: Json, protocol: str) -> None:
     common: Json = {}
     idle = http.get("idleTimeout") or tcp.get("idleTimeout")   # tcp's only when http's is unset
     if idle:
-        common["idle_timeout"] = idle
+        common["idle_timeout"] = duration(idle)
     if http.get("maxRequestsPerConnection"):
         common["max_requests_per_connection"] = int(http["maxRequestsPerConnection"])
     if tcp.get("maxConnectionDuration"):
-        common["max_connection_duration"] = tcp["maxConnectionDuration"]
+        common["max_connection_duration"] = duration(tcp["maxConnectionDuration"])
     h2 = protocol in HTTP2_PROTOCOLS or http.get("h2UpgradePolicy") == "UPGRADE"
     if not common and not h2 and not http.get("useClientProtocol"):
         return   # nothing to say: Envoy's HTTP/1.1 defaults are Istio's
@@ -219,15 +265,10 @@ def _connection_pool(cluster: Json, policy: Json, protocol: str) -> None:
     cluster["typed_extension_protocol_options"] = {HTTP_PROTOCOL_OPTIONS: options}
 
 
-def _seconds(duration: Any) -> int | None:
-    """keepalive_time/interval are whole seconds in Envoy; Istio durations look like "7200s"."""
-    if duration is None:
-        return None
-    text = str(duration)
-    if text.endswith("ms"):
-        return max(1, int(float(text[:-2]) / 1000))
-    units = {"s": 1, "m": 60, "h": 3600}
-    return int(float(text[:-1]) * units[text[-1]]) if text[-1] in units else int(float(text))
+def _seconds(value: Any) -> int | None:
+    """keepalive_time/interval are whole seconds in Envoy (at least 1); Istio's are durations."""
+    seconds = None if value is None else _duration_seconds(value)
+    return None if seconds is None else max(1, int(seconds))
 
 
 def _load_balancer(cluster: Json, policy: Json) -> None:
@@ -272,7 +313,7 @@ def _outlier_detection(cluster: Json, policy: Json) -> None:
         out["enforcing_local_origin_success_rate"] = 0
     for istio, envoy in (("interval", "interval"), ("baseEjectionTime", "base_ejection_time")):
         if od.get(istio):
-            out[envoy] = od[istio]
+            out[envoy] = duration(od[istio])
     if int(od.get("maxEjectionPercent") or 0) > 0:
         out["max_ejection_percent"] = int(od["maxEjectionPercent"])
     cluster["outlier_detection"] = out
@@ -417,7 +458,7 @@ def _inbound(mesh: Mesh, proxy: Proxy, target_port: int, pairs: list[tuple[Servi
     service, port = pairs[0]
     cluster = xds.static_cluster(name, [(proxy.workload.app_address, target_port)],
                                  connect_timeout=mesh.config.connect_timeout)
-    dr = destination_rule(mesh, proxy, service)
+    dr = destination_rule(mesh, proxy, service)   # durations already checked by for_proxy
     _connection_pool(cluster, traffic_policy(dr, None, port.port), port.protocol)
     cluster["metadata"] = _service_metadata([s for s, _ in pairs], None, None, "")
     return cluster
@@ -441,6 +482,8 @@ def for_proxy(mesh: Mesh, proxy: Proxy, xds_dir: str, *,
     absolute directory the proxy's xDS files live in (EDS paths are under it)."""
     clusters: list[Json] = []
     assignments: list[Json] = []
+    for rule in mesh.destination_rules:
+        check_durations(rule)
     for service in visible_services(mesh, proxy):
         dr = destination_rule(mesh, proxy, service)
         subsets: list[Json | None] = [None, *((dr.spec.get("subsets") or []) if dr else [])]

@@ -72,12 +72,12 @@ LIVE = bookinfo_mesh(AddressPlan(base=100 + os.getpid() % 120))
 # Every policy field the translator emits, so Envoy itself accepts each of them.
 LIVE.destination_rules[2] = dr("ratings", {"host": "ratings", "trafficPolicy": {
     "loadBalancer": {"consistentHash": {"ringHash": {"minimumRingSize": 256}, "useSourceIp": True}},
-    "connectionPool": {"tcp": {"maxConnections": 5, "connectTimeout": "2s", "maxConnectionDuration": "60s",
+    "connectionPool": {"tcp": {"maxConnections": 5, "connectTimeout": "250ms", "maxConnectionDuration": "1h",
                                "tcpKeepalive": {"time": "60s", "interval": "5s", "probes": 3}},
                        "http": {"http1MaxPendingRequests": 2, "http2MaxRequests": 9, "maxRetries": 1,
                                 "maxRequestsPerConnection": 10, "idleTimeout": "30s"}},
     "outlierDetection": {"consecutive5xxErrors": 1, "consecutiveGatewayErrors": 2, "interval": "1s",
-                         "baseEjectionTime": "30s", "maxEjectionPercent": 50, "minHealthPercent": 10,
+                         "baseEjectionTime": "1m30s", "maxEjectionPercent": 50, "minHealthPercent": 10,
                          "splitExternalLocalOriginErrors": True, "consecutiveLocalOriginFailures": 3}},
     "subsets": [{"name": "v1", "labels": {"version": "v1"},
                  "trafficPolicy": {"loadBalancer": {"consistentHash": {"maglev": {"tableSize": 65537}}}}},

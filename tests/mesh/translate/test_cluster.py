@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from envoyext.errors import UserError
 from envoyext.mesh.model import (
     AddressPlan,
     Endpoint,
@@ -180,7 +181,7 @@ def test_connection_pool_and_outlier_detection() -> None:
               "outlierDetection": {"consecutive5xxErrors": 1, "consecutiveGatewayErrors": 0, "interval": "1s",
                                    "baseEjectionTime": "3m", "maxEjectionPercent": 100}}
     c = reviews(with_rules(dr("reviews", {"host": "reviews", "trafficPolicy": policy})))
-    assert c["connect_timeout"] == "250ms"
+    assert c["connect_timeout"] == "0.25s"   # Istio's Go durations become Envoy's seconds
     assert c["circuit_breakers"] == {"thresholds": [{"max_connections": 1, "max_pending_requests": 1,
                                                      "max_requests": 4294967295, "max_retries": 3,
                                                      "track_remaining": True}]}
@@ -192,13 +193,29 @@ def test_connection_pool_and_outlier_detection() -> None:
     assert c["outlier_detection"] == {
         "enforcing_success_rate": 0, "consecutive_5xx": 1, "enforcing_consecutive_5xx": 100,
         "consecutive_gateway_failure": 0, "enforcing_consecutive_gateway_failure": 0,
-        "interval": "1s", "base_ejection_time": "3m", "max_ejection_percent": 100}
+        "interval": "1s", "base_ejection_time": "180s", "max_ejection_percent": 100}
     assert c["common_lb_config"] == {"healthy_panic_threshold": {"value": 0.0}}
     # Inbound: the connection pool applies, outlier detection and LB do not.
     inbound = named(render(with_rules(dr("reviews", {"host": "reviews", "trafficPolicy": policy})),
                            MESH.proxies[2])[0], "inbound|9080||")
-    assert inbound["circuit_breakers"] == c["circuit_breakers"] and inbound["connect_timeout"] == "250ms"
+    assert inbound["circuit_breakers"] == c["circuit_breakers"] and inbound["connect_timeout"] == "0.25s"
     assert "outlier_detection" not in inbound and "lb_policy" not in inbound
+
+
+@pytest.mark.parametrize("istio, envoy", [("3m", "180s"), ("250ms", "0.25s"), ("1h30m", "5400s"), ("1.5s", "1.5s"),
+                                          ("10s", "10s"), ("0s", "0s")])
+def test_durations(istio: str, envoy: str) -> None:
+    assert cluster.duration(istio) == envoy
+
+
+def test_bad_duration_is_one_user_error_naming_the_field() -> None:
+    rule = dr("reviews", {"host": "reviews", "subsets": [
+        {"name": "v1", "labels": {"version": "v1"},
+         "trafficPolicy": {"outlierDetection": {"baseEjectionTime": "3 minutes"}}}]})
+    with pytest.raises(UserError) as e:
+        reviews(with_rules(rule))
+    assert e.value.field == "spec.subsets[0].trafficPolicy.outlierDetection.baseEjectionTime"
+    assert e.value.file == "test.yaml" and "3 minutes" in e.value.one_line()
 
 
 def test_no_destination_rule_defaults() -> None:
