@@ -339,9 +339,12 @@ def _make_original_dst(cluster: Json) -> None:
 
 
 def _eds(name: str, xds_dir: str) -> Json:
+    """EDS from the cluster's own file. No watched_directory: with one, every file moved into
+    the directory reloads every cluster watching it (n² reads for n clusters per push); without,
+    Envoy watches this one path for moves, which is what an atomic rename-over is. The file must
+    exist before Envoy reads the cluster (delivery writes EDS before CDS)."""
     return {"service_name": name, "eds_config": {
-        "path_config_source": {"path": eds_file(xds_dir, name), "watched_directory": {"path": eds_dir(xds_dir)}},
-        "resource_api_version": "V3"}}
+        "path_config_source": {"path": eds_file(xds_dir, name)}, "resource_api_version": "V3"}}
 
 
 # ---- endpoints -------------------------------------------------------------------------------

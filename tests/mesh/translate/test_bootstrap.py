@@ -97,6 +97,12 @@ def _get(host: str, port: int, path: str) -> tuple[int, bytes]:
         conn.close()
 
 
+def _hosts(envoy: EnvoyProcess, name: str) -> list[str]:
+    assert envoy.admin is not None
+    found = [c for c in envoy.admin.clusters().get("cluster_statuses", []) if c["name"] == name]
+    return [h["address"]["socket_address"]["address"] for c in found for h in c.get("host_statuses", [])]
+
+
 def test_real_envoy_loads_clusters_and_endpoints(tmp_path: Path) -> None:
     productpage, reviews = LIVE.proxies[5], LIVE.proxies[2]
     validate(_render(reviews, tmp_path), workdir=tmp_path)   # --mode validate: the bootstrap only
@@ -124,6 +130,17 @@ def test_real_envoy_loads_clusters_and_endpoints(tmp_path: Path) -> None:
                 "outbound|9080|h2|ratings.default.svc.cluster.local",
                 "outbound|80||none.example.com"} <= set(statuses)
         assert statuses["outbound|80||api.example.com"] == ["127.9.0.1"]
+        # An EDS file renamed over (as delivery writes) changes the endpoints without a restart.
+        v3 = "outbound|9080|v3|reviews.default.svc.cluster.local"
+        eds = Path(cluster.eds_file(str(tmp_path / productpage.name / "xds"), v3))
+        more = {"cluster_name": v3, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": xds.socket_address(a, 9080)}} for a in (ip["reviews-v3"], ip["reviews-v1"])]}]}
+        _write(eds.with_suffix(".tmp"), [more], CLA_TYPE)
+        os.replace(eds.with_suffix(".tmp"), eds)
+        deadline = time.monotonic() + 10
+        while len(_hosts(envoy, v3)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _hosts(envoy, v3) == [ip["reviews-v3"], ip["reviews-v1"]]
         # The Prometheus and health listeners answer on the pod IP, through the admin interface.
         status, body = _get(productpage.workload.ip, 15090, "/stats/prometheus")
         assert status == 200 and b"envoy_cluster_" in body
