@@ -468,7 +468,7 @@ def _inbound(mesh: Mesh, proxy: Proxy, target_port: int, pairs: list[tuple[Servi
 
 
 def _passthrough(name: str, mesh: Mesh) -> Json:
-    cluster: Json = {"name": name, "connect_timeout": mesh.config.connect_timeout}
+    cluster: Json = {"name": name, "type": "ORIGINAL_DST", "connect_timeout": mesh.config.connect_timeout}
     _make_original_dst(cluster)
     _connection_pool(cluster, {}, "TCP")
     cluster["typed_extension_protocol_options"] = {HTTP_PROTOCOL_OPTIONS: {
