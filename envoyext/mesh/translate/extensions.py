@@ -51,7 +51,7 @@ def _error(res: Resource, message: str, field: str, fix: str) -> UserError:
 def module_path(res: Resource, fetch: Fetch | None) -> Path:
     """The local .wasm file for the plugin's url, its sha256 checked when the plugin gives one."""
     url = str(res.spec.get("url") or "")
-    sha = res.spec.get("sha256") or None
+    sha = str(res.spec["sha256"]) if res.spec.get("sha256") else None
     if not url:
         raise _error(res, "no url", "spec.url", "give file:///path/to/plugin.wasm or oci://registry/image:tag")
     if url.startswith("file://"):
