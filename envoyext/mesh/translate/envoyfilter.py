@@ -442,8 +442,9 @@ class _Patcher:
                                        functools.partial(_network_match, p))
         for f in filters:
             for p in self.of("NETWORK_FILTER", context):
-                if p.operation in MERGES and p.network_filter is not None and _listener_match(p, lis) \
-                        and _chain_match(p, lis, fc) and _network_match(p, f):
+                # without a filter name a MERGE reaches every network filter of the chain (Istio)
+                if p.operation in MERGES and _listener_match(p, lis) and _chain_match(p, lis, fc) \
+                        and _network_match(p, f):
                     _merge_filter(p, f)
             if f.get("name") == HCM and isinstance(f.get("typed_config"), dict):
                 self.hcm(lis, fc, f, context)
