@@ -189,8 +189,15 @@ def _check(validator: Any, data: Any, file: Path, index: int, node: yaml.Node, w
         path.append(extra[0])
         message = "unknown field"
         fix = "remove it" + (f"; allowed: {', '.join(sorted(allowed))}" if allowed else "")
+    elif err.validator == "oneOf" and isinstance(err.instance, dict):
+        # Istio's oneof fields (uri exact/prefix/regex, ...): the CRD allows at most one of them.
+        options = sorted({k for b in err.validator_value for k in b.get("required", [])})
+        message = "set more than one of: " + ", ".join(k for k in options if k in err.instance)
+        fix = "keep only one of " + ", ".join(options)
     elif err.validator == "x-kubernetes-validations":
         fix = "change the value so the rule holds"
+    elif err.validator == "minItems":
+        fix = f"give at least {err.validator_value}"
     if len(message) > 160:
         message = message[:157] + "..."
     raise _fail(message, file, index, node, path, fix, what)
