@@ -20,11 +20,13 @@ from pathlib import Path
 
 import pytest
 
+from envoyext import prometheus
 from envoyext.envoy import xds
 from envoyext.envoy.identity import ProxyIdentity
 from envoyext.envoy.process import EnvoyProcess
 from envoyext.mesh import telemetry
 from envoyext.mesh.model import Mesh, MeshConfig, Proxy, Service, ServicePort, Workload
+from envoyext.wasm.api import WasmPlugin
 
 REVIEWS = "reviews.default.svc.cluster.local"
 RATINGS = "ratings.default.svc.cluster.local"
@@ -320,3 +322,85 @@ def test_config_shapes():
     assert [t["tag_name"] for t in cfg["stats_tags"]] == list(telemetry.LABELS)
     assert telemetry.access_log(Mesh(MeshConfig(), [], [], [])) == []
     assert telemetry.zipkin_cluster("zipkin.istio-system", 9411)["type"] == "STRICT_DNS"
+
+
+# ---- the same module in envoyext's Wasm emulator ---------------------------------------------------
+
+def emulated_series(plugin) -> dict[frozenset, float]:
+    """The emulator's counters as /stats/prometheus would label them (envoyext.prometheus)."""
+    tags = telemetry.stats_config()["stats_tags"]
+    scrape = prometheus.series({k: v for k, v in plugin.stats.items() if "istio_requests_total" in k},
+                               stats_tags=tags)
+    return {labels: v for (name, labels), v in scrape.items() if name == "istio_requests_total"}
+
+
+def small_mesh() -> tuple[Mesh, Proxy, Proxy]:
+    productpage = Proxy("sidecar", workload("productpage-v1-0", "productpage-v1",
+                                            {"app": "productpage", "version": "v1"}, 9080))
+    reviews = Proxy("sidecar", workload("reviews-v2-0", "reviews-v2", {"app": "reviews", "version": "v2"}, 9080))
+    mesh = Mesh(MeshConfig(), [Service(REVIEWS, "reviews", "default", (ServicePort("http", 9080, 9080, "HTTP"),),
+                                       selector={"app": "reviews"})],
+                [productpage.workload, reviews.workload], [productpage, reviews])
+    return mesh, productpage, reviews
+
+
+def test_emulator_destination_side_reads_and_strips_the_peer_header():
+    mesh, productpage, reviews = small_mesh()
+    source_header = telemetry.plugin_config(mesh, productpage, "source")
+    peer = ";".join(f"{k}={source_header[k]}" for k in ("workload", "namespace", "app", "version"))
+    peer += f";service={source_header['canonical_service']};revision={source_header['canonical_revision']}"
+    peer += ";cluster=Kubernetes"
+    with WasmPlugin.load(telemetry.module_path(), telemetry.plugin_config(mesh, reviews, "destination"),
+                         name="istio.stats", root_id="stats_inbound") as plugin:
+        ex = plugin.request({":path": "/reviews/1", telemetry.PEER_HEADER: peer})
+        assert ex.request_headers_get(telemetry.PEER_HEADER) is None      # the app never sees it
+        ex.respond(200, {"content-type": "text/plain"}, b"hi")
+        assert dict(ex.response_headers)[telemetry.PEER_HEADER].startswith("workload=reviews-v2;")
+        ex.finish()
+        assert plugin.failures == []
+        assert emulated_series(plugin) == {labels("destination", "200"): 1}
+
+
+def test_emulator_source_side_sends_its_identity():
+    mesh, productpage, reviews = small_mesh()
+    with WasmPlugin.load(telemetry.module_path(), telemetry.plugin_config(mesh, productpage, "source"),
+                         name="istio.stats", root_id="stats_outbound") as plugin:
+        ex = plugin.request({":path": "/reviews/1", telemetry.PEER_HEADER: "workload=spoofed"})
+        assert ex.request_headers_get(telemetry.PEER_HEADER).startswith("workload=productpage-v1;")
+        ex.respond(200, {telemetry.PEER_HEADER: "workload=reviews-v2;namespace=default;app=reviews"})
+        assert telemetry.PEER_HEADER not in dict(ex.response_headers)
+        ex.finish()
+        (got, n), = emulated_series(plugin).items()
+        got_labels = dict(got)
+        assert n == 1 and got_labels["reporter"] == "source"
+        assert got_labels["source_workload"] == "productpage-v1"
+        assert got_labels["destination_workload"] == "reviews-v2"
+        assert got_labels["destination_version"] == "unknown"      # not in the peer header sent
+        # The emulator's upstream cluster is "upstream", not an Istio outbound cluster.
+        assert got_labels["destination_service"] == "unknown"
+
+
+def test_module_is_built_once_and_content_addressed(tmp_path, monkeypatch):
+    monkeypatch.setenv(telemetry.CACHE_ENV, str(tmp_path))
+    telemetry.module_path.cache_clear()
+    try:
+        first = telemetry.module_path()
+        assert first.parent == tmp_path / "wasm" and first.name.startswith("istio_stats-")
+        built_at = first.stat().st_mtime_ns
+        telemetry.module_path.cache_clear()
+        assert telemetry.module_path() == first and first.stat().st_mtime_ns == built_at   # not rebuilt
+    finally:
+        telemetry.module_path.cache_clear()
+
+
+def test_stats_filter_entry():
+    mesh, productpage, reviews = small_mesh()
+    entry = telemetry.stats_filter(mesh, reviews, "destination", module="/m/istio_stats.wasm")
+    assert entry["name"] == "istio.stats"
+    plugin = entry["typed_config"]["config"]
+    assert plugin["root_id"] == "stats_inbound" and plugin["failure_policy"] == "FAIL_OPEN"
+    assert plugin["vm_config"]["code"] == {"local": {"filename": "/m/istio_stats.wasm"}}
+    config = json.loads(plugin["configuration"]["value"])
+    assert config["reporter"] == "destination" and config["workload"] == "reviews-v2"
+    assert config["services"] == [{"host": REVIEWS, "name": "reviews", "namespace": "default", "ports": [9080]}]
+    assert telemetry.plugin_config(mesh, productpage, "source")["services"] == []
