@@ -239,9 +239,9 @@ def test_requests_total_has_istio_labels_on_both_sides(setup):
         # No healthy upstream: a local reply with flag UH.
         labels("source", "503", **UNKNOWN_DESTINATION, destination_service="down.default.svc.cluster.local",
                destination_service_name="down", response_flags="UH"): 1,
-        # No route: no cluster, so no destination service either.
-        labels("source", "404", **UNKNOWN_DESTINATION, destination_service="unknown",
-               destination_service_name="unknown", destination_service_namespace="unknown",
+        # No route, so no cluster: the service is the host header, as Istio falls back to it.
+        labels("source", "404", **UNKNOWN_DESTINATION, destination_service="reviews:9080",
+               destination_service_name="reviews:9080", destination_service_namespace="unknown",
                response_flags="NR"): 1,
     }
     assert total == expected, "\n".join(sorted(str(sorted(dict(k).items())) for k in total))
@@ -334,11 +334,16 @@ def emulated_series(plugin) -> dict[frozenset, float]:
     return {labels: v for (name, labels), v in scrape.items() if name == "istio_requests_total"}
 
 
+EMULATED_PORT = 10000   # the emulator's listener port (destination.port), reviews' target port here
+
+
 def small_mesh() -> tuple[Mesh, Proxy, Proxy]:
     productpage = Proxy("sidecar", workload("productpage-v1-0", "productpage-v1",
                                             {"app": "productpage", "version": "v1"}, 9080))
-    reviews = Proxy("sidecar", workload("reviews-v2-0", "reviews-v2", {"app": "reviews", "version": "v2"}, 9080))
-    mesh = Mesh(MeshConfig(), [Service(REVIEWS, "reviews", "default", (ServicePort("http", 9080, 9080, "HTTP"),),
+    reviews = Proxy("sidecar", workload("reviews-v2-0", "reviews-v2", {"app": "reviews", "version": "v2"},
+                                        EMULATED_PORT))
+    mesh = Mesh(MeshConfig(), [Service(REVIEWS, "reviews", "default",
+                                       (ServicePort("http", 9080, EMULATED_PORT, "HTTP"),),
                                        selector={"app": "reviews"})],
                 [productpage.workload, reviews.workload], [productpage, reviews])
     return mesh, productpage, reviews
@@ -376,8 +381,9 @@ def test_emulator_source_side_sends_its_identity():
         assert got_labels["source_workload"] == "productpage-v1"
         assert got_labels["destination_workload"] == "reviews-v2"
         assert got_labels["destination_version"] == "unknown"      # not in the peer header sent
-        # The emulator's upstream cluster is "upstream", not an Istio outbound cluster.
-        assert got_labels["destination_service"] == "unknown"
+        # The emulator's upstream cluster is "upstream", not an Istio outbound cluster: the host
+        # header stands in, as in Istio.
+        assert got_labels["destination_service"] == "example.com"
 
 
 def test_module_is_built_once_and_content_addressed(tmp_path, monkeypatch):
@@ -402,5 +408,6 @@ def test_stats_filter_entry():
     assert plugin["vm_config"]["code"] == {"local": {"filename": "/m/istio_stats.wasm"}}
     config = json.loads(plugin["configuration"]["value"])
     assert config["reporter"] == "destination" and config["workload"] == "reviews-v2"
-    assert config["services"] == [{"host": REVIEWS, "name": "reviews", "namespace": "default", "ports": [9080]}]
+    assert config["services"] == [{"host": REVIEWS, "name": "reviews", "namespace": "default",
+                                  "ports": [EMULATED_PORT]}]
     assert telemetry.plugin_config(mesh, productpage, "source")["services"] == []

@@ -19,7 +19,9 @@
  * destination workload falls back to the upstream host's metadata `istio.workload`
  * ("name;namespace;canonical service;canonical revision;cluster", Istio's EDS format), if any.
  * The destination service is Istio's: from the cluster name `outbound|port|subset|host` on the
- * source side, and from this workload's services by the local port on the destination side.
+ * source side, and from this workload's services by the local port on the destination side (what
+ * Istio reads from the clusters' `istio.services` metadata); failing that, the host header, as
+ * Istio falls back to it.
  * Principals come from the TLS peer certificates, so they are "unknown" on plaintext.
  *
  * Configuration (JSON; see telemetry.py stats_filter): {"reporter": "source"|"destination",
@@ -348,14 +350,22 @@ static void service_from_cluster(service_labels *out) {
 /* Destination side: the service of this workload whose target port the request arrived on. */
 static void service_from_port(const config *c, service_labels *out) {
     int64_t port = property_int("destination.port", -1);
-    const service *found = c->n_services ? &c->services[0] : NULL;
-    for (size_t i = 0; i < c->n_services; i++)
+    const service *found = NULL;
+    for (size_t i = 0; i < c->n_services && !found; i++)
         for (size_t j = 0; j < c->services[i].n_ports; j++)
-            if (c->services[i].ports[j] == port) { found = &c->services[i]; goto done; }
-done:
+            if (c->services[i].ports[j] == port) { found = &c->services[i]; break; }
     clean_into(out->host, found ? found->host : NULL);
     clean_into(out->name, found ? found->name : NULL);
     clean_into(out->namespace, found ? found->namespace : NULL);
+}
+
+/* Istio's fallback when the cluster names no service: the request's host header, as is, for
+ * both the service and its name, and the destination workload's namespace. */
+static void service_from_host(service_labels *out, const peer *dst) {
+    if (strcmp(out->host, "unknown") != 0) return;
+    property_into("request.host", out->host);
+    strcpy(out->name, out->host);
+    strcpy(out->namespace, dst->namespace);
 }
 
 #define N_LABELS 25
@@ -385,6 +395,7 @@ static char *label_suffix(const config *c, stream *s) {
         property_into("connection.uri_san_local_certificate", dst_principal);
         service_from_port(c, &svc);
     }
+    service_from_host(&svc, dst);
     snprintf(code, sizeof code, "%lld", (long long)property_int("response.code", 0));
     grpc[0] = 0;
     if (s->grpc) {
