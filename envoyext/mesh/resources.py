@@ -72,7 +72,8 @@ def _files(paths: list[Path]) -> list[Path]:
 def _documents(file: Path) -> Iterator[tuple[int, yaml.Node]]:
     """(index, node) of every non-empty YAML document of `file`."""
     text = read_text(file, what="YAML file")
-    loader = yaml.SafeLoader(text)   # the pure-Python loader: its nodes carry line numbers
+    # libyaml's nodes carry line numbers too, and it parses ten times faster than pure Python.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
     index = 0
     try:
         while loader.check_node():
