@@ -68,10 +68,15 @@ def mesh(resources: Iterable[Resource], plan: AddressPlan | None = None) -> Mesh
     plan = plan or AddressPlan()
     resources = list(resources)
     config = mesh_config(resources)
-    deployments = [r for r in resources if r.kind == "Deployment"] + _gateway_deployments(config)
-    workloads = _workloads(deployments, plan)
-    k8s_services = sorted([r for r in resources if r.kind == "Service"] + _gateway_services(config),
-                          key=lambda r: (r.namespace, r.name))
+    # The profile's gateways, unless the resources define their own Deployment/Service of that
+    # name (a customised gateway, as with istioctl's overlays): theirs wins, still a gateway.
+    given = {r.key for r in resources}
+    gateways = {d.key for d in _gateway_deployments(config)}
+    deployments = [r for r in resources if r.kind == "Deployment"] + [
+        d for d in _gateway_deployments(config) if d.key not in given]
+    workloads = _workloads(deployments, plan, gateways)
+    k8s_services = sorted([r for r in resources if r.kind == "Service"] + [
+        s for s in _gateway_services(config) if s.key not in given], key=lambda r: (r.namespace, r.name))
     services = [_service(r, plan.vip(i), deployments) for i, r in enumerate(k8s_services)]
     for r in resources:
         if r.kind == "ServiceEntry":
@@ -155,12 +160,9 @@ def _gateway_services(config: MeshConfig) -> list[Resource]:
     return [s for _, s in _profile_gateways(config)]
 
 
-GATEWAY_FILE = "<profile>"
-
-
 # --- workloads -------------------------------------------------------------------------------------
 
-def _workloads(deployments: list[Resource], plan: AddressPlan) -> list[Workload]:
+def _workloads(deployments: list[Resource], plan: AddressPlan, gateways: set[str]) -> list[Workload]:
     pods: list[tuple[str, str, int, Resource]] = []
     for d in deployments:
         for i in range(int(d.spec.get("replicas", 1))):
@@ -176,7 +178,7 @@ def _workloads(deployments: list[Resource], plan: AddressPlan) -> list[Workload]
             labels=dict(template["metadata"].get("labels") or {}),
             service_account=pod_spec.get("serviceAccountName") or pod_spec.get("serviceAccount") or "default",
             container_ports=ports, ip=plan.pod_ip(index), app_address=plan.app_address(index),
-            capture_address=plan.capture_address(index), gateway=d.file == GATEWAY_FILE))
+            capture_address=plan.capture_address(index), gateway=d.key in gateways))
     return out
 
 

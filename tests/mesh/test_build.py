@@ -292,3 +292,17 @@ def test_variants_together_are_refused_as_duplicates(bookinfo):
     """Negative control for the test above: the variants really do collide, and say so."""
     with pytest.raises(UserError, match=r"duplicate (VirtualService|DestinationRule) default/\w+ .*fix: "):
         resources.load([bookinfo.platform, *bookinfo.variants])
+
+
+def test_a_gateway_deployment_of_the_profile_name_replaces_the_profile_one(tmp_path):
+    """A customised ingress gateway (two replicas) replaces the profile's, and is still a router."""
+    rs = _load(tmp_path, deployment("istio-ingressgateway", "istio-ingressgateway", replicas=2,
+                                    ns="istio-system", port=8080).replace(
+        "{app: istio-ingressgateway, version: v1}", "{app: istio-ingressgateway, istio: ingressgateway}"))
+    m = build.mesh(rs)
+    assert [(p.name, p.kind) for p in m.proxies] == [("istio-ingressgateway-0", "router"),
+                                                     ("istio-ingressgateway-1", "router")]
+    assert m.proxies[0].labels == {"app": "istio-ingressgateway", "istio": "ingressgateway"}
+    # The profile's Service still selects them.
+    svc = m.service("istio-ingressgateway.istio-system")
+    assert svc is not None and len(m.endpoints(svc, svc.ports[1])) == 2

@@ -191,6 +191,10 @@ CASES = [
     ("service-port-unknown-field", "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec:\n"
                                    "  ports:\n  - port: 80\n    targtPort: 8080\n", ("targtPort", "targetPort"),
      [":7: spec.ports[0].targtPort: unknown field (document 0, Service s)", "allowed: appProtocol"]),
+    ("kubernetes-top-level-typo", DEPLOYMENT.replace("spec:\n", "spc: {}\nspec:\n", 1), ("spc: {}\n", ""),
+     [":4: spc: unknown field (document 0, Deployment web)", "allowed: apiVersion, kind, metadata, spec, status"]),
+    ("kubernetes-wrong-type", DEPLOYMENT.replace("spec:\n", "spec:\n  replicas: '2'\n", 1), ("'2'", "2"),
+     [":5: spec.replicas: '2' is not of type 'integer'", "fix: give a value of type integer"]),
     ("not-a-mapping", "- a\n- b\n", ("- a\n- b", VS), [":1: (top level): a document must be a mapping"]),
     ("missing-kind", VS.replace("kind: VirtualService\n", ""), ("metadata:", "kind: VirtualService\nmetadata:"),
      [":1: kind: missing or not a string", "fix: add kind"]),
