@@ -21,6 +21,7 @@ import signal
 import subprocess
 import threading
 from pathlib import Path
+from typing import Any
 
 from envoyext import tempfiles
 from envoyext.envoy import logs
@@ -115,11 +116,12 @@ def envoy_version(binary: Path | None = None) -> str:
     return m.group(1)
 
 
-def spawn(args: list[str], **popen_kwargs) -> subprocess.Popen:
+def spawn(args: list[str], **popen_kwargs: Any) -> subprocess.Popen[Any]:
     """Start a helper process (a mesh's stand-in app, say) the way Envoy is started: forked by the
     spawner thread, in its own session, killed by the kernel when this process dies."""
-    return _spawner.submit(subprocess.Popen, args, preexec_fn=_die_with_parent, start_new_session=True,
-                           **popen_kwargs).result()
+    def popen() -> subprocess.Popen[Any]:
+        return subprocess.Popen(args, preexec_fn=_die_with_parent, start_new_session=True, **popen_kwargs)
+    return _spawner.submit(popen).result()
 
 
 def _die_with_parent() -> None:
