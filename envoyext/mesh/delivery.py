@@ -84,6 +84,31 @@ def write(config: ProxyConfig, xds_dir: Path, version: str) -> None:
     _remove_others(xds_dir / RDS_DIR, {rds_path(n, xds_dir).name for n in rds})
 
 
+def snapshot(xds_dir: Path) -> dict[str, bytes]:
+    """Every delivered file's bytes, by path relative to `xds_dir` (to put back with `restore`)."""
+    xds_dir = Path(xds_dir)
+    return {str(f.relative_to(xds_dir)): f.read_bytes()
+            for f in [*xds_dir.glob("*.yaml"), *xds_dir.glob(f"{RDS_DIR}/*.yaml"), *xds_dir.glob(f"{EDS_DIR}/*.yaml")]}
+
+
+def restore(xds_dir: Path, files: dict[str, bytes]) -> None:
+    """Put a snapshot back, in the same order as `write` (after an update Envoy refused: the files
+    again say what Envoy runs, versions included, so the next update is compared with that)."""
+    xds_dir = Path(xds_dir)
+    rank = {EDS_DIR: 0, RDS_DIR: 1, CDS_FILE: 2, LDS_FILE: 3}
+    for rel in sorted(files, key=lambda r: rank.get(r.split("/")[0], 4)):
+        path = xds_dir / rel
+        if not path.exists() or path.read_bytes() != files[rel]:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = tempfiles.temp_beside(path)
+            tmp.write_bytes(files[rel])
+            os.replace(tmp, path)
+    for sub in (EDS_DIR, RDS_DIR):
+        for f in (xds_dir / sub).glob("*.yaml"):
+            if f"{sub}/{f.name}" not in files:
+                f.unlink()
+
+
 def read(path: Path) -> Json | None:
     """A delivered DiscoveryResponse, or None if there is none (or it is unreadable)."""
     try:

@@ -179,19 +179,30 @@ class MeshRuntime:
         configs = self._translate(mesh)
         self.version += 1
         version = str(self.version)
-        before: dict[str, tuple[dict[str, str], int, int]] = {}
+        before: dict[str, tuple[dict[str, bytes], int, int]] = {}
         for proxy in mesh.proxies:
             envoy = self.envoys[proxy.name]
             xds = envoy.workdir / XDS_DIR
-            old = delivery.expected_versions(xds)
-            before[proxy.name] = (old, envoy.log_size(), self._rejected(proxy.name))
+            before[proxy.name] = (delivery.snapshot(xds), envoy.log_size(), self._rejected(proxy.name))
             delivery.write(configs[proxy.name], xds, version)
+        try:
+            for name, (_, log_offset, rejected) in before.items():
+                self._wait_caught_up(name, log_offset, rejected)
+        except BaseException:
+            # Put every proxy's files back to what it ran before, so files and Envoy agree again.
+            for name, (files, _, _) in before.items():
+                delivery.restore(self.envoys[name].workdir / XDS_DIR, files)
+            for name in before:
+                try:
+                    self._wait_caught_up(name, 0, 1 << 62, timeout=10)
+                except UserError:
+                    pass
+            raise
         self.mesh, self.configs = mesh, configs
         changed = {}
-        for name, (old, log_offset, rejected) in before.items():
-            new = delivery.expected_versions(self.envoys[name].workdir / XDS_DIR)
-            changed[name] = sorted(k for k, v in new.items() if old.get(k) != v)
-            self._wait_caught_up(name, log_offset, rejected)
+        for name, (files, _, _) in before.items():
+            now = delivery.snapshot(self.envoys[name].workdir / XDS_DIR)
+            changed[name] = sorted(_kind(rel) for rel in set(files) | set(now) if files.get(rel) != now.get(rel))
         return changed
 
     # --- access -------------------------------------------------------------------------------
@@ -305,24 +316,47 @@ class MeshRuntime:
         admin = self.envoys[name].admin
         return sum(admin.stats(r"update_rejected$").values()) if admin else 0
 
-    def _wait_caught_up(self, name: str, log_offset: int, rejected: int) -> None:
+    def _wait_caught_up(self, name: str, log_offset: int, rejected: int, timeout: float | None = None) -> None:
         envoy = self.envoys[name]
         assert envoy.admin is not None
         xds = envoy.workdir / XDS_DIR
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + (timeout or self.timeout)
         while True:
             stale = delivery.caught_up(delivery.expected_versions(xds),
                                        delivery.reported_versions(envoy.admin.config_dump()))
             if not stale and not _warming(envoy.admin):
                 return
             if self._rejected(name) > rejected:
-                raise UserError(f"proxy {name} rejected the new config: "
-                                f"{logs.first_error(envoy.log_since(log_offset))}", file=envoy.log_path)
+                raise UserError(f"proxy {name} rejected the new config: {_rejection(envoy.log_since(log_offset))}",
+                                file=envoy.log_path)
             if time.monotonic() > deadline:
                 raise UserError(f"proxy {name} did not take version {self.version} within "
                                 f"{self.timeout:.0f}s: {'; '.join(stale) or 'listeners warming'}",
                                 file=envoy.log_path)
             time.sleep(0.05)
+
+
+def _kind(rel: str) -> str:
+    """A delivered file's name as apply() reports it: "lds", "cds", "rds:9080", "eds:<cluster>"."""
+    sub, _, name = rel.rpartition("/")
+    stem = name.removesuffix(".yaml")
+    return f"{sub}:{stem}" if sub else stem
+
+
+def _rejection(log: str) -> str:
+    """Envoy's reason for refusing a file update. It logs "Filesystem config update rejected:",
+    then the whole offending resource as text proto over many lines, then ": <reason>"."""
+    lines = log.splitlines()
+    starts = [i for i, line in enumerate(lines) if "config update rejected" in line]
+    if not starts:
+        return logs.first_error(log)
+    first = lines[starts[-1]]
+    for line in lines[starts[-1] + 1:]:
+        if line.startswith("["):  # the next log line: the reason was on the first one
+            break
+        if line.startswith(": "):
+            return line[2:].strip()
+    return first.split("rejected:", 1)[-1].strip()
 
 
 def _a_listener(config: ProxyConfig, boot: Json, proxy: str) -> str:

@@ -77,6 +77,15 @@ def test_files_are_discovery_responses_in_the_contract_layout(tmp_path):
     assert not [p for p in tmp_path.rglob(".*")]
 
 
+def test_a_snapshot_put_back_is_the_files_as_they_were(tmp_path):
+    delivery.write(config(1, "one", extra_cluster=True), tmp_path, "1")
+    files = delivery.snapshot(tmp_path)
+    assert sorted(files) == ["cds.yaml", "eds/c1.yaml", "eds/c2.yaml", "lds.yaml", "rds/r1.yaml"]
+    delivery.write(config(1, "two", route_name="r2"), tmp_path, "2")
+    delivery.restore(tmp_path, files)
+    assert delivery.snapshot(tmp_path) == files
+
+
 def test_a_bad_name_is_refused():
     with pytest.raises(ValueError):
         delivery.rds_path("../x")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from envoyext.errors import UserError
 from envoyext.mesh import zipkin
 from envoyext.mesh.model import (
     AddressPlan,
@@ -38,7 +39,7 @@ ZIPKIN = "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig"
 
 
 # --- a small mesh and a hand-made translator ---------------------------------------------------
-def small_mesh(plan: AddressPlan, suffix: str = "", direct_reviews: bool = False) -> Mesh:
+def small_mesh(plan: AddressPlan, suffix: str = "", direct_reviews: bool = False, bad: bool = False) -> Mesh:
     def workload(i: int, pod: str, labels: dict[str, str], ports: tuple[int, ...], ns: str = "default",
                  gateway: bool = False) -> Workload:
         return Workload(pod + suffix, pod.rsplit("-", 1)[0], ns, labels, "default", ports, plan.pod_ip(i),
@@ -49,10 +50,11 @@ def small_mesh(plan: AddressPlan, suffix: str = "", direct_reviews: bool = False
     rv = workload(2, "reviews-v1-0", {"app": "reviews", "version": "v1"}, (9080,))
     services = [Service(f"{n}.default.svc.cluster.local", n, "default", (ServicePort("http", 9080, 9080, "HTTP"),),
                         {"app": n}, plan.vip(i)) for i, n in enumerate(["productpage", "reviews"])]
-    vs = [Resource("VirtualService", "networking.istio.io/v1", "reviews", "default", {}, {}, "vs.yaml", 0)]
+    vs = [Resource("VirtualService", "networking.istio.io/v1", "bad" if bad else "reviews", "default", {}, {},
+                   "vs.yaml", 0)]
     return Mesh(MeshConfig(), services, [gw, pp, rv], [Proxy("router", gw), Proxy("sidecar", pp),
                                                        Proxy("sidecar", rv)],
-                virtual_services=vs if direct_reviews else [], plan=plan)
+                virtual_services=vs if direct_reviews or bad else [], plan=plan)
 
 
 def _hcm(stat_prefix: str, *, rds: str | None = None, route_config: dict | None = None) -> dict:
@@ -102,7 +104,8 @@ def hand_translate(mesh: Mesh) -> dict[str, ProxyConfig]:
         else:
             def action(s: Service) -> dict:
                 if s.name == "reviews" and mesh.virtual_services:
-                    return {"direct_response": {"status": 418, "body": {"inline_string": "from apply"}}}
+                    status = 99 if mesh.virtual_services[0].name == "bad" else 418  # 99: Envoy refuses it
+                    return {"direct_response": {"status": status, "body": {"inline_string": "from apply"}}}
                 return {"route": {"cluster": f"outbound|9080||{s.hostname}"}}
             routes = [{"name": "9080", "virtual_hosts": [
                 {"name": f"{s.hostname}:9080", "domains": [s.name, f"{s.name}:9080"],
@@ -192,6 +195,16 @@ def test_apply_changes_routes_with_no_restart(run):
     assert {name: e.proc.pid for name, e in run.envoys.items()} == pids
     after = json.loads(run.admin("productpage-v1-0").get("/server_info"))["uptime_all_epochs"]
     assert int(after.rstrip("s")) >= int(uptime.rstrip("s"))
+
+
+def test_a_config_envoy_refuses_fails_apply_with_its_reason_and_the_next_apply_recovers(run):
+    t0 = time.monotonic()
+    with pytest.raises(UserError, match=r"v1-0 rejected the new config: Proto .*Status: value must be"):
+        run.apply(lambda plan: small_mesh(plan, bad=True))
+    assert time.monotonic() - t0 < 10
+    run.apply(lambda plan: small_mesh(plan))
+    assert _get(run.gateway_url() + "/productpage")[0] == 200
+    assert run.admin("productpage-v1") is run.admin("productpage-v1-0")  # by deployment, one replica
 
 
 def test_zipkin_collects_the_span_tree_of_one_request(run):
