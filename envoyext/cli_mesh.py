@@ -68,7 +68,7 @@ def up(files, workdir, watch_dir):
             click.echo(f"mesh up: {len(rt.mesh.proxies)} proxies ready in {took:.1f} s")
             gw = ingress(rt.mesh)
             if gw is not None:
-                click.echo(f"gateway: http://{gw.workload.ip}:{rt.gateway_port()}/")
+                click.echo(f"gateway: {rt.gateway_url()}/")
             for proxy in rt.mesh.proxies:
                 click.echo(f"  {proxy.name:<32} admin http://{proxy.workload.ip}:15000/")
             watcher = watch.FilterWatcher(watch_dir, rt, base, echo=click.echo) if watch_dir else None

@@ -68,7 +68,7 @@ def _default_translate(mesh: Mesh) -> dict[str, ProxyConfig]:
 
 
 def _default_bootstrap(mesh: Mesh, proxy: Proxy, xds_dir: str) -> Json:
-    from envoyext.mesh.translate import bootstrap  # type: ignore[attr-defined]
+    from envoyext.mesh.translate import bootstrap
     result: Json = bootstrap.for_proxy(mesh, proxy, xds_dir)
     return result
 

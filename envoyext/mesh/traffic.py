@@ -40,10 +40,11 @@ def to_gateway(address: str, port: int, rq: Request) -> Sent:
     return Sent(response, (time.monotonic() - start) * 1000)
 
 
-def control(base_url: str, path: str, body: Any = None, timeout: float = 60) -> Any:
+def control(base_url: str, path: str, body: Any = None, timeout: float = 60, method: str | None = None) -> Any:
     """A call to a stand-in app's control endpoint: JSON in, JSON out."""
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(base_url + path, data=data, method="GET" if data is None else "POST",
+    method = method or ("GET" if data is None else "POST")
+    req = urllib.request.Request(base_url + path, data=data, method=method,
                                  headers={"content-type": "application/json"})
     with urllib.request.urlopen(req, timeout=timeout) as r:
         return json.loads(r.read() or b"null")
@@ -51,7 +52,10 @@ def control(base_url: str, path: str, body: Any = None, timeout: float = 60) -> 
 
 def from_workload(base_url: str, target: str, rq: Request) -> Sent:
     """Have the app at `base_url` send `rq` to `target` (host:port) through its sidecar."""
-    call = {"to": target, "method": rq.method, "path": rq.target, "headers": [list(h) for h in rq.headers],
+    headers: dict[str, str] = {}
+    for k, v in rq.headers:  # repeated headers joined, as HTTP allows
+        headers[k] = f"{headers[k]},{v}" if k in headers else v
+    call = {"to": target, "method": rq.method, "path": rq.target, "headers": headers,
             "body": rq.body.decode("latin-1"), "timeout_ms": rq.timeout_ms}
     start = time.monotonic()
     try:
@@ -60,19 +64,22 @@ def from_workload(base_url: str, target: str, rq: Request) -> Sent:
         return Sent(None, (time.monotonic() - start) * 1000, f"the app at {base_url} did not make the call: {e}")
     duration = (time.monotonic() - start) * 1000
     if got.get("error"):
-        if got.get("reset"):
-            return Sent(None, duration)
+        if "Timeout" in str(got["error"]):
+            return Sent(None, duration, f"no response within {rq.timeout_ms} ms")
+        if "Disconnected" in str(got["error"]) or "reset" in str(got["error"]).lower():
+            return Sent(None, duration)  # the stream was reset: no response
         return Sent(None, duration, str(got["error"]))
-    headers = [(str(k).lower(), str(v)) for k, v in got.get("headers", [])]
-    return Sent(Response(int(got["status"]), headers, str(got.get("body", "")).encode("latin-1")), duration)
+    got_headers = [(str(k).lower(), str(v)) for k, v in (got.get("headers") or {}).items()]
+    return Sent(Response(int(got["status"]), got_headers, str(got.get("body", "")).encode("latin-1")), duration)
 
 
-def received(base_url: str) -> list[Received]:
-    """Every request the app has received so far (oldest first)."""
-    out = []
-    for r in control(base_url, "/received"):
-        out.append(Received(method=r["method"], path=r["path"], headers=header_list(dict(r.get("headers") or {}))
-                            if isinstance(r.get("headers"), dict) else [(str(k).lower(), str(v)) for k, v in
-                                                                         r.get("headers") or []],
-                            body=str(r.get("body", "")).encode("latin-1"), proxy=str(r.get("pod", ""))))
-    return out
+def received(base_url: str, pod: str = "") -> list[Received]:
+    """The requests the app has received (its last 1000, oldest first); `proxy` names the pod."""
+    return [Received(method=r["method"], path=r["path"], headers=header_list(r.get("headers") or {}),
+                     body=str(r.get("body", "")).encode("utf-8"), proxy=pod)
+            for r in control(base_url, "/received")["requests"]]
+
+
+def forget_received(base_url: str) -> None:
+    """Empty the app's list of received requests (it keeps only its last 1000)."""
+    control(base_url, "/received", method="DELETE")

@@ -93,7 +93,8 @@ class Workload:
         result = await self.call(host, "/" + path, "GET", headers, "")
         return {"to": host, "path": "/" + path, **result}
 
-    async def call(self, to: str, path: str, method: str, headers: dict[str, str], body: str) -> dict[str, Any]:
+    async def call(self, to: str, path: str, method: str, headers: dict[str, str], body: str,
+                   timeout_s: float | None = None) -> dict[str, Any]:
         """One request through this pod's sidecar: to its capture address at the service port,
         with the service name as Host (what the app's DNS lookup + iptables redirect amount to)."""
         import aiohttp
@@ -105,7 +106,7 @@ class Workload:
             async with self.client.request(
                     method, f"http://{self.outbound}:{port}{path}", data=body.encode() or None,
                     headers={"Host": to, **headers}, skip_auto_headers=("User-Agent",), allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(total=float(self.behaviour["call_timeout_s"]))) as r:
+                    timeout=aiohttp.ClientTimeout(total=timeout_s or float(self.behaviour["call_timeout_s"]))) as r:
                 text = (await r.read()).decode(errors="replace")
                 result: dict[str, Any] = {"status": r.status, "headers": _headers(r.headers), "body": text}
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
@@ -140,7 +141,8 @@ class Workload:
                                          status=400)
             return web.json_response(await self.call(
                 req["to"], req.get("path", "/"), req.get("method", "GET"),
-                {str(k): str(v) for k, v in (req.get("headers") or {}).items()}, req.get("body") or ""))
+                {str(k): str(v) for k, v in (req.get("headers") or {}).items()}, req.get("body") or "",
+                float(req["timeout_ms"]) / 1000 if req.get("timeout_ms") else None))
         return web.json_response({"error": f"no {method} {path} here"}, status=404)
 
     def _set_behaviour(self, given: Any) -> str | None:

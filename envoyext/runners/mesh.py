@@ -11,6 +11,7 @@ first, delivered to the running Envoys as `envoyext mesh apply` delivers them: n
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ from envoyext.errors import UserError
 from envoyext.mesh import traffic
 from envoyext.mesh.model import Mesh, Proxy, Resource
 from envoyext.mesh.overlay import overlay, workload_changes
-from envoyext.messages import Received, Request
+from envoyext.messages import Received, Request, Response
 from envoyext.runners.names import MESH
 from envoyext.scenario import Case, MeshSpec, Observation, Scenario
 
@@ -139,13 +140,13 @@ def run_scenario(artifact: Artifact | None, scenario: Scenario) -> list[Observat
     mesh = build(current)
     out: list[Observation] = []
     with started(mesh) as rt:
-        behave(rt, rt.mesh, scenario.mesh.workloads)
+        behave(rt, running(rt), scenario.mesh.workloads)
         for case in scenario.cases:
             if case.apply:
                 current = overlay(current, load_resources(case.apply))
-                rt.apply(build(current, rt.mesh.plan.base))
+                rt.apply(build(current, running(rt).plan.base))
             if case.behaviour:
-                behave(rt, rt.mesh, case.behaviour)
+                behave(rt, running(rt), case.behaviour)
             out.append(observe(rt, case, scenario.mesh))
     return out
 
@@ -160,12 +161,17 @@ def _gateway_port(rt: MeshRuntime, to: str | None) -> int:
     """The ingress port: the `to:` port, else the gateway's first HTTP listener (Bookinfo: 8080)."""
     if to and ":" in to:
         return int(to.rsplit(":", 1)[1])
-    port: int = rt.gateway_port()
-    return port
+    return int(rt.gateway_url().rsplit(":", 1)[1])
+
+
+def running(rt: MeshRuntime) -> Mesh:
+    """The mesh a started runtime runs (on the addresses it chose)."""
+    assert rt.mesh is not None, "the mesh runtime is not started"
+    return rt.mesh
 
 
 def observe(rt: MeshRuntime, case: Case, spec: MeshSpec) -> Observation:
-    mesh = rt.mesh
+    mesh = running(rt)
     source, to = sender(case, spec), target(case, spec)
     proxy = ingress(mesh) if source == INGRESS else _sidecar(mesh, source)
     assert proxy is not None
@@ -173,7 +179,8 @@ def observe(rt: MeshRuntime, case: Case, spec: MeshSpec) -> Observation:
     if case.wait_ms:
         time.sleep(case.wait_ms / 1000)
     apps = {w.pod: rt.app_control(w.pod) for w in mesh.workloads if not w.gateway}
-    seen = {pod: len(traffic.received(url)) for pod, url in apps.items()}
+    for url in apps.values():
+        traffic.forget_received(url)
     stats_before = {p.name: rt.admin(p.name).stats() for p in mesh.proxies}
     rq = _request(case, source, to)
 
@@ -194,7 +201,7 @@ def observe(rt: MeshRuntime, case: Case, spec: MeshSpec) -> Observation:
             pod = next((v for k, v in s.response.headers if k == traffic.POD_HEADER), None)
             obs.answered_by.append(deployments.get(pod) if pod else None)
     obs.response = sent[-1].response if sent else None
-    obs.workloads = _received_since(apps, seen, deployments)
+    obs.workloads = _received(apps, deployments)
     # A filter's scenario speaks of "the upstream": here, every app but the sender's.
     obs.upstream = [r for name, rx in obs.workloads.items() if name != proxy.workload.deployment for r in rx]
     for p in mesh.proxies:
@@ -203,8 +210,21 @@ def observe(rt: MeshRuntime, case: Case, spec: MeshSpec) -> Observation:
             obs.stats = delta
         elif delta:
             obs.other_stats[p.name] = delta
-    obs.spans = rt.spans_of(obs.response) if obs.response is not None else None
+    if "trace" in case.expect:
+        obs.spans = _spans(rt, obs.response, case.expect["trace"].get("min_spans", 1))
     return obs
+
+
+def _spans(rt: MeshRuntime, response: Response | None, count: int) -> list[dict[str, Any]]:
+    """The spans of the request behind `response`: its trace id is the x-b3-traceid the answering
+    app received (it echoes its request headers), looked up at the mesh's Zipkin collector."""
+    if response is None or rt.zipkin is None:
+        return []
+    try:
+        trace_id = json.loads(response.body)["headers"]["x-b3-traceid"]
+    except (ValueError, KeyError, TypeError):
+        return []
+    return list(rt.zipkin.wait_for(str(trace_id), count, timeout=10))
 
 
 def _request(case: Case, source: str, to: str | None) -> Request:
@@ -216,14 +236,13 @@ def _request(case: Case, source: str, to: str | None) -> Request:
     return rq
 
 
-def _received_since(apps: dict[str, str], seen: dict[str, int],
-                    deployments: dict[str, str]) -> dict[str, list[Received]]:
+def _received(apps: dict[str, str], deployments: dict[str, str]) -> dict[str, list[Received]]:
     """What each workload received over the case, waiting until the apps stop receiving (mirrors
     and the apps' own onward calls land after the client's response)."""
     deadline = time.monotonic() + SETTLE_MAX_S
     last: dict[str, int] = {}
     while True:
-        got = {pod: traffic.received(url)[seen[pod]:] for pod, url in apps.items()}
+        got = {pod: traffic.received(url, pod) for pod, url in apps.items()}
         counts = {pod: len(v) for pod, v in got.items()}
         if counts == last or time.monotonic() > deadline:
             break
