@@ -54,18 +54,22 @@ def config_source(path: str, watched: str) -> Json:
             "resource_api_version": "V3"}
 
 
-def rds_hcm(stat_prefix: str, route_name: str, xds_dir: str, filters: list[Json], extra: Json) -> Json:
+def rds_hcm(stat_prefix: str, route_name: str, xds_dir: str, filters: list[Json], extra: Json,
+            server_name: str | None) -> Json:
     return {"@type": xds.HCM, "stat_prefix": stat_prefix,
             "rds": {"route_config_name": route_name,
                     "config_source": config_source(f"{xds_dir}/rds/{route_name}.yaml", f"{xds_dir}/rds")},
-            **_hcm_common(), **extra, "http_filters": filters}
+            **_hcm_common(server_name), **extra, "http_filters": filters}
 
 
-def _hcm_common() -> Json:
+def _hcm_common(server_name: str | None = "istio-envoy") -> Json:
     # What every Istio HCM sets: no idle cutoff on streams, websocket upgrades, normalized paths, and
-    # the `server: istio-envoy` header that Istio's answers carry.
-    return {"stream_idle_timeout": "0s", "normalize_path": True, "server_name": "istio-envoy",
-            "upgrade_configs": [{"upgrade_type": "websocket"}]}
+    # the `server: istio-envoy` header of inbound and gateway answers (sidecar outbound keeps
+    # Envoy's default "envoy", pilot GetProxyHeadersFromProxyConfig).
+    out: Json = {"stream_idle_timeout": "0s", "normalize_path": True}
+    if server_name:
+        out["server_name"] = server_name
+    return {**out, "upgrade_configs": [{"upgrade_type": "websocket"}]}
 
 
 # --- sidecar outbound ------------------------------------------------------------------------------
@@ -76,7 +80,7 @@ def outbound_listeners(mesh: Mesh, proxy: Proxy, xds_dir: str, stats: StatsFilte
     for port in route.outbound_http_ports(mesh, proxy):
         name = f"0.0.0.0_{port}"
         hcm = rds_hcm(f"outbound_{name}", str(port), xds_dir, http_filters(stats, "source"),
-                      {"use_remote_address": False, **extra})
+                      {"use_remote_address": False, **extra}, server_name=None)
         out.append(xds.listener(name, (proxy.workload.capture_address, port),
                                 [xds.filter_chain([xds.network_filter(xds.HCM_NAME, hcm)])],
                                 traffic_direction="OUTBOUND"))
@@ -146,7 +150,7 @@ def gateway_listeners(mesh: Mesh, proxy: Proxy, xds_dir: str, stats: StatsFilter
         name = f"0.0.0.0_{port}"
         # A gateway is the edge: it trusts the peer address it sees (use_remote_address), as Istio's do.
         hcm = rds_hcm(f"outbound_{name}", f"http.{port}", xds_dir, http_filters(stats, "source"),
-                      {"use_remote_address": True, **extra})
+                      {"use_remote_address": True, **extra}, server_name="istio-envoy")
         out.append(xds.listener(name, (proxy.workload.ip, port),
                                 [xds.filter_chain([xds.network_filter(xds.HCM_NAME, hcm)])],
                                 traffic_direction="OUTBOUND"))

@@ -11,6 +11,7 @@ default retry policy).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from envoyext.envoy import xds
@@ -94,6 +95,10 @@ def passthrough_host(mesh: Mesh) -> Json:
 
 def route_configuration(name: str, virtual_hosts: list[Json]) -> Json:
     # Istio never asks Envoy to check that routed clusters exist: CDS and RDS arrive independently.
+    # Every Istio virtual host tells the upstream which attempt it sees (x-envoy-attempt-count),
+    # which is how retries can be observed from the app.
+    for vh in virtual_hosts:
+        vh["include_request_attempt_count"] = True
     return {**xds.route_config(name, virtual_hosts), "validate_clusters": False}
 
 
@@ -313,6 +318,19 @@ def header_matcher(name: str, m: Json | None, *, invert: bool = False) -> Json:
     return out
 
 
+CLAIM_PREFIX = "@request.auth.claims"
+
+
+def claim_matcher(header: str, m: Json | None) -> Json:
+    """`headers["@request.auth.claims.groups"]` (or `...claims[a][b]`) matches the JWT payload the
+    jwt_authn filter left in dynamic metadata (pilot `translateMetadataMatch`)."""
+    rest = header[len(CLAIM_PREFIX):]
+    keys = rest[1:].split(".") if rest.startswith(".") else [k for k in rest.strip("[]").split("][") if k]
+    value: Json = {"present_match": True} if _present(m) else {"string_match": string_match(m or {})}
+    return {"filter": "envoy.filters.http.jwt_authn", "path": [{"key": "payload"}, *({"key": k} for k in keys)],
+            "value": value}
+
+
 def translate_match(match: Json | None) -> Json:
     """pilot `TranslateRouteMatch` (reference §3.1)."""
     out: Json = {"prefix": "/"}
@@ -326,7 +344,8 @@ def translate_match(match: Json | None) -> Json:
     elif "regex" in uri:
         out = {"safe_regex": {"regex": uri["regex"]}}
     out["case_sensitive"] = not match.get("ignoreUriCase", False)
-    headers = [header_matcher(k, v) for k, v in (match.get("headers") or {}).items()]
+    claims = {k: v for k, v in (match.get("headers") or {}).items() if k.startswith(CLAIM_PREFIX)}
+    headers = [header_matcher(k, v) for k, v in (match.get("headers") or {}).items() if k not in claims]
     headers += [header_matcher(k, v, invert=True) for k, v in (match.get("withoutHeaders") or {}).items()]
     headers.sort(key=lambda h: str(h["name"]))
     for field, pseudo in (("method", ":method"), ("authority", ":authority"), ("scheme", ":scheme")):
@@ -334,6 +353,8 @@ def translate_match(match: Json | None) -> Json:
             headers.append(header_matcher(pseudo, match[field]))
     if headers:
         out["headers"] = headers
+    if claims:
+        out["dynamic_metadata"] = [claim_matcher(k, v) for k, v in sorted(claims.items())]
     params = []
     for k, v in sorted((match.get("queryParams") or {}).items()):
         params.append({"name": k, "present_match": True} if _present(v)
@@ -361,8 +382,9 @@ def destination_cluster(ctx: Context, vs: Resource, destination: Json) -> str:
 
 
 def no_timeout() -> Json:
-    """Istio's default route timeout: 0s, disabled (Envoy's own default would be 15s)."""
-    return {"timeout": "0s", "max_stream_duration": {"max_stream_duration": "0s", "grpc_timeout_header_max": "0s"}}
+    """Istio's default route timeout: 0s, disabled (Envoy's own default would be 15s). Istio still
+    sets the deprecated max_grpc_timeout (its replacement, max_stream_duration, "has regressions")."""
+    return {"timeout": "0s", "max_grpc_timeout": "0s"}
 
 
 def route_action(ctx: Context, vs: Resource, rule: Json) -> tuple[Json | None, Json, Json]:
@@ -404,9 +426,7 @@ def route_action(ctx: Context, vs: Resource, rule: Json) -> tuple[Json | None, J
         action["regex_rewrite"] = {"pattern": {"regex": rr.get("match", "")}, "substitution": rr.get("rewrite", "")}
     if rewrite.get("authority"):
         action["host_rewrite_literal"] = rewrite["authority"]
-    action["timeout"] = rule.get("timeout") or "0s"
-    action["max_stream_duration"] = {"max_stream_duration": action["timeout"],
-                                     "grpc_timeout_header_max": action["timeout"]}
+    action["timeout"] = action["max_grpc_timeout"] = duration(rule.get("timeout") or "0s")   # pilot setTimeout
     hash_policy = hash_policies(ctx, [{**d["destination"], "host": scope.resolve_host(d["destination"]["host"],
                                                                                        vs.namespace)}
                                       for d in weighted])
@@ -474,7 +494,7 @@ def retry_policy(retries: Json | None, *, hashed: bool) -> Json | None:
         if codes:
             out["retriable_status_codes"] = codes
     if retries.get("perTryTimeout"):
-        out["per_try_timeout"] = retries["perTryTimeout"]
+        out["per_try_timeout"] = duration(retries["perTryTimeout"])
     if retries.get("retryRemoteLocalities"):
         out["retry_priority"] = {"name": "envoy.retry_priorities.previous_priorities",
                                  "typed_config": {"@type": PREVIOUS_PRIORITIES, "update_frequency": 2}}
@@ -483,7 +503,7 @@ def retry_policy(retries: Json | None, *, hashed: bool) -> Json | None:
     elif retries.get("retryIgnorePreviousHosts") is False:
         out.pop("retry_host_predicate", None)
     if retries.get("backoff"):
-        out["retry_back_off"] = {"base_interval": retries["backoff"]}
+        out["retry_back_off"] = {"base_interval": duration(retries["backoff"])}
     # Keep Envoy's field order readable: the predicate's attempts after the predicate.
     out["host_selection_retry_max_attempts"] = out.pop("host_selection_retry_max_attempts")
     return out
@@ -507,7 +527,7 @@ def translate_fault(fault: Json | None) -> Json | None:
     if delay.get("fixedDelay"):
         pct = _fault_percentage(delay)
         if pct["numerator"] > 0:
-            out["delay"] = {"fixed_delay": delay["fixedDelay"], "percentage": pct}
+            out["delay"] = {"fixed_delay": duration(delay["fixedDelay"]), "percentage": pct}
     abort = fault.get("abort") or {}
     status: Json = {}
     if abort.get("httpStatus"):
@@ -546,13 +566,29 @@ def translate_cors(cors: Json) -> Json:
     return out
 
 
-def _seconds(duration: str) -> int:
-    """A protobuf Duration string ("24h", "90s", "1.5s", "100ms") in whole seconds."""
-    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-    for unit in ("ms", "h", "m", "s"):
-        if duration.endswith(unit):
-            return int(float(duration[:-len(unit)]) * units[unit])
-    return int(float(duration))
+_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(h|ms|m|s|us|µs|ns)")
+
+
+def _seconds_float(value: Any) -> float:
+    """Istio writes durations as Go does ("1h30m", "100ms", "2.5s"); also plain seconds."""
+    text = str(value).strip()
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return float(text)
+    return sum(float(n) * _UNITS[u] for n, u in parts)
+
+
+def duration(value: Any) -> str:
+    """A duration as Envoy's JSON wants it: seconds with an `s` ("100ms" → "0.100s")."""
+    seconds = _seconds_float(value)
+    if seconds == int(seconds):
+        return f"{int(seconds)}s"
+    return f"{seconds:.9f}".rstrip("0") + "s"
+
+
+def _seconds(value: Any) -> int:
+    return int(_seconds_float(value))
 
 
 def mirror_policies(ctx: Context, vs: Resource, rule: Json) -> list[Json]:
@@ -652,9 +688,10 @@ def _hash_policy(ch: Json | None) -> Json | None:
     if ch.get("httpCookie"):
         c = ch["httpCookie"]
         cookie: Json = {"name": c["name"]}
-        for k in ("path", "ttl"):
-            if c.get(k):
-                cookie[k] = c[k]
+        if c.get("path"):
+            cookie["path"] = c["path"]
+        if c.get("ttl"):
+            cookie["ttl"] = duration(c["ttl"])
         if c.get("attributes"):
             cookie["attributes"] = c["attributes"]
         return {"cookie": cookie}

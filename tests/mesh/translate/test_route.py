@@ -193,7 +193,7 @@ def test_timeout_defaults_to_zero():
     assert one("  - route: [{destination: {host: reviews}}]")["route"]["timeout"] == "0s"
     r = one("  - timeout: 0.5s\n    route: [{destination: {host: reviews}}]")
     assert r["route"]["timeout"] == "0.5s"
-    assert r["route"]["max_stream_duration"]["grpc_timeout_header_max"] == "0.5s"
+    assert r["route"]["max_grpc_timeout"] == "0.5s"
 
 
 # --- retries -------------------------------------------------------------------------------------
@@ -220,7 +220,7 @@ def test_retries_attempts_retry_on_codes_per_try_timeout():
     assert p["per_try_timeout"] == "2s"
     assert p["retry_priority"]["typed_config"]["update_frequency"] == 2
     assert "retry_host_predicate" not in p
-    assert p["retry_back_off"] == {"base_interval": "25ms"}
+    assert p["retry_back_off"] == {"base_interval": "0.025s"}
     plain = one('  - retries: {attempts: 1, retryOn: "connect-failure"}\n    route: [{destination: {host: reviews}}]')
     assert plain["route"]["retry_policy"]["retry_on"] == "connect-failure"        # no codes: nothing appended
     assert "retriable_status_codes" not in plain["route"]["retry_policy"]
@@ -381,7 +381,8 @@ def test_registry_only_blocks_unknown_hosts():
     mesh = bookinfo(None, config=MeshConfig(outbound_traffic_policy="REGISTRY_ONLY"))
     rc = route.for_proxy(mesh, mesh.proxy("productpage-v1"))[-1]
     assert rc["virtual_hosts"][-1] == {"name": "block_all", "domains": ["*"], "routes": [
-        {"name": "block_all", "match": {"prefix": "/"}, "direct_response": {"status": 502}}]}
+        {"name": "block_all", "match": {"prefix": "/"}, "direct_response": {"status": 502}}],
+        "include_request_attempt_count": True}
 
 
 # --- gateway -------------------------------------------------------------------------------------
@@ -425,3 +426,23 @@ def test_gateway_domains_helper():
     assert route.gateway_domains("*", 8080) == ["*"]
     assert route.gateway_domains("a.com", 8080) == ["a.com", "a.com:*"]
     assert route.gateway_domains("*.a.com", 8080) == ["*.a.com", "*.a.com:8080"]
+
+
+def test_jwt_claim_matches_read_dynamic_metadata():
+    r = one("""
+  - match: [{headers: {"@request.auth.claims.group": {exact: admin}, "@request.auth.claims[a][b]": {}, x: {exact: y}}}]
+    route: [{destination: {host: reviews}}]""")
+    assert r["match"]["dynamic_metadata"] == [
+        {"filter": "envoy.filters.http.jwt_authn", "path": [{"key": "payload"}, {"key": "group"}],
+         "value": {"string_match": {"exact": "admin"}}},
+        {"filter": "envoy.filters.http.jwt_authn", "path": [{"key": "payload"}, {"key": "a"}, {"key": "b"}],
+         "value": {"present_match": True}}]
+    assert [h["name"] for h in r["match"]["headers"]] == ["x"]     # claims are not headers
+
+
+def test_durations_are_written_as_envoy_reads_them():
+    assert [route.duration(v) for v in ("10ms", "1m", "1h30m", "0.5s", "7s", 3)] == [
+        "0.01s", "60s", "5400s", "0.5s", "7s", "3s"]
+    r = one("  - timeout: 1m\n    retries: {attempts: 1, perTryTimeout: 250ms}\n"
+            "    route: [{destination: {host: reviews}}]")
+    assert (r["route"]["timeout"], r["route"]["retry_policy"]["per_try_timeout"]) == ("60s", "0.25s")

@@ -82,3 +82,50 @@ def test_envoy_validation_is_a_real_check():
     xds.hcm_of(outbound)["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["timeout"] = "soon"
     with pytest.raises(EnvoyRejected):
         validate(config)
+
+
+KITCHEN_SINK = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - name: claims
+    match: [{headers: {"@request.auth.claims.group": {exact: admin}}, withoutHeaders: {x-no: {}}, method: {exact: GET},
+             queryParams: {q: {regex: "a.*"}}, uri: {regex: "/r/[0-9]+"}, ignoreUriCase: true, name: m}]
+    route:
+    - {destination: {host: reviews, subset: v1}, weight: 60, headers: {request: {set: {x-v: "1", host: a.com}}}}
+    - {destination: {host: reviews, subset: v2}, weight: 40}
+    retries: {attempts: 3, perTryTimeout: 1s, retryOn: "5xx,503", retryRemoteLocalities: true, backoff: 10ms}
+    timeout: 5s
+    fault: {delay: {fixedDelay: 1s, percentage: {value: 0.1}}, abort: {grpcStatus: UNAVAILABLE, percentage: {value: 1}}}
+    mirror: {host: ratings}
+    mirrorPercentage: {value: 12.5}
+    corsPolicy: {allowOrigins: [{prefix: "https://"}], allowMethods: [GET], maxAge: 1m, allowCredentials: false}
+    headers: {request: {add: {x-a: b}, remove: [x-c]}, response: {set: {x-d: e}}}
+    rewrite: {uriRegexRewrite: {match: "^/r/(.*)", rewrite: "/\\\\1"}, authority: b.com}
+  - match: [{uri: {prefix: /old}}]
+    redirect: {uri: /new, authority: c.com, port: 8080, redirectCode: 307}
+  - match: [{uri: {exact: /teapot}}]
+    directResponse: {status: 418, body: {string: short and stout}}
+  - route: [{destination: {host: reviews, subset: v3}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings-hash}
+spec:
+  host: ratings
+  trafficPolicy: {loadBalancer: {consistentHash: {httpCookie: {name: user, ttl: 10s, path: /}}}}
+"""
+
+
+def test_envoy_accepts_every_route_feature():
+    from tests.mesh.translate.meshes import build, resources
+    mesh = build(resources(BOOKINFO / "platform.yaml", BOOKINFO / "gateway.yaml", KITCHEN_SINK))
+    configs = translate(mesh, telemetry=False)
+    rc = next(r for r in configs["productpage-v1-0"].routes if r["name"] == "9080")
+    routes = next(v for v in rc["virtual_hosts"] if v["name"].startswith("reviews."))["routes"]
+    assert [("route" in r, "redirect" in r, "direct_response" in r) for r in routes] == [
+        (True, False, False), (False, True, False), (False, False, True), (True, False, False)]
+    validate(static_config(configs["productpage-v1-0"]))
