@@ -36,7 +36,8 @@ def for_proxy(mesh: Mesh, proxy: Proxy, *, xds_dir: str = "xds", stats: StatsFil
     if proxy.kind == "router":
         return gateway_listeners(mesh, proxy, xds_dir, stats, hcm_extra or {})
     return [inbound_listener(mesh, proxy, stats, hcm_extra or {}),
-            *outbound_listeners(mesh, proxy, xds_dir, stats, hcm_extra or {})]
+            *outbound_listeners(mesh, proxy, xds_dir, stats, hcm_extra or {}),
+            *outbound_tcp_listeners(mesh, proxy)]
 
 
 def http_filters(stats: StatsFilter | None, reporter: str) -> list[Json]:
@@ -85,6 +86,46 @@ def outbound_listeners(mesh: Mesh, proxy: Proxy, xds_dir: str, stats: StatsFilte
                                 [xds.filter_chain([xds.network_filter(xds.HCM_NAME, hcm)])],
                                 traffic_direction="OUTBOUND"))
     return out
+
+
+TLS_PROTOCOLS = frozenset({"HTTPS", "TLS"})
+
+
+def outbound_tcp_listeners(mesh: Mesh, proxy: Proxy) -> list[Json]:
+    """Non-HTTP service ports in view (no HTTP listener on that port): TLS/HTTPS ports get one
+    chain per service picked by SNI (`tls_inspector`), as Istio's `0.0.0.0_443` does for hosts
+    without a VIP; a TCP port goes to the first service that has it. Every service name resolves
+    to the one capture address, so a destination address cannot tell two TCP services apart the way
+    Istio's `<vip>_<port>` listeners do."""
+    http = set(route.outbound_http_ports(mesh, proxy))
+    by_port: dict[int, list[tuple[Service, str]]] = {}
+    for s in scope.services_in_view(mesh, proxy):
+        for p in s.ports:
+            if p.port not in http and p.protocol.upper() not in scope.HTTP_PROTOCOLS:
+                by_port.setdefault(p.port, []).append((s, p.protocol.upper()))
+    out = []
+    for port, services in sorted(by_port.items()):
+        name = f"0.0.0.0_{port}"
+        address = (proxy.workload.capture_address, port)
+        tls = [(s, proto) for s, proto in services if proto in TLS_PROTOCOLS]
+        if tls:
+            chains = [xds.filter_chain([tcp_proxy(c, c)], filter_chain_match={"server_names": sni_names(s)})
+                      for s, _ in tls for c in [f"outbound|{port}||{s.hostname}"]]
+            out.append(xds.listener(name, address, chains, traffic_direction="OUTBOUND",
+                                    listener_filters=[TLS_INSPECTOR]))
+        else:
+            cluster = f"outbound|{port}||{services[0][0].hostname}"
+            out.append(xds.listener(name, address, [xds.filter_chain([tcp_proxy(cluster, cluster)])],
+                                    traffic_direction="OUTBOUND"))
+    return out
+
+
+def sni_names(service: Service) -> list[str]:
+    return [service.hostname]
+
+
+TLS_INSPECTOR = {"name": "envoy.filters.listener.tls_inspector", "typed_config": {
+    "@type": xds.T + "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}
 
 
 # --- sidecar inbound -------------------------------------------------------------------------------

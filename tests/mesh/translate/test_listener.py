@@ -62,8 +62,8 @@ def test_outbound_listener_per_http_port_at_the_capture_address():
     assert hcm["rds"] == {"route_config_name": "9080", "config_source": {
         "path_config_source": {"path": "xds/rds/9080.yaml", "watched_directory": {"path": "xds/rds"}},
         "resource_api_version": "V3"}}
-    assert "0.0.0.0_443" not in ls          # the gateway's HTTPS port is not an HTTP listener
-    assert "0.0.0.0_80" in ls               # its HTTP2 port is (the gateway service is in view)
+    assert "0.0.0.0_80" in ls               # the gateway service's HTTP2 port (it is in view)
+    assert "rds" not in str(ls["0.0.0.0_443"])   # its HTTPS port is not an HTTP listener
 
 
 def test_sidecar_egress_hosts_limit_what_is_in_view():
@@ -77,7 +77,7 @@ spec:
     _, ls = sidecar("productpage-v1", local)
     assert set(ls) == {"virtualInbound", "0.0.0.0_9080"}       # istio-system's gateway service is out of view
     _, ls = sidecar("productpage-v1", local.replace('["./*"]', '["./*", "istio-system/*"]'))
-    assert set(ls) == {"virtualInbound", "0.0.0.0_9080", "0.0.0.0_80"}
+    assert set(ls) == {"virtualInbound", "0.0.0.0_9080", "0.0.0.0_80", "0.0.0.0_443"}
     only_reviews = local.replace('["./*"]', '["./reviews.default.svc.cluster.local"]')
     mesh = bookinfo(None, only_reviews)
     from envoyext.mesh.translate import route
@@ -117,3 +117,28 @@ def test_gateway_listener_per_http_server_port_of_selecting_gateways():
     other = (BOOKINFO / "gateway.yaml").read_text().replace("istio: ingressgateway", "istio: egressgateway")
     mesh = build(resources(BOOKINFO / "platform.yaml", other))
     assert listener.for_proxy(mesh, mesh.proxy("istio-ingressgateway-0")) == []   # selector does not match
+
+
+def test_tls_and_tcp_service_ports_get_tcp_proxy_listeners():
+    extra = """
+apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec:
+  selector: {app: db}
+  ports: [{name: tcp-pg, port: 5432}, {name: https-admin, port: 443}]
+"""
+    proxy, ls = sidecar("productpage-v1", extra)
+    db = ls["0.0.0.0_5432"]
+    assert db["address"] == xds.socket_address(proxy.workload.capture_address, 5432)
+    [chain] = db["filter_chains"]
+    assert chain["filters"][0]["typed_config"]["cluster"] == "outbound|5432||db.default.svc.cluster.local"
+    tls = ls["0.0.0.0_443"]
+    assert tls["listener_filters"][0]["name"] == "envoy.filters.listener.tls_inspector"
+    assert {c["filter_chain_match"]["server_names"][0]: c["filters"][0]["typed_config"]["cluster"]
+            for c in tls["filter_chains"]} == {
+        "db.default.svc.cluster.local": "outbound|443||db.default.svc.cluster.local",
+        "istio-ingressgateway.istio-system.svc.cluster.local":
+            "outbound|443||istio-ingressgateway.istio-system.svc.cluster.local"}
+    _, plain = sidecar("productpage-v1")       # negative control: no db service, no 5432 listener
+    assert "0.0.0.0_5432" not in plain
