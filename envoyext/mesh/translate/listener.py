@@ -49,17 +49,18 @@ def http_filters(stats: StatsFilter | None, reporter: str) -> list[Json]:
     return [*chain, xds.router_filter()]
 
 
-def config_source(path: str, watched: str) -> Json:
-    """A file-based xDS source Envoy re-reads when a file is moved into `watched`."""
-    return {"path_config_source": {"path": path, "watched_directory": {"path": watched}},
-            "resource_api_version": "V3"}
+def config_source(path: str) -> Json:
+    """A file-based xDS source. No watched_directory: with one, every file moved into the
+    directory would reload every route configuration watching it; without, Envoy watches this
+    one path for moves, which is what delivery's atomic rename-over is (as the clusters' EDS)."""
+    return {"path_config_source": {"path": path}, "resource_api_version": "V3"}
 
 
 def rds_hcm(stat_prefix: str, route_name: str, xds_dir: str, filters: list[Json], extra: Json,
             server_name: str | None) -> Json:
     return {"@type": xds.HCM, "stat_prefix": stat_prefix,
             "rds": {"route_config_name": route_name,
-                    "config_source": config_source(f"{xds_dir}/rds/{route_name}.yaml", f"{xds_dir}/rds")},
+                    "config_source": config_source(f"{xds_dir}/rds/{route_name}.yaml")},
             **_hcm_common(server_name), **extra, "http_filters": filters}
 
 

@@ -60,7 +60,7 @@ def test_outbound_listener_per_http_port_at_the_capture_address():
     hcm = xds.hcm_of(out)
     assert hcm["stat_prefix"] == "outbound_0.0.0.0_9080"
     assert hcm["rds"] == {"route_config_name": "9080", "config_source": {
-        "path_config_source": {"path": "xds/rds/9080.yaml", "watched_directory": {"path": "xds/rds"}},
+        "path_config_source": {"path": "xds/rds/9080.yaml"},
         "resource_api_version": "V3"}}
     assert "0.0.0.0_80" in ls               # the gateway service's HTTP2 port (it is in view)
     assert "rds" not in str(ls["0.0.0.0_443"])   # its HTTPS port is not an HTTP listener
