@@ -6,7 +6,6 @@ Exit codes: 0 success, 1 a test failed or none ran (or doctor found a missing pa
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from pathlib import Path
@@ -14,30 +13,8 @@ from pathlib import Path
 import click
 
 from envoyext import __version__, runners
-from envoyext.errors import UserError, from_os_error
-
-
-def user_errors(fn):
-    """Turn UserError into one line on stderr and exit code 2; Ctrl-C into exit 130."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except UserError as e:
-            _fail(e)
-        except OSError as e:
-            if e.filename is None:  # not about a path the user gave: a bug, let it trace
-                raise
-            _fail(from_os_error(e))  # a read-only project, a file where a directory should be, ...
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
-    return wrapper
-
-
-def _fail(e: UserError):
-    click.secho(f"error: {e.one_line()}", fg="red", err=True)
-    sys.exit(2)
+from envoyext.cli_support import _fail, user_errors
+from envoyext.errors import UserError
 
 
 class _OneLineUsage(click.Group):
@@ -129,7 +106,8 @@ class RunnerChoice(click.Choice):
 @main.command()
 @click.argument("path", required=False, type=click.Path(path_type=Path))
 @click.option("--only", type=RunnerChoice(runners.selectable()), default=None,
-              help="emulated: the emulator only; live: real Envoy only. Default: both, compared.")
+              help="emulated: the emulator only; live: real Envoy only; mesh: the project's mesh only "
+                   "(filter.yaml mesh:). Default: all that apply, emulated and live compared.")
 @click.option("--runtime", type=click.Choice(["process", "docker"]), default="process", show_default=True)
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
               help="Live Envoy's worker threads (overrides the scenario's and filter.yaml's 'workers'; default 1).")
@@ -250,6 +228,13 @@ def run(path, scenario_file):
         return
     raise UserError(f"Envoy exited unexpectedly: {log[0] if log else 'no log'}", fix="see Envoy's log")
 
+
+def _register_subcommands() -> None:
+    from envoyext.cli_mesh import mesh
+    main.add_command(mesh)
+
+
+_register_subcommands()
 
 if __name__ == "__main__":
     main()

@@ -35,6 +35,8 @@ class Project:
     lua_options: dict | None = None
     lua_libraries: tuple[str, ...] = ()  # envoyext/sdk/<name>.lua, appended to every script (artifact.lua_code)
     workers: int = 1  # live Envoy's worker threads; one is what the emulator models
+    # filter.yaml's `mesh:` block, its resource paths resolved: the scenarios also run in this mesh.
+    mesh: dict[str, Any] | None = None
 
     def check_config(self, config: Any, file: Path, field_name: str = "config") -> None:
         """Validate a filter configuration (filter.yaml's or a scenario's) against config_schema."""
@@ -128,7 +130,19 @@ def load(path: Path | str | None = None) -> Project:
                    config=config, attach=Attach(**data.get("attach", {})),
                    scenario_files=scenario_files, stats_tags=data.get("stats_tags", []),
                    config_schema=config_schema, lua_options=lua_options, lua_libraries=lua_libraries,
-                   workers=data.get("workers", 1))
+                   workers=data.get("workers", 1), mesh=_mesh_block(data.get("mesh"), root, file))
+
+
+def _mesh_block(block: dict[str, Any] | None, root: Path, file: Path) -> dict[str, Any] | None:
+    if block is None:
+        return None
+    listed = [block["resources"]] if isinstance(block["resources"], str) else block["resources"]
+    paths = [root / p for p in listed]
+    for i, p in enumerate(paths):
+        if not p.exists():
+            raise UserError("no such file or directory", file=file, field=f"mesh.resources[{i}]",
+                            fix="give a path relative to the project")
+    return {**block, "resources": paths}
 
 
 def beside(artifact: Path) -> Project | None:

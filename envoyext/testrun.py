@@ -18,7 +18,7 @@ from envoyext import scenario as scenario_mod
 from envoyext.artifact import Artifact
 from envoyext.errors import UserError
 from envoyext.project import Project
-from envoyext.runners import EMULATED, LIVE, NATIVE, Settings, named, oracles_of, selectable
+from envoyext.runners import EMULATED, LIVE, NATIVE, Settings, named, oracles_of, runners_for, selectable
 from envoyext.scenario import Mismatch, Observation, Scenario
 
 # A case's verdict, its `status` in --json. NOT_RUN: no runner executed it (its `only:` excludes
@@ -84,7 +84,7 @@ def exit_code(results: list[CaseResult]) -> int:
     return 0
 
 
-def run_scenario(artifact: Artifact, sc: Scenario, *, runners: tuple[str, ...] = selectable(),
+def run_scenario(artifact: Artifact | None, sc: Scenario, *, runners: tuple[str, ...] = selectable(),
                  runtime: str = "process", validated: bool = False, workers: int = 1) -> list[CaseResult]:
     """`runners`: registry names (envoyext.runners), each run in turn, then the oracles compared
     with them when the scenario names one. `validated`: every runner's validate() already
@@ -93,7 +93,7 @@ def run_scenario(artifact: Artifact, sc: Scenario, *, runners: tuple[str, ...] =
     settings = Settings(runtime=runtime, workers=workers, validated=validated)
     by_runner: dict[str, list[Observation | None]] = {}
     native: list[Observation | None] = [None] * len(sc.cases)
-    for name in runners:
+    for name in runners_for(sc, runners):
         runner = named(name)
         by_runner[runner.name] = _guarded(runner.name, sc, partial(runner.run, artifact, sc, settings))
         for oracle in oracles_of(runner.name) if sc.oracle else []:
@@ -150,15 +150,30 @@ def _guarded(runner: str, sc: Scenario, run: Callable[[], list[Observation]]) ->
         return _by_case(sc, runner, [Observation(case=c.name, runner=runner, error=reason) for c in ran])
 
 
+def in_project_mesh(sc: Scenario, project: Project) -> Scenario:
+    """A filter's own scenario, also to be run in the project's mesh (filter.yaml `mesh:`): the
+    emulator and the single live Envoy run it as always, the mesh runner with the filter attached to
+    the named workload and each case sent as the block says."""
+    if project.mesh is None or sc.mesh is not None:
+        return sc
+    from envoyext.scenario import MeshSpec
+    m = project.mesh
+    sc.mesh = MeshSpec(resources=list(m["resources"]), workloads={},
+                       attach={"workload": m["workload"], "context": m.get("context", "SIDECAR_INBOUND")},
+                       source=m.get("from"), target=m.get("to"))
+    return sc
+
+
 def run_project(project: Project, artifact: Artifact, *, runners: tuple[str, ...] = selectable(),
                 runtime: str = "process", workers: int | None = None,
                 on_result: Callable[[CaseResult], None] | None = None) -> list[CaseResult]:
     """`workers`: live Envoy's worker threads from the command line; it overrides a scenario's
     `workers`, which overrides filter.yaml's (default 1, what the emulator models)."""
-    scenarios = [scenario_mod.load(path, default_config=project.config) for path in project.scenario_files]
+    scenarios = [in_project_mesh(scenario_mod.load(path, default_config=project.config), project)
+                 for path in project.scenario_files]
     for sc in scenarios:  # every bad input is reported before anything runs
         project.check_config(sc.config, sc.path)
-        for name in runners:
+        for name in runners_for(sc, runners):
             for runner in [named(name), *(oracles_of(named(name).name) if sc.oracle else [])]:
                 if runner.validate:
                     runner.validate(artifact, sc, project.file)

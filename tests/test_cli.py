@@ -277,4 +277,4 @@ def test_runners_go_by_their_registry_names_and_unit_is_a_hidden_alias(tmp_path)
     assert results and all(set(x["observations"]) == {"emulated"} for x in results)
     assert {o["runner"] for x in results for o in x["observations"].values()} == {"emulated"}
     shown = run_cli("test", "--help").stdout
-    assert "[emulated|live]" in shown and "unit" not in shown
+    assert "[emulated|live|mesh]" in shown and "unit" not in shown

@@ -14,6 +14,7 @@ from envoyext.scenario.model import (
     STARTUP,
     UPSTREAM,
     Case,
+    MeshSpec,
     Oracle,
     Route,
     Scenario,
@@ -25,7 +26,7 @@ from envoyext.scenario.observation import LogLine, Observation, mask, startup_lo
 
 __all__ = [
     # the scenario format
-    "LUA_FILTER_NAMESPACE", "STARTUP", "UPSTREAM", "Case", "Oracle", "Route", "Scenario", "default_routes",
+    "LUA_FILTER_NAMESPACE", "STARTUP", "UPSTREAM", "Case", "MeshSpec", "Oracle", "Route", "Scenario", "default_routes",
     "from_dict", "load",
     # what runners observe (and the messages observations and expectations speak of)
     "LogLine", "Observation", "mask", "startup_logs", "Headers", "Received", "Request", "Response", "first",

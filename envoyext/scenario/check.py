@@ -117,12 +117,54 @@ def check(case: Case, obs: Observation) -> list[Mismatch]:
         got = obs.stats.get(name, 0)
         if got != delta:
             out.append(Mismatch(f"stats.{name}", delta, got))
+    out += _check_mesh(e, obs)
     for sample, wanted in (e.get("prometheus") or {}).items():
         for want in wanted:
             value = prometheus.matching(obs.prometheus or {}, sample, want.get("labels") or {})
             if value != want["value"]:
                 labels = ",".join(f'{k}="{v}"' for k, v in (want.get("labels") or {}).items())
                 out.append(Mismatch(f"prometheus.{sample}{{{labels}}}", want["value"], value))
+    return out
+
+
+def _check_mesh(e: Expectation, obs: Observation) -> list[Mismatch]:
+    """The expectations only a mesh run has: who answered, what each app received, retries, timing, spans."""
+    out: list[Mismatch] = []
+    if "answered_by" in e:
+        total = len(obs.answered_by)
+        tolerance = e.get("tolerance", 0.1)
+        counts = {w: obs.answered_by.count(w) for w in set(obs.answered_by)}
+        shares = {str(w): round(n / total, 3) for w, n in sorted(counts.items(), key=lambda kv: str(kv[0]))}
+        for workload, want in e["answered_by"].items():
+            share = counts.get(workload, 0) / total if total else 0.0
+            if abs(share - want) > tolerance + 1e-9:
+                out.append(Mismatch(f"answered_by.{workload}", f"{want} ± {tolerance}", shares))
+    if "statuses" in e:
+        got: dict[str, int] = {}
+        for r in obs.responses:
+            got[str(r.status)] = got.get(str(r.status), 0) + 1
+        for status, n in e["statuses"].items():
+            if got.get(str(status), 0) != n:
+                out.append(Mismatch(f"statuses.{status}", n, got))
+    for name, want in (e.get("workloads") or {}).items():
+        out += _check_received(f"workloads.{name}", want, obs.workloads.get(name, []))
+    if "retries" in e:
+        retries = sum(v for k, v in obs.stats.items() if k.endswith(".upstream_rq_retry"))
+        if retries != e["retries"]:
+            out.append(Mismatch("retries", e["retries"], retries))
+    if "min_duration_ms" in e:
+        slowest = max(obs.durations_ms, default=0.0)
+        if slowest < e["min_duration_ms"]:
+            out.append(Mismatch("min_duration_ms", e["min_duration_ms"], round(slowest)))
+    if "trace" in e:
+        want = e["trace"]
+        spans = obs.spans or []
+        services = {str((s.get("localEndpoint") or {}).get("serviceName")) for s in spans}
+        for service in want.get("services", []):
+            if service not in services:
+                out.append(Mismatch("trace.services", service, sorted(services)))
+        if len(spans) < want.get("min_spans", 1):
+            out.append(Mismatch("trace.min_spans", want.get("min_spans", 1), len(spans)))
     return out
 
 

@@ -7,7 +7,7 @@ requests the live client can send).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,13 @@ class Case:
     wait_ms: int = 0
     only: str | None = None  # "live" | "emulated" | None (both)
     startup: bool = False    # no request: the expectations are on the logs of the filter's start
+    # A mesh scenario's case: who sends (`ingress` or a workload) to which host[:port], the files
+    # applied and the app behaviour set before it, and how many requests are in flight at once.
+    source: str | None = None
+    target: str | None = None
+    apply: list[Path] = field(default_factory=list)
+    behaviour: Yaml = field(default_factory=dict)
+    concurrency: int = 1
 
 
 @dataclass
@@ -96,6 +103,18 @@ class Oracle:
     http_filters: list[Yaml]
     typed_per_filter_config: Yaml
     compare: list[str]
+
+
+@dataclass
+class MeshSpec:
+    """A scenario's `mesh:` block: the resources the mesh is built from, and what its apps do.
+    For a filter project's scenarios run in the project's mesh (filter.yaml `mesh:`), also where the
+    filter attaches (an envoyext.publish.istio.Placement) and who sends each case to whom."""
+    resources: list[Path]
+    workloads: Yaml
+    attach: Any = None
+    source: str | None = None
+    target: str | None = None
 
 
 @dataclass
@@ -109,6 +128,7 @@ class Scenario:
     cases: list[Case]
     oracle: Oracle | None = None
     workers: int | None = None  # live Envoy's worker threads (None: filter.yaml's, or the CLI's)
+    mesh: MeshSpec | None = None  # run in a modelled mesh (the mesh runner), not one test Envoy
 
     def route_for(self, path: str | None, headers: Headers) -> Route | None:
         return next((r for r in self.routes if r.matches(path, headers)), None)
@@ -153,8 +173,15 @@ def from_dict(data: Yaml, path: Path, default_config: Any = None) -> Scenario:
         cases.append(Case(
             name=c["name"], request=_request(c.get("request") or {}, path, f"cases[{i}].request"),
             expect=c.get("expect") or {}, repeat=c.get("repeat", 1), wait_ms=c.get("wait_ms", 0),
-            only=c.get("only")))
+            only=c.get("only"), source=c.get("from"), target=c.get("to"),
+            apply=[_relative(path, f) for f in _listed(c.get("apply"))], behaviour=c.get("behaviour") or {},
+            concurrency=c.get("concurrency", 1)))
         _check_sendable(cases[-1].request, path, f"cases[{i}].request")
+        _check_mesh_only(c, "mesh" in data, path, f"cases[{i}]")
+        for j, f in enumerate(cases[-1].apply):
+            if not f.exists():
+                raise UserError(f"no such file or directory: {f}", file=path, field=f"cases[{i}].apply[{j}]",
+                                fix="give a path relative to the scenario file")
     o = data.get("oracle")
     oracle = Oracle(o.get("http_filters", []), o.get("typed_per_filter_config", {}),
                     o.get("compare", ["status", "headers", "body", "upstream"])) if o else None
@@ -162,7 +189,45 @@ def from_dict(data: Yaml, path: Path, default_config: Any = None) -> Scenario:
                     config=data["config"] if "config" in data else default_config,
                     upstream=UpstreamSpec.from_dict(data.get("upstream") or {}),
                     clusters=clusters, routes=routes or default_routes(), cases=cases, oracle=oracle,
-                    workers=data.get("workers"))
+                    workers=data.get("workers"), mesh=_mesh(data.get("mesh"), path))
+
+
+# What only a mesh scenario can say: a case field, or an expectation, outside one has nothing to act on.
+_MESH_CASE_FIELDS = ("from", "to", "apply", "behaviour", "concurrency")
+_MESH_EXPECTATIONS = ("answered_by", "tolerance", "statuses", "workloads", "retries", "min_duration_ms", "trace")
+
+
+def _check_mesh_only(case: Yaml, in_mesh: bool, path: Path, where: str) -> None:
+    if in_mesh:
+        return
+    for key in _MESH_CASE_FIELDS:
+        if key in case:
+            raise UserError(f"'{key}' needs a mesh", file=path, field=f"{where}.{key}",
+                            fix="add a top-level 'mesh: {resources: DIR}' block, or remove it")
+    for key in _MESH_EXPECTATIONS:
+        if key in (case.get("expect") or {}):
+            raise UserError(f"'{key}' is an expectation on a mesh run", file=path, field=f"{where}.expect.{key}",
+                            fix="add a top-level 'mesh: {resources: DIR}' block, or remove it")
+
+
+def _listed(v: str | list[str] | None) -> list[str]:
+    return [] if v is None else [v] if isinstance(v, str) else list(v)
+
+
+def _relative(scenario_file: Path, name: str) -> Path:
+    p = Path(name)
+    return p if p.is_absolute() else scenario_file.parent / p
+
+
+def _mesh(block: Yaml | None, path: Path) -> MeshSpec | None:
+    if block is None:
+        return None
+    files = [_relative(path, f) for f in _listed(block["resources"])]
+    for i, f in enumerate(files):
+        if not f.exists():
+            raise UserError(f"no such file or directory: {f}", file=path, field=f"mesh.resources[{i}]",
+                            fix="give a path relative to the scenario file")
+    return MeshSpec(resources=files, workloads=block.get("workloads") or {})
 
 
 def _request(rq: Yaml, path: Path, where: str) -> Request:

@@ -50,6 +50,13 @@ class Observation:
     proxy: str = TEST_PROXY.name                # the proxy the client sent the case's requests to
     # Every other proxy the case crossed: its name -> its stat deltas over the case.
     other_stats: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Mesh runs: which workload (Deployment) answered each response (None: no app did, e.g. a
+    # proxy's own 503 or fault abort), what each workload's app received, how long each response
+    # took, and the spans of the case's last request (None: not gathered).
+    answered_by: list[str | None] = field(default_factory=list)
+    workloads: dict[str, list[Received]] = field(default_factory=dict)
+    durations_ms: list[float] = field(default_factory=list)
+    spans: list[dict[str, Any]] | None = None
 
     def stats_by_proxy(self) -> dict[str, dict[str, int]]:
         """Every proxy's stat deltas, by proxy name, the client's proxy first."""
@@ -79,6 +86,10 @@ class Observation:
             "faults": self.faults,
             "stats": self.stats,
             "other_stats": self.other_stats,
+            "answered_by": self.answered_by,
+            "workloads": {k: [rx(r) for r in v] for k, v in self.workloads.items()},
+            "durations_ms": [round(d, 1) for d in self.durations_ms],
+            "spans": self.spans,
             "prometheus": None if self.prometheus is None else [
                 {"sample": name, "labels": dict(sorted(labels)), "delta": v}
                 for (name, labels), v in sorted(self.prometheus.items(), key=lambda kv: kv[0][0])],

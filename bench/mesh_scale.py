@@ -1,0 +1,90 @@
+"""Translator scale: generated meshes of N services (each a Deployment per version, a Service, a
+VirtualService splitting 90/10 between two subsets, a DestinationRule with the two subsets), timed
+from Resources to every proxy's config, with the size of one sidecar's config, and Envoy's own time
+to load that sidecar's config (the physical limit: Envoy parsing what we produced).
+
+    python bench/mesh_scale.py [N ...]      (default: 10 100 1000)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from envoyext.mesh.model import AddressPlan, Resource  # noqa: E402
+
+
+def generated(n: int) -> list[Resource]:
+    out: list[Resource] = []
+
+    def add(kind: str, api: str, name: str, spec: dict, labels: dict | None = None) -> None:
+        meta = {"name": name, "namespace": "default", **({"labels": labels} if labels else {})}
+        out.append(Resource(kind, api, name, "default", meta, spec, "<generated>", len(out)))
+
+    for i in range(n):
+        svc = f"svc{i}"
+        add("Service", "v1", svc, {"selector": {"app": svc}, "ports": [{"name": "http", "port": 8000}]})
+        for v in ("v1", "v2"):
+            labels = {"app": svc, "version": v}
+            add("Deployment", "apps/v1", f"{svc}-{v}", {
+                "replicas": 1, "selector": {"matchLabels": labels},
+                "template": {"metadata": {"labels": labels},
+                             "spec": {"containers": [{"name": "app", "image": "x", "ports": [{"containerPort": 8000}]}]}}},
+                labels)
+        add("VirtualService", "networking.istio.io/v1", svc, {"hosts": [svc], "http": [{"route": [
+            {"destination": {"host": svc, "subset": "v1"}, "weight": 90},
+            {"destination": {"host": svc, "subset": "v2"}, "weight": 10}]}]})
+        add("DestinationRule", "networking.istio.io/v1", svc, {"host": svc, "subsets": [
+            {"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}]})
+    return out
+
+
+def measure(n: int) -> dict:
+    from envoyext.mesh import build
+    from envoyext.mesh.translate import translate
+    resources = generated(n)
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    mesh = build.mesh(resources, AddressPlan())
+    one = [p for p in mesh.proxies if p.kind == "sidecar"][:1]
+    mesh_one = mesh
+    t1 = time.perf_counter()
+    configs = translate(mesh_one)
+    t2 = time.perf_counter()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    name = one[0].name
+    c = configs[name]
+    size = len(json.dumps({"listeners": c.listeners, "clusters": c.clusters, "routes": c.routes,
+                           "endpoints": c.endpoints}))
+    envoy_s = envoy_load_time(mesh, c)
+    return {"services": n, "proxies": len(configs), "model_s": round(t1 - t0, 3),
+            "translate_all_s": round(t2 - t1, 3), "translate_per_proxy_ms": round((t2 - t1) / len(configs) * 1000, 2),
+            "one_sidecar_config_bytes": size, "peak_mem_mb": round(peak / 2**20, 1),
+            "envoy_validate_one_sidecar_s": envoy_s}
+
+
+def envoy_load_time(mesh, config) -> float:
+    """Envoy's `--mode validate` on one sidecar's config folded into a static bootstrap."""
+    from envoyext.envoy import process
+    from envoyext.mesh.render import XDS_DIR, static_bootstrap
+    from envoyext.mesh.translate import bootstrap
+    doc = static_bootstrap(bootstrap.for_proxy(mesh, config.proxy, XDS_DIR), config)
+    t0 = time.perf_counter()
+    process.validate(doc)
+    return round(time.perf_counter() - t0, 3)
+
+
+def main(argv: list[str]) -> None:
+    sizes = [int(a) for a in argv] or [10, 100, 1000]
+    for n in sizes:
+        print(json.dumps(measure(n)), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

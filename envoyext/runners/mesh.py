@@ -1,0 +1,239 @@
+"""Scenario -> observations inside a modelled Istio mesh: every proxy a real Envoy, every pod a
+stand-in app on its own loopback address, routing from the scenario's Istio resources.
+
+A case is sent from outside through the ingress gateway, or from a workload through its sidecar
+(`from:`), `repeat` times, `concurrency` at once. What it observes is the one Observation type:
+the responses, which workload answered each, what every app received, every proxy's stat deltas
+(the sending proxy's as `stats`) and the spans of the last request. Cases may `apply:` resources
+first, delivered to the running Envoys as `envoyext mesh apply` delivers them: no restart.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from envoyext.errors import UserError
+from envoyext.mesh import traffic
+from envoyext.mesh.model import Mesh, Proxy, Resource
+from envoyext.mesh.overlay import overlay, workload_changes
+from envoyext.messages import Received, Request
+from envoyext.runners.names import MESH
+from envoyext.scenario import Case, MeshSpec, Observation, Scenario
+
+if TYPE_CHECKING:
+    from envoyext.artifact import Artifact
+    from envoyext.mesh.runtime import MeshRuntime
+
+RUNNER = MESH
+INGRESS = "ingress"
+# Mirrored copies and the apps' own calls finish after the client's response: how long to wait for
+# the apps' received lists to stop growing.
+SETTLE_S = 0.3
+SETTLE_MAX_S = 3.0
+
+
+def load_resources(paths: list[Path]) -> list[Resource]:
+    """The resources of `paths` in order, a later one replacing an earlier one of the same key."""
+    from envoyext.mesh import resources
+    out: list[Resource] = []
+    for p in paths:
+        out = overlay(out, resources.load([p]))
+    return out
+
+
+def build(current: list[Resource], base: int | None = None) -> Mesh:
+    from envoyext.mesh import build as build_mod
+    from envoyext.mesh.model import AddressPlan
+    return build_mod.mesh(current, AddressPlan(base) if base is not None else AddressPlan())
+
+
+def attached(artifact: Artifact | None, scenario: Scenario, current: list[Resource]) -> list[Resource]:
+    """The resources that attach the filter under test to its workload, as `publish` emits them."""
+    if artifact is None or scenario.mesh is None or scenario.mesh.attach is None:
+        return current
+    from envoyext.mesh import attach
+    return overlay(current, attach.resources(artifact, scenario, build(current)))
+
+
+def validate(scenario: Scenario) -> None:
+    """Refuse, before anything starts, a case whose sender or target the mesh does not have."""
+    assert scenario.mesh is not None
+    current = load_resources(scenario.mesh.resources)
+    mesh = build(current)
+    _check_names(scenario, mesh, scenario.mesh.workloads, "mesh.workloads")
+    for i, case in enumerate(scenario.cases):
+        if case.apply:
+            current = overlay(current, load_resources(case.apply))
+            changed = workload_changes(load_resources(scenario.mesh.resources), current)
+            if changed:
+                raise UserError(f"applying this changes workloads ({', '.join(changed)}), which a running mesh "
+                                "cannot take without new processes", file=scenario.path, field=f"cases[{i}].apply",
+                                fix="change routing here; put workload changes in mesh.resources")
+            mesh = build(current)
+        _check_names(scenario, mesh, case.behaviour, f"cases[{i}].behaviour")
+        source = sender(case, scenario.mesh)
+        if source == INGRESS:
+            if ingress(mesh) is None:
+                raise UserError(f"the mesh has no ingress gateway (profile {mesh.config.profile})",
+                                file=scenario.path, field=f"cases[{i}].from",
+                                fix="send from a workload, or use the default or demo profile")
+        elif _sidecar(mesh, source) is None:
+            raise UserError(f"no workload '{source}' in the mesh", file=scenario.path, field=f"cases[{i}].from",
+                            fix=f"one of: {INGRESS}, " + ", ".join(_deployments(mesh)))
+        elif not target(case, scenario.mesh):
+            raise UserError("a request from a workload needs a target host:port", file=scenario.path,
+                            field=f"cases[{i}].to", fix="add to: <service>:<port>, e.g. reviews:9080")
+
+
+def sender(case: Case, spec: MeshSpec) -> str:
+    return case.source or spec.source or INGRESS
+
+
+def target(case: Case, spec: MeshSpec) -> str | None:
+    return case.target or spec.target
+
+
+def _deployments(mesh: Mesh) -> list[str]:
+    return sorted({w.deployment for w in mesh.workloads if not w.gateway})
+
+
+def _check_names(scenario: Scenario, mesh: Mesh, behaviours: dict[str, Any], where: str) -> None:
+    for name in behaviours:
+        if _sidecar(mesh, name) is None and not any(w.deployment == name for w in mesh.workloads if not w.gateway):
+            raise UserError(f"no workload '{name}' in the mesh", file=scenario.path, field=f"{where}.{name}",
+                            fix="name a Deployment (or one of its pods)")
+
+
+def ingress(mesh: Mesh) -> Proxy | None:
+    return next((p for p in mesh.proxies if p.kind == "router" and p.labels.get("istio") == "ingressgateway"), None)
+
+
+def _sidecar(mesh: Mesh, name: str) -> Proxy | None:
+    p = mesh.proxy(name)
+    return p if p is not None and p.kind == "sidecar" else None
+
+
+def _pods(mesh: Mesh, name: str) -> list[str]:
+    """A Deployment's pods, or the one pod named."""
+    pods = [w.pod for w in mesh.workloads if not w.gateway and name in (w.deployment, w.pod)]
+    return pods
+
+
+@contextmanager
+def started(mesh: Mesh, workdir: Path | None = None) -> Iterator[MeshRuntime]:
+    from envoyext import tempfiles
+    from envoyext.mesh.runtime import MeshRuntime
+    rt = MeshRuntime(mesh, workdir or tempfiles.mkdtemp("mesh"))
+    with rt:
+        yield rt
+
+
+def run_scenario(artifact: Artifact | None, scenario: Scenario) -> list[Observation]:
+    assert scenario.mesh is not None
+    current = attached(artifact, scenario, load_resources(scenario.mesh.resources))
+    mesh = build(current)
+    out: list[Observation] = []
+    with started(mesh) as rt:
+        behave(rt, rt.mesh, scenario.mesh.workloads)
+        for case in scenario.cases:
+            if case.apply:
+                current = overlay(current, load_resources(case.apply))
+                rt.apply(build(current, rt.mesh.plan.base))
+            if case.behaviour:
+                behave(rt, rt.mesh, case.behaviour)
+            out.append(observe(rt, case, scenario.mesh))
+    return out
+
+
+def behave(rt: MeshRuntime, mesh: Mesh, behaviours: dict[str, Any]) -> None:
+    for name, behaviour in behaviours.items():
+        for pod in _pods(mesh, name):
+            traffic.control(rt.app_control(pod), "/behaviour", behaviour)
+
+
+def _gateway_port(rt: MeshRuntime, to: str | None) -> int:
+    """The ingress port: the `to:` port, else the gateway's first HTTP listener (Bookinfo: 8080)."""
+    if to and ":" in to:
+        return int(to.rsplit(":", 1)[1])
+    return rt.gateway_port()
+
+
+def observe(rt: MeshRuntime, case: Case, spec: MeshSpec) -> Observation:
+    mesh = rt.mesh
+    source, to = sender(case, spec), target(case, spec)
+    proxy = ingress(mesh) if source == INGRESS else _sidecar(mesh, source)
+    assert proxy is not None
+    obs = Observation(case=case.name, runner=RUNNER, proxy=proxy.name)
+    if case.wait_ms:
+        time.sleep(case.wait_ms / 1000)
+    apps = {w.pod: rt.app_control(w.pod) for w in mesh.workloads if not w.gateway}
+    seen = {pod: len(traffic.received(url)) for pod, url in apps.items()}
+    stats_before = {p.name: rt.admin(p.name).stats() for p in mesh.proxies}
+    rq = _request(case, source, to)
+
+    def one(_: int) -> traffic.Sent:
+        if source == INGRESS:
+            return traffic.to_gateway(proxy.workload.ip, _gateway_port(rt, to), rq)
+        return traffic.from_workload(rt.app_control(proxy.workload.pod), str(to), rq)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=case.concurrency) as pool:
+        sent = list(pool.map(one, range(case.repeat)))
+    deployments = {w.pod: w.deployment for w in mesh.workloads}
+    for s in sent:
+        obs.durations_ms.append(s.duration_ms)
+        if s.error:
+            obs.error = s.error
+        if s.response is not None:
+            obs.responses.append(s.response)
+            pod = next((v for k, v in s.response.headers if k == traffic.POD_HEADER), None)
+            obs.answered_by.append(deployments.get(pod) if pod else None)
+    obs.response = sent[-1].response if sent else None
+    obs.workloads = _received_since(apps, seen, deployments)
+    # A filter's scenario speaks of "the upstream": here, every app but the sender's.
+    obs.upstream = [r for name, rx in obs.workloads.items() if name != proxy.workload.deployment for r in rx]
+    for p in mesh.proxies:
+        delta = _delta(stats_before[p.name], rt.admin(p.name).stats())
+        if p.name == proxy.name:
+            obs.stats = delta
+        elif delta:
+            obs.other_stats[p.name] = delta
+    obs.spans = rt.spans_of(obs.response) if obs.response is not None else None
+    return obs
+
+
+def _request(case: Case, source: str, to: str | None) -> Request:
+    rq = case.request
+    host = to.rsplit(":", 1)[0] if to and source == INGRESS else None
+    if host:
+        return Request(method=rq.method, path=rq.path, authority=host, headers=rq.headers, body=rq.body,
+                       trailers=rq.trailers, timeout_ms=rq.timeout_ms)
+    return rq
+
+
+def _received_since(apps: dict[str, str], seen: dict[str, int],
+                    deployments: dict[str, str]) -> dict[str, list[Received]]:
+    """What each workload received over the case, waiting until the apps stop receiving (mirrors
+    and the apps' own onward calls land after the client's response)."""
+    deadline = time.monotonic() + SETTLE_MAX_S
+    last: dict[str, int] = {}
+    while True:
+        got = {pod: traffic.received(url)[seen[pod]:] for pod, url in apps.items()}
+        counts = {pod: len(v) for pod, v in got.items()}
+        if counts == last or time.monotonic() > deadline:
+            break
+        last = counts
+        time.sleep(SETTLE_S)
+    out: dict[str, list[Received]] = {}
+    for pod, rx in got.items():
+        if rx:
+            out.setdefault(deployments[pod], []).extend(rx)
+    return out
+
+
+def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}

@@ -1,0 +1,105 @@
+"""Bookinfo against live Envoys: every proxy a real Envoy, every pod a stand-in app on loopback.
+
+Each scenario under tests/mesh/scenarios/ must pass case by case, and each gets a negative control
+(the same run judged against a wrong expectation must fail), so a pass here means the mesh did it.
+With ENVOYEXT_BOOKINFO pointing at a copy of Istio's samples/bookinfo, the routing scenario runs on
+the official manifests, unmodified, instead of the suite's copy.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+
+from envoyext import scenario, testrun
+from envoyext.runners import MESH
+from envoyext.runners.mesh import validate
+from envoyext.scenario import Scenario
+
+HERE = Path(__file__).parent
+SCENARIOS = HERE / "scenarios"
+SUITE = HERE / "testdata" / "bookinfo"
+# The suite's files and the official ones they stand for (samples/bookinfo/...).
+OFFICIAL = {
+    "platform.yaml": "platform/kube/bookinfo.yaml",
+    "gateway.yaml": "networking/bookinfo-gateway.yaml",
+    "destination-rules.yaml": "networking/destination-rule-all.yaml",
+    "routing/reviews-80-20.yaml": "networking/virtual-service-reviews-80-20.yaml",
+    "routing/reviews-end-user-v2.yaml": "networking/virtual-service-reviews-test-v2.yaml",
+    "routing/ratings-delay.yaml": "networking/virtual-service-ratings-test-delay.yaml",
+    "routing/ratings-abort.yaml": "networking/virtual-service-ratings-test-abort.yaml",
+    "routing/all-v1.yaml": "networking/virtual-service-all-v1.yaml",
+}
+
+
+def official(sc: Scenario, root: Path) -> Scenario:
+    """The scenario with every suite Bookinfo file swapped for the official one it stands for."""
+    def swap(p: Path) -> Path:
+        rel = p.resolve().relative_to(SUITE.resolve()).as_posix() if SUITE.resolve() in p.resolve().parents else None
+        return root / OFFICIAL[rel] if rel in OFFICIAL else p
+    sc = copy.deepcopy(sc)
+    assert sc.mesh is not None
+    sc.mesh.resources = [swap(p) for p in sc.mesh.resources]
+    for c in sc.cases:
+        c.apply = [swap(p) for p in c.apply]
+    return sc
+
+
+def run(sc: Scenario) -> list[testrun.CaseResult]:
+    validate(sc)
+    return testrun.run_scenario(None, sc, runners=(MESH,), validated=True)
+
+
+def _failures(results: list[testrun.CaseResult]) -> dict[str, list[str]]:
+    return {r.case: [str(m) for ms in r.failures.values() for m in ms] for r in results if not r.passed}
+
+
+def _judge_again(sc: Scenario, results: list[testrun.CaseResult], case_name: str, expect: dict) -> list:
+    """The observation of one case judged against another expectation (the negative control)."""
+    i = next(i for i, c in enumerate(sc.cases) if c.name == case_name)
+    wrong = copy.deepcopy(sc.cases[i])
+    wrong.expect = expect
+    return scenario.check(wrong, results[i].observations[MESH])
+
+
+@pytest.fixture(scope="module")
+def routing() -> tuple[Scenario, list[testrun.CaseResult]]:
+    sc = scenario.load(SCENARIOS / "bookinfo-routing.yaml")
+    root = os.environ.get("ENVOYEXT_BOOKINFO")
+    if root:
+        sc = official(sc, Path(root))
+    return sc, run(sc)
+
+
+def test_bookinfo_routing_scenario_passes(routing):
+    sc, results = routing
+    assert [r.case for r in results] == [c.name for c in sc.cases]
+    assert _failures(results) == {}
+
+
+@pytest.mark.parametrize("case_name,wrong", [
+    ("80/20 between reviews v1 and v2", {"answered_by": {"reviews-v1": 0.5, "reviews-v2": 0.5}, "tolerance": 0.08}),
+    ("end-user jason is routed to reviews v2", {"answered_by": {"reviews-v1": 1.0}, "tolerance": 0}),
+    ("jason's calls to ratings are delayed 7 s", {"min_duration_ms": 9000}),
+    ("jason's calls to ratings are aborted with 500", {"status": 200}),
+    ("with retries on 5xx, the sidecar tries 3 more times", {"retries": 2}),
+    ("a mirror sends a copy of every call to reviews v2", {"workloads": {"reviews-v2": {"called": False}}}),
+    ("once ejected, it gets no more traffic", {"workloads": {"reviews-v3": {"called": True}}}),
+])
+def test_negative_controls_fail_on_the_same_observations(routing, case_name, wrong):
+    sc, results = routing
+    assert _judge_again(sc, results, case_name, wrong), f"{case_name}: a wrong expectation passed"
+
+
+def test_circuit_breaker_overflows_with_envoys_503():
+    sc = scenario.load(SCENARIOS / "bookinfo-circuit-breaker.yaml")
+    results = run(sc)
+    assert _failures(results) == {}
+    obs = results[0].observations[MESH]
+    overflowed = [r for r in obs.responses if r.status == 503]
+    assert overflowed and all(("x-envoy-overloaded", "true") in r.headers for r in overflowed)
+    assert any(k.endswith("upstream_rq_pending_overflow") and v == len(overflowed) for k, v in obs.stats.items())
+    assert _judge_again(sc, results, "ten at once overflow the pool", {"statuses": {200: 10}})
