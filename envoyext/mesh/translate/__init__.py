@@ -33,16 +33,16 @@ class ProxyConfig:
 def translate(mesh: Mesh, *, telemetry: bool = True, xds_dir: str = "xds") -> dict[str, ProxyConfig]:
     """Every proxy's config, keyed by proxy name. Pure: the same mesh gives the same dicts.
 
-    Clusters come from `translate.cluster` and Istio's `istio.stats` filter, tracing and access
-    logs from `mesh.telemetry`, each when that module is present (they are built by other parts of
-    the work; without them the listeners and routes are complete and the chain has no stats)."""
-    from envoyext.mesh.translate import listener, route
+    Istio's `istio.stats` filter, tracing and access logs come from `mesh.telemetry` when that
+    module is present (without it the chains have no stats filter); `telemetry=False` leaves them
+    out (golden tests). `xds_dir` is where each proxy's RDS/EDS files are, relative to its Envoy's
+    working directory."""
+    from envoyext.mesh.translate import cluster, listener, route
 
-    cluster_mod = _optional("envoyext.mesh.translate.cluster")
     stats, hcm_extra = _telemetry_hooks(mesh) if telemetry else ({}, {})
     out = {}
     for proxy in mesh.proxies:
-        clusters, endpoints = cluster_mod.for_proxy(mesh, proxy) if cluster_mod else ([], [])
+        clusters, endpoints = cluster.for_proxy(mesh, proxy, xds_dir)
         out[proxy.name] = ProxyConfig(
             proxy=proxy,
             listeners=listener.for_proxy(mesh, proxy, xds_dir=xds_dir, stats=stats.get(proxy.name),

@@ -129,3 +129,32 @@ def test_envoy_accepts_every_route_feature():
     assert [("route" in r, "redirect" in r, "direct_response" in r) for r in routes] == [
         (True, False, False), (False, True, False), (False, False, True), (True, False, False)]
     validate(static_config(configs["productpage-v1-0"]))
+
+
+def referenced_clusters(config: ProxyConfig) -> set[str]:
+    """Every cluster name the proxy's listeners and routes send to."""
+    found: set[str] = set()
+
+    def walk(node: object, key: str = "") -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, k)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v, key)
+        elif key == "cluster" or (key == "name" and isinstance(node, str) and node.startswith("outbound|")):
+            found.add(str(node))
+    walk([config.listeners, config.routes])
+    return found
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=[v or "no-routing" for v in VARIANTS])
+def test_every_routed_cluster_exists(variant):
+    for name, config in translate(bookinfo(variant), telemetry=False).items():
+        missing = referenced_clusters(config) - {c["name"] for c in config.clusters}
+        assert not missing, f"{name} routes to clusters it does not have: {sorted(missing)}"
+    # negative control: the check sees a route to a cluster that is not there
+    config = translate(bookinfo("all-v1"), telemetry=False)["productpage-v1-0"]
+    config.clusters = [c for c in config.clusters if "|v1|reviews" not in c["name"]]
+    assert referenced_clusters(config) - {c["name"] for c in config.clusters} == {
+        "outbound|9080|v1|reviews.default.svc.cluster.local"}
