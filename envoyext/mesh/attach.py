@@ -21,7 +21,8 @@ def placement(mesh: Mesh, workload: str, context: istio.Context) -> istio.Placem
         raise UserError(f"no workload '{workload}' in the mesh", file="filter.yaml", field="mesh.workload",
                         fix="name one of: " + ", ".join(sorted({w.deployment for w in mesh.workloads})))
     labels = pods[0].labels
-    selector = {k: labels[k] for k in ("app", "version", "istio") if k in labels} or dict(labels)
+    keys: tuple[str, ...] = ("app", "version", "istio")
+    selector: dict[str, str] = {k: labels[k] for k in keys if k in labels} or dict(labels)
     return istio.Placement(namespace=pods[0].namespace, selector=selector, context=context)
 
 

@@ -160,7 +160,8 @@ def _gateway_port(rt: MeshRuntime, to: str | None) -> int:
     """The ingress port: the `to:` port, else the gateway's first HTTP listener (Bookinfo: 8080)."""
     if to and ":" in to:
         return int(to.rsplit(":", 1)[1])
-    return rt.gateway_port()
+    port: int = rt.gateway_port()
+    return port
 
 
 def observe(rt: MeshRuntime, case: Case, spec: MeshSpec) -> Observation:

@@ -1,0 +1,60 @@
+"""Bookinfo for the mesh tests: the suite's own copy (tests/mesh/testdata/bookinfo), or, when
+ENVOYEXT_BOOKINFO names a copy of Istio's `samples/bookinfo` (platform/kube/bookinfo.yaml and
+networking/), the official manifests, unmodified."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from envoyext.mesh.model import Mesh
+
+SUITE_BOOKINFO = Path(__file__).parent / "testdata" / "bookinfo"
+
+
+@dataclass(frozen=True)
+class Bookinfo:
+    root: Path
+    official: bool
+    platform: Path            # Services, ServiceAccounts, Deployments
+    gateway: Path             # the ingress Gateway and its VirtualService
+    destination_rules: Path   # a subset per version
+    variants: tuple[Path, ...]  # every other routing file: load one at a time (they reuse names)
+
+
+def bookinfo_files(root: Path) -> Bookinfo:
+    """The files of a Bookinfo copy, in either layout (official samples/bookinfo or the suite's)."""
+    if (root / "platform" / "kube" / "bookinfo.yaml").is_file():
+        net = root / "networking"
+        main = {net / "bookinfo-gateway.yaml", net / "destination-rule-all.yaml"}
+        return Bookinfo(root, True, root / "platform" / "kube" / "bookinfo.yaml", net / "bookinfo-gateway.yaml",
+                        net / "destination-rule-all.yaml",
+                        tuple(sorted(p for p in net.glob("*.yaml") if p not in main)))
+    return Bookinfo(root, False, root / "platform.yaml", root / "gateway.yaml", root / "destination-rules.yaml",
+                    tuple(sorted((root / "routing").glob("*.yaml"))))
+
+
+@pytest.fixture(scope="session")
+def bookinfo_dir() -> Path:
+    env = os.environ.get("ENVOYEXT_BOOKINFO")
+    if env:
+        root = Path(env)
+        assert (root / "platform" / "kube" / "bookinfo.yaml").is_file(), \
+            f"ENVOYEXT_BOOKINFO={env}: expected a copy of samples/bookinfo (platform/kube/bookinfo.yaml, networking/)"
+        return root
+    return SUITE_BOOKINFO
+
+
+@pytest.fixture(scope="session")
+def bookinfo(bookinfo_dir: Path) -> Bookinfo:
+    return bookinfo_files(bookinfo_dir)
+
+
+@pytest.fixture
+def bookinfo_mesh(bookinfo: Bookinfo) -> Mesh:
+    """Bookinfo's platform, ingress gateway and destination rules (default profile)."""
+    from envoyext.mesh import build
+    return build.load_mesh([bookinfo.platform, bookinfo.gateway, bookinfo.destination_rules])
