@@ -77,7 +77,7 @@ spec:
     _, ls = sidecar("productpage-v1", local)
     assert set(ls) == {"virtualInbound", "0.0.0.0_9080"}       # istio-system's gateway service is out of view
     _, ls = sidecar("productpage-v1", local.replace('["./*"]', '["./*", "istio-system/*"]'))
-    assert set(ls) == {"virtualInbound", "0.0.0.0_9080", "0.0.0.0_80", "0.0.0.0_443"}
+    assert set(ls) == {"virtualInbound", "0.0.0.0_9080", "0.0.0.0_80", "0.0.0.0_443", "0.0.0.0_15021"}
     only_reviews = local.replace('["./*"]', '["./reviews.default.svc.cluster.local"]')
     mesh = bookinfo(None, only_reviews)
     from envoyext.mesh.translate import route

@@ -151,7 +151,7 @@ def test_short_hosts_resolve_in_the_virtual_services_namespace():
 
 @pytest.mark.parametrize("redirect,expected", [
     ("{uri: /new}", {"path_redirect": "/new", "response_code": "MOVED_PERMANENTLY"}),
-    ("{uri: /new, prefixRewrite: /p, redirectCode: 302}", {"prefix_rewrite": "/p", "response_code": "FOUND"}),
+    ("{uri: /new, redirectCode: 302}", {"path_redirect": "/new", "response_code": "FOUND"}),
     ("{authority: b.com, scheme: https, port: 443}", {"host_redirect": "b.com", "scheme_redirect": "https",
                                                        "response_code": "MOVED_PERMANENTLY"}),
     ("{uri: /n, port: 8443, redirectCode: 308}", {"path_redirect": "/n", "port_redirect": 8443,
@@ -164,6 +164,13 @@ def test_redirect(redirect, expected):
     r = one(f"  - redirect: {redirect}")
     assert r["redirect"] == expected
     assert "route" not in r
+
+
+def test_redirect_prefix_rewrite_wins_over_uri():
+    # prefixRewrite is newer than the shipped 1.30 CRD, so it is checked on the function itself
+    ctx = route.Context(bookinfo(), bookinfo().proxy("productpage-v1"), 9080, gateway=None)
+    assert route.translate_redirect(ctx, {"uri": "/new", "prefixRewrite": "/p", "redirectCode": 303}) == {
+        "prefix_rewrite": "/p", "response_code": "SEE_OTHER"}
 
 
 def test_redirect_with_an_unsupported_code_gives_no_route():
