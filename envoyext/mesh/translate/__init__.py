@@ -7,9 +7,13 @@ as a post-pass, the way istiod applies EnvoyFilters after generating.
 
 from __future__ import annotations
 
+import functools
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from envoyext.mesh.model import Json, Proxy
+from envoyext.mesh.model import Json, Mesh, Proxy
 
 
 @dataclass
@@ -24,3 +28,57 @@ class ProxyConfig:
     clusters: list[Json] = field(default_factory=list)
     routes: list[Json] = field(default_factory=list)
     endpoints: list[Json] = field(default_factory=list)
+
+
+def translate(mesh: Mesh, *, telemetry: bool = True, xds_dir: str = "xds") -> dict[str, ProxyConfig]:
+    """Every proxy's config, keyed by proxy name. Pure: the same mesh gives the same dicts.
+
+    Istio's `istio.stats` filter, tracing and access logs come from `mesh.telemetry` when that
+    module is present (without it the chains have no stats filter); `telemetry=False` leaves them
+    out (golden tests). `xds_dir` is where each proxy's RDS/EDS files are, relative to its Envoy's
+    working directory."""
+    from envoyext.mesh.translate import cluster, listener, route
+
+    stats, hcm_extra = _telemetry_hooks(mesh) if telemetry else ({}, {})
+    out = {}
+    for proxy in mesh.proxies:
+        clusters, endpoints = cluster.for_proxy(mesh, proxy, xds_dir)
+        out[proxy.name] = ProxyConfig(
+            proxy=proxy,
+            listeners=listener.for_proxy(mesh, proxy, xds_dir=xds_dir, stats=stats.get(proxy.name),
+                                         hcm_extra=hcm_extra.get(proxy.name)),
+            clusters=list(clusters), routes=route.for_proxy(mesh, proxy), endpoints=list(endpoints))
+    return out
+
+
+def _optional(module: str) -> Any:
+    """A module another part of the work provides, or None while it is not there yet."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name != module:
+            raise
+        return None
+
+
+def _telemetry_hooks(mesh: Mesh) -> tuple[dict[str, Callable[[str], Json]], dict[str, Json]]:
+    """Per proxy: the `istio.stats` filter builder (by reporter) and the HCM fields (tracing,
+    access_log) the telemetry module gives, if it exists."""
+    telemetry = _optional("envoyext.mesh.telemetry")
+    if telemetry is None:
+        return {}, {}
+    stats: dict[str, Callable[[str], Json]] = {}
+    extra: dict[str, Json] = {}
+    for proxy in mesh.proxies:
+        if hasattr(telemetry, "stats_filter"):
+            stats[proxy.name] = functools.partial(telemetry.stats_filter, mesh, proxy)
+        fields: Json = {}
+        tracing = telemetry.tracing(mesh, proxy) if hasattr(telemetry, "tracing") else None
+        if tracing:
+            fields["tracing"] = tracing
+        if hasattr(telemetry, "access_log"):
+            logs = telemetry.access_log(mesh)
+            if logs:
+                fields["access_log"] = logs
+        extra[proxy.name] = fields
+    return stats, extra

@@ -1,0 +1,175 @@
+"""What one proxy sees and which configuration applies to it: Istio's sidecar scope, in small pure
+lookups shared by the listener, route (and cluster) translators.
+
+Hosts are compared as Istio compares them: a name without a dot is a short name, resolved in the
+namespace of the resource that wrote it (`reviews` in a VirtualService of `default` is
+`reviews.default.svc.cluster.local`); anything with a dot is taken as written; `*` and `*.suffix`
+are wildcards (pilot `ResolveShortnameToFQDN`, `host.Name.Matches`).
+"""
+
+from __future__ import annotations
+
+from envoyext.mesh.model import CLUSTER_DOMAIN, ROOT_NAMESPACE, Json, Mesh, Proxy, Resource, Service, selects
+
+HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC", "GRPC-WEB"})
+
+
+def resolve_host(host: str, namespace: str) -> str:
+    """A host as written in a resource of `namespace`, as an FQDN (or wildcard)."""
+    if host == "*" or "." in host:
+        return host
+    return f"{host}.{namespace}.svc.{CLUSTER_DOMAIN}"
+
+
+def host_matches(pattern: str, host: str) -> bool:
+    """Does `pattern` (exact, `*`, or `*.suffix`) cover `host`? A wildcard host is covered by a
+    wider or equal wildcard."""
+    if pattern == "*" or pattern == host:
+        return True
+    if pattern.startswith("*."):
+        suffix = pattern[1:]                       # ".example.com"
+        return host.endswith(suffix) and (not host.startswith("*") or host[1:].endswith(suffix))
+    return False
+
+
+def hosts_intersect(a: str, b: str) -> str | None:
+    """The more specific of two hosts when one covers the other (a gateway server host and a
+    VirtualService host), else None."""
+    if host_matches(a, b):
+        return b
+    if host_matches(b, a):
+        return a
+    return None
+
+
+def _exported(export_to: list[str] | tuple[str, ...], owner_ns: str, viewer_ns: str) -> bool:
+    """Istio's exportTo: `*` everyone, `.` the owner's namespace, `~` nobody, else named namespaces."""
+    targets = list(export_to) or ["*"]
+    return "*" in targets or viewer_ns in targets or ("." in targets and owner_ns == viewer_ns)
+
+
+def sidecar_resource(mesh: Mesh, proxy: Proxy) -> Resource | None:
+    """The Sidecar resource that applies to a sidecar proxy: one in its namespace whose
+    workloadSelector selects it, else its namespace's selector-less one, else the root namespace's."""
+    ns = [r for r in mesh.sidecars if r.namespace == proxy.namespace]
+    for r in ns:
+        labels = (r.spec.get("workloadSelector") or {}).get("labels")
+        if labels and selects(labels, proxy.labels):
+            return r
+    for r in ns:
+        if not (r.spec.get("workloadSelector") or {}).get("labels"):
+            return r
+    return next((r for r in mesh.sidecars if r.namespace == ROOT_NAMESPACE
+                 and not (r.spec.get("workloadSelector") or {}).get("labels")), None)
+
+
+def _egress_hosts(mesh: Mesh, proxy: Proxy) -> list[tuple[str, str]] | None:
+    """(namespace, dnsName) pairs of the Sidecar's egress hosts; None = everything is in view."""
+    if proxy.kind != "sidecar":
+        return None
+    sidecar = sidecar_resource(mesh, proxy)
+    if sidecar is None or not sidecar.spec.get("egress"):
+        return None
+    out = []
+    for egress in sidecar.spec["egress"]:
+        for h in egress.get("hosts", []):
+            ns, _, dns = h.partition("/")
+            out.append((sidecar.namespace if ns == "." else ns, dns))
+    return out
+
+
+def _egress_allows(egress: list[tuple[str, str]] | None, namespace: str, host: str) -> bool:
+    if egress is None:
+        return True
+    return any(ns != "~" and (ns == "*" or ns == namespace) and host_matches(dns, host) for ns, dns in egress)
+
+
+def services_in_view(mesh: Mesh, proxy: Proxy) -> list[Service]:
+    """The services a proxy knows: exported to its namespace and, for a sidecar, allowed by its
+    Sidecar resource's egress hosts (`./*`, `istio-system/*`, `*/reviews.default.svc.cluster.local`)."""
+    egress = _egress_hosts(mesh, proxy)
+    return [s for s in mesh.services
+            if _exported(s.export_to, s.namespace, proxy.namespace)
+            and _egress_allows(egress, s.namespace, s.hostname)]
+
+
+def http_ports(service: Service) -> list[int]:
+    return [p.port for p in service.ports if p.protocol.upper() in HTTP_PROTOCOLS]
+
+
+def gateways_for(mesh: Mesh, proxy: Proxy) -> list[Resource]:
+    """Gateway resources whose selector picks this gateway proxy (in any namespace, Istio's default)."""
+    if proxy.kind != "router":
+        return []
+    return [g for g in mesh.gateways if g.spec.get("selector") and selects(g.spec["selector"], proxy.labels)]
+
+
+def gateway_ref(ref: str, vs_namespace: str) -> str:
+    """A VirtualService's `gateways` entry as `ns/name` (a bare name is in the VirtualService's namespace)."""
+    return ref if "/" in ref or ref == "mesh" else f"{vs_namespace}/{ref}"
+
+
+def binds_to_mesh(vs: Resource) -> bool:
+    gateways = vs.spec.get("gateways") or []
+    return not gateways or "mesh" in gateways
+
+
+def binds_to_gateway(vs: Resource, gateway: Resource) -> bool:
+    refs = [gateway_ref(g, vs.namespace) for g in vs.spec.get("gateways") or []]
+    return f"{gateway.namespace}/{gateway.name}" in refs
+
+
+def vs_hosts(vs: Resource) -> list[str]:
+    return [resolve_host(h, vs.namespace) for h in vs.spec.get("hosts", [])]
+
+
+def virtual_services_for_mesh(mesh: Mesh, proxy: Proxy) -> list[Resource]:
+    """VirtualServices that apply to a sidecar: bound to `mesh`, exported to its namespace, and in a
+    namespace its Sidecar resource's egress hosts name. Load order (Istio: creation time)."""
+    egress = _egress_hosts(mesh, proxy)
+    return [vs for vs in mesh.virtual_services
+            if binds_to_mesh(vs)
+            and _exported(vs.spec.get("exportTo") or ["*"], vs.namespace, proxy.namespace)
+            and (egress is None or any(ns == "*" or ns == vs.namespace for ns, _ in egress))]
+
+
+def virtual_service_for_host(vses: list[Resource], fqdn: str) -> Resource | None:
+    """The VirtualService that routes `fqdn` on a sidecar: the first whose hosts cover it (exact
+    host before wildcard, as Istio picks the most specific)."""
+    exact = [vs for vs in vses if fqdn in vs_hosts(vs)]
+    if exact:
+        return exact[0]
+    return next((vs for vs in vses if any(host_matches(h, fqdn) for h in vs_hosts(vs))), None)
+
+
+def destination_rule(mesh: Mesh, fqdn: str, proxy_namespace: str) -> Resource | None:
+    """The DestinationRule for a host, as Istio picks it: the proxy's namespace, then the host's
+    own namespace, then the root namespace; within each, an exact host before a wildcard."""
+    service_ns = fqdn.split(".")[1] if fqdn.endswith(f".svc.{CLUSTER_DOMAIN}") else None
+    for ns in dict.fromkeys([proxy_namespace, service_ns, ROOT_NAMESPACE]):
+        if ns is None:
+            continue
+        rules = [r for r in mesh.destination_rules if r.namespace == ns
+                 and _exported(r.spec.get("exportTo") or ["*"], r.namespace, proxy_namespace)]
+        exact = [r for r in rules if resolve_host(r.spec.get("host", ""), r.namespace) == fqdn]
+        if exact:
+            return exact[0]
+        wild = [r for r in rules if host_matches(resolve_host(r.spec.get("host", ""), r.namespace), fqdn)]
+        if wild:
+            return wild[0]
+    return None
+
+
+def traffic_policy(rule: Resource | None, subset: str, port: int) -> Json:
+    """The DestinationRule's effective traffic policy for a subset and port: the subset's policy
+    over the top-level one, then the port-level settings for `port` (Istio `MergeSubsetTrafficPolicy`)."""
+    if rule is None:
+        return {}
+    policy: Json = dict(rule.spec.get("trafficPolicy") or {})
+    for s in rule.spec.get("subsets") or []:
+        if s.get("name") == subset and s.get("trafficPolicy"):
+            policy.update(s["trafficPolicy"])
+    for level in policy.get("portLevelSettings") or []:
+        if (level.get("port") or {}).get("number") == port:
+            policy.update({k: v for k, v in level.items() if k != "port"})
+    return policy
