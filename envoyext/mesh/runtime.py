@@ -63,7 +63,7 @@ _live_lock = threading.Lock()
 
 def _default_translate(mesh: Mesh) -> dict[str, ProxyConfig]:
     from envoyext.mesh import translate
-    result: dict[str, ProxyConfig] = translate.translate(mesh)  # type: ignore[attr-defined]
+    result: dict[str, ProxyConfig] = translate.translate(mesh)
     return result
 
 

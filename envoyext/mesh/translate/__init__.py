@@ -30,24 +30,33 @@ class ProxyConfig:
     endpoints: list[Json] = field(default_factory=list)
 
 
-def translate(mesh: Mesh, *, telemetry: bool = True, xds_dir: str = "xds") -> dict[str, ProxyConfig]:
+def translate(mesh: Mesh, *, telemetry: bool = True, xds_dir: str = "xds", only: list[str] | None = None,
+              fetch: Callable[[str, str | None], Any] | None = None) -> dict[str, ProxyConfig]:
     """Every proxy's config, keyed by proxy name. Pure: the same mesh gives the same dicts.
 
     Istio's `istio.stats` filter, tracing and access logs come from `mesh.telemetry` when that
     module is present (without it the chains have no stats filter); `telemetry=False` leaves them
     out (golden tests). `xds_dir` is where each proxy's RDS/EDS files are, relative to its Envoy's
-    working directory."""
-    from envoyext.mesh.translate import cluster, listener, route
+    working directory. `only`: just these proxies (by name). `fetch` gets a WasmPlugin's module
+    from an oci:// or http(s):// url (see extensions.apply).
+
+    Then the post-passes, in Istio's order: WasmPlugins placed in the chains as they are built,
+    EnvoyFilters patched over the result."""
+    from envoyext.mesh.translate import cluster, envoyfilter, extensions, listener, route
 
     stats, hcm_extra = _telemetry_hooks(mesh) if telemetry else ({}, {})
     out = {}
     for proxy in mesh.proxies:
+        if only is not None and proxy.name not in only:
+            continue
         clusters, endpoints = cluster.for_proxy(mesh, proxy, xds_dir)
-        out[proxy.name] = ProxyConfig(
+        config = ProxyConfig(
             proxy=proxy,
             listeners=listener.for_proxy(mesh, proxy, xds_dir=xds_dir, stats=stats.get(proxy.name),
                                          hcm_extra=hcm_extra.get(proxy.name)),
             clusters=list(clusters), routes=route.for_proxy(mesh, proxy), endpoints=list(endpoints))
+        config = extensions.apply(mesh, config, fetch)
+        out[proxy.name] = envoyfilter.apply(mesh, config)
     return out
 
 

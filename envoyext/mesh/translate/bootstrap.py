@@ -54,13 +54,28 @@ def _admin_listener(name: str, ip: str, port: int, stat_prefix: str, prefix: str
     return xds.http_listener(name, (ip, port), hcm)
 
 
-def for_proxy(mesh: Mesh, proxy: Proxy, xds_dir: str, *, stats_config: Json | None = None) -> Json:
-    """The bootstrap for one proxy whose xDS files live in `xds_dir` (absolute): `lds.yaml`,
-    `cds.yaml` there, RDS and EDS files below it. `stats_config` (tag extraction, inclusion
-    list) is the telemetry translation's to give; without it Envoy's defaults apply."""
+def for_proxy(mesh: Mesh, proxy: Proxy, xds_dir: str, *, stats_config: Json | None = None,
+              telemetry: bool = True) -> Json:
+    """The bootstrap for one proxy whose xDS files live in `xds_dir` (relative to Envoy's working
+    directory, or absolute): `lds.yaml`, `cds.yaml` there, RDS and EDS files below it.
+    With `telemetry`, the stats tags that turn `istio.stats` names into Istio's labels, the
+    `zipkin` cluster the connection managers' tracing reports to (the mesh run's collector) and a
+    1 s stats flush; `stats_config` replaces the tags."""
+    from envoyext.mesh import telemetry as telemetry_mod
+    from envoyext.mesh import zipkin
     ip = proxy.workload.ip
     node = {**xds.node(proxy.node_id, proxy.node_cluster), "metadata": node_metadata(mesh, proxy)}
     extra: Json = {}
+    clusters = [xds.static_cluster(PROMETHEUS_CLUSTER, [(ip, ADMIN_PORT)], connect_timeout="0.250s")]
+    runtime_flags: Json = {"overload.global_downstream_max_connections": 2147483647}
+    if telemetry:
+        stats_config = stats_config if stats_config is not None else telemetry_mod.stats_config()
+        # Istio flushes every 5 s; histograms reach /stats/prometheus only at a flush, and a test
+        # scrapes right after its requests.
+        extra["stats_flush_interval"] = "1s"
+        clusters.append(telemetry_mod.zipkin_cluster(*zipkin.collector_address(mesh.plan)))
+        # Envoy batches 5 spans per report by default; a test reads a request's spans right after it.
+        runtime_flags["tracing.zipkin.min_flush_spans"] = 1
     if stats_config is not None:
         extra["stats_config"] = stats_config
     config = xds.bootstrap(
@@ -69,12 +84,12 @@ def for_proxy(mesh: Mesh, proxy: Proxy, xds_dir: str, *, stats_config: Json | No
             _admin_listener(f"0.0.0.0_{PROMETHEUS_PORT}", ip, PROMETHEUS_PORT, "stats", "/stats/prometheus"),
             _admin_listener(f"0.0.0.0_{HEALTH_PORT}", ip, HEALTH_PORT, "agent", "/healthz/ready", "/ready"),
         ],
-        clusters=[xds.static_cluster(PROMETHEUS_CLUSTER, [(ip, ADMIN_PORT)], connect_timeout="0.250s")],
+        clusters=clusters,
         dynamic_resources={"lds_config": _file_source(posixpath.join(xds_dir, "lds.yaml"), xds_dir),
                            "cds_config": _file_source(posixpath.join(xds_dir, "cds.yaml"), xds_dir)},
         layered_runtime={"layers": [
             # Istio's static runtime flags that matter here: no global connection limit warning.
-            {"name": "global config", "static_layer": {"overload.global_downstream_max_connections": 2147483647}},
+            {"name": "global config", "static_layer": runtime_flags},
             {"name": "admin", "admin_layer": {}},
         ]},
         **extra,
