@@ -144,7 +144,11 @@ def _check_mesh(e: Expectation, obs: Observation) -> list[Mismatch]:
         for r in obs.responses:
             got[str(r.status)] = got.get(str(r.status), 0) + 1
         for status, n in e["statuses"].items():
-            if got.get(str(status), 0) != n:
+            have = got.get(str(status), 0)
+            if isinstance(n, dict):
+                if have < n.get("min", 0) or have > n.get("max", have):
+                    out.append(Mismatch(f"statuses.{status}", f"{n.get('min', 0)}..{n.get('max', '')}", got))
+            elif have != n:
                 out.append(Mismatch(f"statuses.{status}", n, got))
     for name, want in (e.get("workloads") or {}).items():
         out += _check_received(f"workloads.{name}", want, obs.workloads.get(name, []))

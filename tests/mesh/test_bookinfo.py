@@ -101,5 +101,7 @@ def test_circuit_breaker_overflows_with_envoys_503():
     obs = results[0].observations[MESH]
     overflowed = [r for r in obs.responses if r.status == 503]
     assert overflowed and all(("x-envoy-overloaded", "true") in r.headers for r in overflowed)
+    # Every 503 is the sidecar's overflow, and ratings got exactly the calls that were answered.
     assert any(k.endswith("upstream_rq_pending_overflow") and v == len(overflowed) for k, v in obs.stats.items())
+    assert len(obs.workloads["ratings-v1"]) == len(obs.responses) - len(overflowed)
     assert _judge_again(sc, results, "ten at once overflow the pool", {"statuses": {200: 10}})

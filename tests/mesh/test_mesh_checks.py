@@ -48,6 +48,9 @@ def test_statuses_are_counted_over_every_repeat():
     obs = _obs(responses=[Response(200, [])] * 2 + [Response(503, [])] * 8)
     assert scenario.check(_case({"statuses": {200: 2, 503: 8}}), obs) == []
     assert scenario.check(_case({"statuses": {200: 10}}), obs)
+    assert scenario.check(_case({"statuses": {200: {"min": 2, "max": 3}, 503: {"min": 7}}}), obs) == []
+    assert scenario.check(_case({"statuses": {503: {"max": 7}}}), obs)
+    assert scenario.check(_case({"statuses": {200: {"min": 3}}}), obs)
 
 
 def test_workloads_received_and_retries_and_duration():
