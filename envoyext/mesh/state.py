@@ -66,27 +66,29 @@ def apply(workdir: Path, files: list[Path]) -> str:
         delivery.write(config, workdir / name / XDS_DIR, version=version)
     doc["applied"] += [str(f.resolve()) for f in files]
     _write(workdir, doc)
-    wait_delivered(mesh, version)
+    wait_delivered(mesh, workdir)
     return version
 
 
-def wait_delivered(mesh: Any, version: str, timeout: float = APPLY_TIMEOUT_S) -> None:
-    """Wait until every proxy's listeners and clusters carry `version` (admin /config_dump)."""
+def wait_delivered(mesh: Any, workdir: Path, timeout: float = APPLY_TIMEOUT_S) -> None:
+    """Wait until every proxy reports the versions its files now hold (admin /config_dump)."""
     from envoyext.envoy.admin import Admin
+    from envoyext.mesh import delivery
     deadline = time.monotonic() + timeout
     pending = {p.name: Admin(f"http://{p.workload.ip}:15000") for p in mesh.proxies}
+    behind: dict[str, list[str]] = {}
     while pending:
         for name, admin in list(pending.items()):
             try:
-                dump = admin.config_dump()
+                reported = delivery.reported_versions(admin.config_dump())
             except OSError:
                 continue
-            versions = {c.get("version_info") for c in dump.get("configs", [])
-                        if c.get("@type", "").endswith(("ListenersConfigDump", "ClustersConfigDump"))}
-            if versions == {version}:
+            behind[name] = delivery.caught_up(delivery.expected_versions(workdir / name / XDS_DIR), reported)
+            if not behind[name]:
                 del pending[name]
         if pending and time.monotonic() > deadline:
-            raise UserError(f"proxies did not take config version {version} within {timeout:.0f} s: "
-                            + ", ".join(sorted(pending)), fix="see each proxy's log in the mesh work directory")
+            raise UserError(f"proxies did not take the new config within {timeout:.0f} s: "
+                            + "; ".join(f"{n} ({', '.join(behind.get(n, []))})" for n in sorted(pending)),
+                            fix="see each proxy's envoy.log in the mesh work directory")
         if pending:
             time.sleep(0.1)

@@ -31,13 +31,16 @@ class ProxyConfig:
 
 
 def translate(mesh: Mesh, *, telemetry: bool = True, xds_dir: str = "xds", only: list[str] | None = None,
-              fetch: Callable[[str, str | None], Any] | None = None) -> dict[str, ProxyConfig]:
+              fetch: Callable[[str, str | None], Any] | None = None, eds: bool = False) -> dict[str, ProxyConfig]:
     """Every proxy's config, keyed by proxy name. Pure: the same mesh gives the same dicts.
 
     Istio's `istio.stats` filter, tracing and access logs come from `mesh.telemetry` when that
     module is present (without it the chains have no stats filter); `telemetry=False` leaves them
     out (golden tests). `xds_dir` is where each proxy's RDS/EDS files are, relative to its Envoy's
-    working directory. `only`: just these proxies (by name). `fetch` gets a WasmPlugin's module
+    working directory. `only`: just these proxies (by name). `eds`: endpoints in EDS files, one
+    per cluster, as istiod serves them; by default they are folded into their clusters instead
+    (STATIC, same names and endpoints), because Envoy opens one inotify instance per watched file
+    and Linux allows 128 per user: the EDS files of a Bookinfo-sized mesh already exceed that. `fetch` gets a WasmPlugin's module
     from an oci:// or http(s):// url (see extensions.apply).
 
     Then the post-passes, in Istio's order: WasmPlugins placed in the chains as they are built,
@@ -55,9 +58,25 @@ def translate(mesh: Mesh, *, telemetry: bool = True, xds_dir: str = "xds", only:
             listeners=listener.for_proxy(mesh, proxy, xds_dir=xds_dir, stats=stats.get(proxy.name),
                                          hcm_extra=hcm_extra.get(proxy.name)),
             clusters=list(clusters), routes=route.for_proxy(mesh, proxy), endpoints=list(endpoints))
+        if not eds:
+            config = inline_endpoints(config)
         config = extensions.apply(mesh, config, fetch)
         out[proxy.name] = envoyfilter.apply(mesh, config)
     return out
+
+
+def inline_endpoints(config: ProxyConfig) -> ProxyConfig:
+    """`config` with each EDS cluster's endpoints put into the cluster (type STATIC)."""
+    assignments = {e["cluster_name"]: e for e in config.endpoints}
+    clusters = []
+    for c in config.clusters:
+        if c.get("type") == "EDS":
+            c = {k: v for k, v in c.items() if k != "eds_cluster_config"}
+            c["type"] = "STATIC"
+            c["load_assignment"] = assignments.get(c["name"], {"cluster_name": c["name"], "endpoints": []})
+        clusters.append(c)
+    return ProxyConfig(proxy=config.proxy, listeners=config.listeners, clusters=clusters, routes=config.routes,
+                       endpoints=[])
 
 
 def _optional(module: str) -> Any:
