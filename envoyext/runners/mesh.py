@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from envoyext import prometheus
 from envoyext.errors import UserError
 from envoyext.mesh import traffic
 from envoyext.mesh.model import Mesh, Proxy, Resource
@@ -182,6 +183,7 @@ def observe(rt: MeshRuntime, case: Case, spec: MeshSpec) -> Observation:
     for url in apps.values():
         traffic.forget_received(url)
     stats_before = {p.name: rt.admin(p.name).stats() for p in mesh.proxies}
+    series_before = _scrape(rt, mesh) if "prometheus" in case.expect else None
     rq = _request(case, source, to)
 
     def one(_: int) -> traffic.Sent:
@@ -210,9 +212,30 @@ def observe(rt: MeshRuntime, case: Case, spec: MeshSpec) -> Observation:
             obs.stats = delta
         elif delta:
             obs.other_stats[p.name] = delta
+    if series_before is not None:
+        obs.prometheus = prometheus.delta(series_before, _scrape(rt, mesh, settle=True))
     if "trace" in case.expect:
         obs.spans = _spans(rt, obs.response, case.expect["trace"].get("min_spans", 1))
     return obs
+
+
+def _scrape(rt: MeshRuntime, mesh: Mesh, settle: bool = False) -> prometheus.Series:
+    """Every proxy's /stats/prometheus series, added up: Istio's metrics carry their reporter and
+    workloads as labels, so an expectation names the proxy's side by its labels."""
+    def once() -> prometheus.Series:
+        total: prometheus.Series = {}
+        for p in mesh.proxies:
+            for key, value in prometheus.parse(rt.admin(p.name).prometheus()).items():
+                total[key] = total.get(key, 0) + value
+        return total
+    current = once()
+    deadline = time.monotonic() + 3.0
+    while settle and time.monotonic() < deadline:  # the filters record at stream end, a moment later
+        time.sleep(0.2)
+        previous, current = current, once()
+        if current == previous:
+            break
+    return current
 
 
 def _spans(rt: MeshRuntime, response: Response | None, count: int) -> list[dict[str, Any]]:

@@ -105,3 +105,17 @@ def test_circuit_breaker_overflows_with_envoys_503():
     assert any(k.endswith("upstream_rq_pending_overflow") and v == len(overflowed) for k, v in obs.stats.items())
     assert len(obs.workloads["ratings-v1"]) == len(obs.responses) - len(overflowed)
     assert _judge_again(sc, results, "ten at once overflow the pool", {"statuses": {200: 10}})
+
+
+def test_telemetry_metrics_and_trace_across_gateway_and_sidecars():
+    sc = scenario.load(SCENARIOS / "bookinfo-telemetry.yaml")
+    results = run(sc)
+    assert _failures(results) == {}
+    obs = results[0].observations[MESH]
+    assert obs.spans and len({s["traceId"] for s in obs.spans}) == 1  # one trace, not three
+    name = sc.cases[0].name
+    wrong_workload = {"prometheus": {"istio_requests_total": [
+        {"labels": {"reporter": "source", "source_workload": "productpage-v1", "destination_workload": "reviews-v2"},
+         "value": 1}]}}
+    assert _judge_again(sc, results, name, wrong_workload)
+    assert _judge_again(sc, results, name, {"trace": {"services": ["ratings.default"]}})
