@@ -2,9 +2,10 @@
 
 When the filter's sources change, it is rebuilt and the resource that attaches it (the one
 `publish` emits) is re-translated and delivered through the same watched files as `mesh apply`:
-the Envoys swap in the new filter by a listener update, so the next request runs the new code and
-connections in flight finish on the old one. A build that fails is reported and the running
-filter stays.
+the Envoys swap in the new filter by a listener update (no restart). New connections run the new
+code; a connection already open (a peer proxy's pooled one) is drained the way Istio's proxies
+drain (--drain-strategy immediate): its next response is still the old code's and closes it. A build that
+fails is reported and the running filter stays.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ class FilterWatcher:
             self.project = proj.load(self.project.root)
             artifact = proj.build(self.project)
             resources = with_filter(self.project, artifact, self.base, self.rt.workdir / "modules")
+            assert self.rt.mesh is not None, "the watcher polls a started runtime"
             self.rt.apply(build(resources, self.rt.mesh.plan.base))
         except UserError as e:
             self.echo(f"watch: not swapped: {e.one_line()}")
