@@ -284,22 +284,39 @@ def test_negative_control_a_subset_with_no_endpoints_is_counted_as_loss(bookinfo
 
 
 # --- 2. mesh up --watch: a filter swapped under traffic -----------------------------------------
-LUA_HEADER = "x-nl-watch"
+HEADER = "x-nl-watch"
 WORKERS = 2  # each Envoy's --concurrency (envoyext.envoy.process.EnvoyProcess): one upstream pool per worker
 
 
-def lua_project(tmp_path: Path) -> Path:
-    """`envoyext new blank` (Lua), its response header made ours, attached to productpage's sidecar."""
+@dataclass
+class WatchedProject:
+    root: Path
+    source: Path        # the file the test edits
+    new: tuple[str, str]     # (old text, new text): the edit that makes the filter add "new"
+    broken: str         # appended: a source that does not build
+
+
+def filter_project(tmp_path: Path, lang: str) -> WatchedProject:
+    """`envoyext new blank` in `lang`, adding the response header HEADER: "old", attached to
+    productpage's sidecar (inbound) by filter.yaml's mesh block."""
     root = tmp_path / "nl-watch"
-    r = run_cli("new", "blank", "nl-watch", "--lang", "lua", "--dir", root)
+    r = run_cli("new", "blank", "nl-watch", "--lang", lang, "--dir", root)
     assert r.returncode == 0, r.stderr
-    lua = root / "filter.lua"
-    lua.write_text(lua.read_text().replace('add("x-nl-watch", "hello")', f'add("{LUA_HEADER}", "old")'))
-    assert f'"{LUA_HEADER}", "old"' in lua.read_text()
     files = ", ".join(str(f) for f in [*BASE_FILES, ROUTING / "all-v1.yaml"])
-    with (root / "filter.yaml").open("a") as f:
-        f.write(f"mesh: {{resources: [{files}], workload: productpage-v1}}\n")
-    return root
+    yaml_file = root / "filter.yaml"
+    text = yaml_file.read_text() + f"mesh: {{resources: [{files}], workload: productpage-v1}}\n"
+    if lang == "lua":
+        source = root / "filter.lua"
+        source.write_text(source.read_text().replace('add("x-nl-watch", "hello")', f'add("{HEADER}", "old")'))
+        project = WatchedProject(root, source, ('"old"', '"new"'), "\nfunction broken(\n")
+    else:  # C: the value comes from the config; the edit makes the code add its own
+        text = text.replace("value: hello}", "value: old}")
+        assert f"config: {{header: {HEADER}, value: old}}" in text
+        source = root / "filter.c"
+        project = WatchedProject(root, source, ("c->header, c->value)", 'c->header, "new")'), "\nint broken(\n")
+    assert project.new[0] in source.read_text() and f"{HEADER}" in source.read_text() + text
+    yaml_file.write_text(text)
+    return project
 
 
 def swap_problems(answers: list[Answer], before: str, after: str) -> list[str]:
@@ -307,7 +324,7 @@ def swap_problems(answers: list[Answer], before: str, after: str) -> list[str]:
     while a broken edit was refused)"."""
     problems = []
     for a in answers:
-        value = a.headers.get(LUA_HEADER)
+        value = a.headers.get(HEADER)
         if a.phase == "old" and value != before:
             problems.append(f"{a.sender} before the swap: {value}")
         if a.phase == "broken source" and value != after:
@@ -316,16 +333,17 @@ def swap_problems(answers: list[Answer], before: str, after: str) -> list[str]:
     # request on the old filter chain, then closes (Istio's --drain-strategy immediate); new
     # connections run the new filter. So per sender at most one old answer per Envoy worker.
     for sender in ("gateway", "details-v1"):
-        values = [a.headers.get(LUA_HEADER) for a in answers if a.phase == "new" and a.sender == sender]
+        values = [a.headers.get(HEADER) for a in answers if a.phase == "new" and a.sender == sender]
         if not values or len([v for v in values if v != after]) > WORKERS:
             problems.append(f"{sender} after the swap: {values}")
     return problems
 
 
-def test_watch_swaps_a_lua_filter_under_traffic_without_restart_or_loss(tmp_path):
-    project = lua_project(tmp_path)
-    lua = project / "filter.lua"
-    up = mesh_up(tmp_path / "mesh", [*BASE_FILES, ROUTING / "all-v1.yaml"], "--watch", project)
+@pytest.mark.parametrize("lang", ["lua", "c"])
+def test_watch_swaps_a_filter_under_traffic_without_restart_or_loss(tmp_path, lang):
+    project = filter_project(tmp_path, lang)
+    src = project.source
+    up = mesh_up(tmp_path / "mesh", [*BASE_FILES, ROUTING / "all-v1.yaml"], "--watch", project.root)
     try:
         pids = envoy_pids()
         assert pids, "mesh up started no Envoy we can see"
@@ -336,13 +354,13 @@ def test_watch_swaps_a_lua_filter_under_traffic_without_restart_or_loss(tmp_path
             t.wait_answers("old", 30, "details-v1")
 
             def edit() -> None:
-                lua.write_text(lua.read_text().replace('"old"', '"new"'))
+                src.write_text(src.read_text().replace(*project.new))
                 up.wait_for("watch: nl-watch rebuilt and swapped")
             t.change("new", edit)
             t.wait_answers("new", 30, "details-v1")
 
             def break_it() -> None:
-                lua.write_text(lua.read_text() + "\nfunction broken(\n")
+                src.write_text(src.read_text() + project.broken)
                 up.wait_for("watch: not swapped")
             t.change("broken source", break_it)
             t.wait_answers("broken source", 30, "details-v1")
@@ -355,5 +373,5 @@ def test_watch_swaps_a_lua_filter_under_traffic_without_restart_or_loss(tmp_path
     # Negative control: the same check, told the values the other way round, fails.
     assert swap_problems(answers, "new", "old")
     # In flight during the swap: each answer ran one filter or the other, never none.
-    assert {a.headers.get(LUA_HEADER) for a in answers} <= {"old", "new"}
-    assert "filter.lua" in next(line for line in out.splitlines() if "not swapped" in line)
+    assert {a.headers.get(HEADER) for a in answers} <= {"old", "new"}
+    assert src.name in next(line for line in out.splitlines() if "not swapped" in line)
