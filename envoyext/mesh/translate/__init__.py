@@ -40,8 +40,8 @@ def translate(mesh: Mesh, *, telemetry: bool = True, xds_dir: str = "xds", only:
     working directory. `only`: just these proxies (by name). `eds`: endpoints in EDS files, one
     per cluster, as istiod serves them; by default they are folded into their clusters instead
     (STATIC, same names and endpoints), because Envoy opens one inotify instance per watched file
-    and Linux allows 128 per user: the EDS files of a Bookinfo-sized mesh already exceed that. `fetch` gets a WasmPlugin's module
-    from an oci:// or http(s):// url (see extensions.apply).
+    and Linux allows 128 per user: the EDS files of a Bookinfo-sized mesh already exceed that.
+    `fetch` gets a WasmPlugin's module from an oci:// or http(s):// url (see extensions.apply).
 
     Then the post-passes, in Istio's order: WasmPlugins placed in the chains as they are built,
     EnvoyFilters patched over the result."""
