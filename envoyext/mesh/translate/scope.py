@@ -149,15 +149,25 @@ def destination_rule(mesh: Mesh, fqdn: str, proxy_namespace: str) -> Resource | 
     for ns in dict.fromkeys([proxy_namespace, service_ns, ROOT_NAMESPACE]):
         if ns is None:
             continue
-        rules = [r for r in mesh.destination_rules if r.namespace == ns
-                 and _exported(r.spec.get("exportTo") or ["*"], r.namespace, proxy_namespace)]
-        exact = [r for r in rules if resolve_host(r.spec.get("host", ""), r.namespace) == fqdn]
+        by_host: dict[tuple[str, str], list[Resource]] = mesh.memo("scope: rules by host", lambda: _rules_by_host(mesh))
+        exact = [r for r in by_host.get((ns, fqdn), [])
+                 if _exported(r.spec.get("exportTo") or ["*"], r.namespace, proxy_namespace)]
         if exact:
             return exact[0]
-        wild = [r for r in rules if host_matches(resolve_host(r.spec.get("host", ""), r.namespace), fqdn)]
+        wild = [r for r in mesh.memo("scope: wildcard rules", lambda: [r for r in mesh.destination_rules
+                                                                        if "*" in r.spec.get("host", "")])
+                if r.namespace == ns and _exported(r.spec.get("exportTo") or ["*"], r.namespace, proxy_namespace)
+                and host_matches(resolve_host(r.spec.get("host", ""), r.namespace), fqdn)]
         if wild:
             return wild[0]
     return None
+
+
+def _rules_by_host(mesh: Mesh) -> dict[tuple[str, str], list[Resource]]:
+    out: dict[tuple[str, str], list[Resource]] = {}
+    for r in mesh.destination_rules:
+        out.setdefault((r.namespace, resolve_host(r.spec.get("host", ""), r.namespace)), []).append(r)
+    return out
 
 
 def traffic_policy(rule: Resource | None, subset: str, port: int) -> Json:
