@@ -119,3 +119,14 @@ def test_telemetry_metrics_and_trace_across_gateway_and_sidecars():
          "value": 1}]}}
     assert _judge_again(sc, results, name, wrong_workload)
     assert _judge_again(sc, results, name, {"trace": {"services": ["ratings.default"]}})
+
+
+def test_envoyfilters_written_for_istio_apply_as_istio_applies_them():
+    sc = scenario.load(SCENARIOS / "bookinfo-envoyfilter.yaml")
+    results = run(sc)
+    assert _failures(results) == {}
+    # Negative controls: the same observations against the opposite expectations.
+    assert _judge_again(sc, results, "reviews v2 has no such filter", {"headers": {"x-reviews-lua": "inbound"}})
+    assert _judge_again(sc, results, "the gateway's Lua filter answers /healthz itself",
+                        {"workloads": {"productpage-v1": {"called": True}}})
+    assert _judge_again(sc, results, "the patch is on ratings' route only", {"headers": {"x-route-patched": "ratings"}})
