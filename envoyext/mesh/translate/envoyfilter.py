@@ -37,7 +37,7 @@ from envoyext.mesh.model import (
     Resource,
     selects,
 )
-from envoyext.mesh.translate import ProxyConfig
+from envoyext.mesh.proxyconfig import ProxyConfig
 
 HCM = "envoy.filters.network.http_connection_manager"
 VIRTUAL_INBOUND = "virtualInbound"

@@ -30,7 +30,7 @@ from pathlib import Path
 from envoyext.envoy import filter_entry
 from envoyext.errors import UserError, read_bytes
 from envoyext.mesh.model import ROOT_NAMESPACE, Json, Mesh, Proxy, Resource
-from envoyext.mesh.translate import ProxyConfig
+from envoyext.mesh.proxyconfig import ProxyConfig
 from envoyext.mesh.translate.envoyfilter import HCM, PHASES, VIRTUAL_INBOUND, listener_context, phase_index, reaches
 
 Fetch = Callable[[str, str | None], Path]
