@@ -1,4 +1,4 @@
-"""Bookinfo for the mesh tests: the suite's own copy (tests/mesh/testdata/bookinfo), or, when
+"""Bookinfo for the mesh tests: the suite's own copy (examples/bookinfo, which `envoyext mesh example bookinfo` hands out), or, when
 ENVOYEXT_BOOKINFO names a copy of Istio's `samples/bookinfo` (platform/kube/bookinfo.yaml and
 networking/), the official manifests, unmodified."""
 
@@ -12,7 +12,7 @@ import pytest
 
 from envoyext.mesh.model import Mesh
 
-SUITE_BOOKINFO = Path(__file__).parent / "testdata" / "bookinfo"
+SUITE_BOOKINFO = Path(__file__).resolve().parents[2] / "examples" / "bookinfo"
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Bookinfo against live Envoys: every proxy a real Envoy, every pod a stand-in app on loopback.
 
-Each scenario under tests/mesh/scenarios/ must pass case by case, and each gets a negative control
+Each scenario under examples/bookinfo/scenarios/ must pass case by case, and each gets a negative control
 (the same run judged against a wrong expectation must fail), so a pass here means the mesh did it.
 With a copy of Istio's samples/bookinfo (ENVOYEXT_BOOKINFO, or one beside the checkout: see
 conftest.official_bookinfo), the routing scenario runs on the official manifests, unmodified,
@@ -21,8 +21,8 @@ from envoyext.scenario import Scenario
 from tests.mesh.conftest import official_bookinfo
 
 HERE = Path(__file__).parent
-SCENARIOS = HERE / "scenarios"
-SUITE = HERE / "testdata" / "bookinfo"
+SUITE = HERE.resolve().parents[1] / "examples" / "bookinfo"
+SCENARIOS = SUITE / "scenarios"
 # The suite's files and the official ones they stand for (samples/bookinfo/...).
 OFFICIAL = {
     "platform.yaml": "platform/kube/bookinfo.yaml",
@@ -68,7 +68,7 @@ def _judge_again(sc: Scenario, results: list[testrun.CaseResult], case_name: str
 
 @pytest.fixture(scope="module")
 def routing() -> tuple[Scenario, list[testrun.CaseResult]]:
-    sc = scenario.load(SCENARIOS / "bookinfo-routing.yaml")
+    sc = scenario.load(SCENARIOS / "routing.yaml")
     root = official_bookinfo()
     if root:
         sc = official(sc, root)
@@ -96,7 +96,7 @@ def test_negative_controls_fail_on_the_same_observations(routing, case_name, wro
 
 
 def test_circuit_breaker_overflows_with_envoys_503():
-    sc = scenario.load(SCENARIOS / "bookinfo-circuit-breaker.yaml")
+    sc = scenario.load(SCENARIOS / "circuit-breaker.yaml")
     results = run(sc)
     assert _failures(results) == {}
     obs = results[0].observations[MESH]
@@ -109,7 +109,7 @@ def test_circuit_breaker_overflows_with_envoys_503():
 
 
 def test_telemetry_metrics_and_trace_across_gateway_and_sidecars():
-    sc = scenario.load(SCENARIOS / "bookinfo-telemetry.yaml")
+    sc = scenario.load(SCENARIOS / "telemetry.yaml")
     results = run(sc)
     assert _failures(results) == {}
     obs = results[0].observations[MESH]
@@ -123,7 +123,7 @@ def test_telemetry_metrics_and_trace_across_gateway_and_sidecars():
 
 
 def test_envoyfilters_written_for_istio_apply_as_istio_applies_them():
-    sc = scenario.load(SCENARIOS / "bookinfo-envoyfilter.yaml")
+    sc = scenario.load(SCENARIOS / "envoyfilter.yaml")
     results = run(sc)
     assert _failures(results) == {}
     # Negative controls: the same observations against the opposite expectations.
