@@ -1,6 +1,6 @@
-"""Bookinfo for the mesh tests: the suite's own copy (examples/bookinfo, which `envoyext mesh example bookinfo` hands out), or, when
-ENVOYEXT_BOOKINFO names a copy of Istio's `samples/bookinfo` (platform/kube/bookinfo.yaml and
-networking/), the official manifests, unmodified."""
+"""Bookinfo for the mesh tests: the suite's own copy (examples/bookinfo, which `envoyext mesh
+example bookinfo` hands out), or the official manifests, unmodified, when a copy of Istio's
+`samples/bookinfo` (platform/kube/bookinfo.yaml and networking/) is at hand (official_bookinfo)."""
 
 from __future__ import annotations
 

@@ -149,7 +149,8 @@ def test_every_proxy_serves_prometheus_on_15090_and_readiness_on_15021():
             text = urllib.request.urlopen(f"http://{ip}:15090/stats/prometheus", timeout=10).read().decode()
             assert "envoy_server_live" in text
         gateway = next(p for p in rt.mesh.proxies if p.kind == "router")
-        text = urllib.request.urlopen(f"http://{gateway.workload.ip}:15090/stats/prometheus", timeout=10).read().decode()
+        scrape = f"http://{gateway.workload.ip}:15090/stats/prometheus"
+        text = urllib.request.urlopen(scrape, timeout=10).read().decode()
         counted = [line for line in text.splitlines() if line.startswith("istio_requests_total{")]
         assert any('reporter="source"' in line and 'destination_workload="productpage-v1"' in line
                    and line.endswith(" 1") for line in counted), counted

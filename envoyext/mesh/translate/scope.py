@@ -172,8 +172,9 @@ def destination_rule(mesh: Mesh, fqdn: str, proxy_namespace: str) -> Resource | 
                  if _exported(r.spec.get("exportTo") or ["*"], r.namespace, proxy_namespace)]
         if exact:
             return exact[0]
-        wild = [r for r in mesh.memo("scope: wildcard rules", lambda: [r for r in mesh.destination_rules
-                                                                        if "*" in r.spec.get("host", "")])
+        wildcards: list[Resource] = mesh.memo("scope: wildcard rules", lambda: [
+            r for r in mesh.destination_rules if "*" in r.spec.get("host", "")])
+        wild = [r for r in wildcards
                 if r.namespace == ns and _exported(r.spec.get("exportTo") or ["*"], r.namespace, proxy_namespace)
                 and host_matches(resolve_host(r.spec.get("host", ""), r.namespace), fqdn)]
         if wild:
