@@ -6,7 +6,7 @@ listener comes from a file through Envoy's file-based LDS (`dynamic_resources.ld
 rebuilt, the new bootstrap is checked with `envoy --mode validate`, and the listener file is replaced
 by a rename (Envoy reloads a file moved into the watched directory, never half of one). Envoy then
 updates the listener's filter chain in place: new connections run the new filter, connections in
-flight finish on the old one, and the listening socket stays. A Wasm module is copied to a
+flight finish on the old one (see DRAIN_ARGS), and the listening socket stays. A Wasm module is copied to a
 content-addressed file name first, so a rebuilt module is a changed config (the same path would
 read as no change); a Lua script is inline, so its text is the change.
 
@@ -37,6 +37,12 @@ from envoyext.upstreams import UpstreamServers
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 POLL_S = 0.5  # how often the sources' contents are hashed
 TAKE_S = 30.0  # how long Envoy may take to report the new listener version before we say it did not
+# How a swap treats connections already open (kept alive) on the old filter chain. Envoy's default
+# drains them gradually over 600 s, so a kept-alive client would run the old filter for minutes;
+# `immediate` has the next response on such a connection say `connection: close` (the request in
+# flight finishes on the old filter, the client's next one connects to the new), and what is still
+# open after a few seconds is closed.
+DRAIN_ARGS = ("--drain-strategy", "immediate", "--drain-time-s", "5")
 
 # (project, its built artifact, the scenario that gives clusters and routes), freshly loaded.
 Prepare = Callable[[], tuple[Project, Artifact, Scenario]]
@@ -143,7 +149,8 @@ class WatchedEnvoy:
             config, listeners = split_listeners(full, self.lds_file)
             self.version = 1
             _deliver(self.lds_file, discovery_response(str(self.version), listeners))
-            self.envoy = EnvoyProcess(config, concurrency=self.concurrency, check_config=False)
+            self.envoy = EnvoyProcess(config, concurrency=self.concurrency, check_config=False,
+                                      extra_args=DRAIN_ARGS)
             self.envoy.start()  # ready means the initial LDS file was read and its listener is up
         except BaseException:
             self.__exit__(None, None, None)
