@@ -245,7 +245,9 @@ def _run_watched(path, scenario_file):
             envoy = w.envoy
             click.echo(f"filter {w.project.name} listening on {envoy.url}")
             click.echo(f"admin: {envoy.admin.url}   log: {envoy.log_path}")
-            click.echo(f"watching {len(watched.source_files(w.project, w.scenario))} files; Ctrl-C to stop")
+            click.echo(f"watching {len(watched.source_files(w.project, w.scenario))} files: each change is rebuilt "
+                       "and swapped in without a restart")
+            click.echo("Ctrl-C to stop")
             while envoy.proc.poll() is None:
                 time.sleep(watched.POLL_S)
                 w.poll()

@@ -207,3 +207,26 @@ def test_a_rebuilt_module_gets_its_own_file_name(tmp_path):
     assert names[0] != names[1] and names[0] == names[2]
     lua = Artifact(kind="lua", path=tmp_path / "f.lua", name="f")
     assert watched.pinned(lua, tmp_path / "modules") is lua, "inline Lua needs no copy"
+
+
+def test_run_watch_with_a_broken_first_build_is_one_line_and_no_envoy(tmp_path):
+    from tests.test_cli import assert_one_line_error
+    project = scaffold(tmp_path, "lua")
+    (project / "filter.lua").write_text("function envoy_on_request(h\n")
+    before = envoy_pids()
+    r = run_cli("run", project, "--watch", timeout=120)
+    assert_one_line_error(r, "filter.lua")
+    assert envoy_pids() - before == set()
+    # Negative control: the same project fixed starts and listens.
+    (project / "filter.lua").write_text("function envoy_on_request(h) end\n")
+    proc = subprocess.Popen([*ENVOYEXT, "run", str(project), "--watch"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "NO_COLOR": "1"})
+    try:
+        assert "listening on http://127.0.0.1:" in proc.stdout.readline()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(BOUND_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
