@@ -29,7 +29,7 @@ from envoyext import tempfiles
 from envoyext.artifact import Artifact
 from envoyext.envoy import bootstrap, logs, process
 from envoyext.envoy.process import EnvoyProcess
-from envoyext.errors import UserError
+from envoyext.errors import EnvoyRejected, UserError
 from envoyext.project import Project
 from envoyext.scenario import Scenario
 from envoyext.upstreams import UpstreamServers
@@ -83,6 +83,12 @@ def split_listeners(config: dict[str, Any], lds_file: Path) -> tuple[dict[str, A
 
 def discovery_response(version: str, listeners: list[dict[str, Any]]) -> dict[str, Any]:
     return {"version_info": version, "resources": [{"@type": LISTENER_TYPE, **r} for r in listeners]}
+
+
+def _delivered(lds_file: Path) -> list[dict[str, Any]]:
+    """The listeners the LDS file holds, as split_listeners gave them."""
+    doc = json.loads(lds_file.read_text())
+    return [{k: v for k, v in r.items() if k != "@type"} for r in doc["resources"]]
 
 
 def _deliver(path: Path, doc: dict[str, Any]) -> None:
@@ -145,7 +151,7 @@ class WatchedEnvoy:
         try:
             self._ups = UpstreamServers(self.scenario.all_clusters()).__enter__()
             full = self._config(self.artifact, self.scenario)
-            process.validate(full, workdir=self.workdir)
+            _validate(full, self.workdir, self.artifact, self.scenario, self.project)
             config, listeners = split_listeners(full, self.lds_file)
             self.version = 1
             _deliver(self.lds_file, discovery_response(str(self.version), listeners))
@@ -177,15 +183,23 @@ class WatchedEnvoy:
                 raise UserError("the scenario's clusters changed", file=scenario.path, field="clusters",
                                 fix="restart 'envoyext run --watch' to change upstreams")
             full = self._config(artifact, scenario)
-            process.validate(full, workdir=self.workdir)
             _, listeners = split_listeners(full, self.lds_file)
-            self._take(listeners)
+            same = listeners == _delivered(self.lds_file)
+            if not same:
+                _validate(full, self.workdir, artifact, scenario, project)
+                self._take(listeners)
         except UserError as e:
             line = f"watch: not swapped, still running the previous filter: {e.one_line()}"
             self.echo(line)
             return Swap(changed=True, swapped=False, message=line)
         self.project, self.artifact, self.scenario = project, artifact, scenario
         self.seen = fingerprint(source_files(project, scenario))  # the new file list, if filter.yaml changed it
+        if same:
+            # E.g. a comment in C: the same module, so the same listener. Envoy would take the file
+            # without taking its version (nothing changed), so nothing is delivered.
+            line = f"watch: {project.name} rebuilt; the filter is unchanged, nothing to swap"
+            self.echo(line)
+            return Swap(changed=True, swapped=False, message=line)
         line = f"watch: {project.name} rebuilt and swapped in (listener version {self.version}), no restart"
         self.echo(line)
         return Swap(changed=True, swapped=True, message=line)
@@ -214,6 +228,17 @@ class WatchedEnvoy:
         reason = logs.first_error(self.envoy.log_since(log_from)) or "no reason in its log"
         raise UserError(f"Envoy did not take the new listener: {reason}", file=self.envoy.log_path,
                         fix="correct the filter; the previous build keeps running")
+
+
+def _validate(config: dict[str, Any], workdir: Path, artifact: Artifact, scenario: Scenario,
+              project: Project) -> None:
+    """`envoy --mode validate`; a refusal names the file and field it is about where Envoy's log
+    says (the module, filter.yaml's config), as `envoyext test` does."""
+    from envoyext.runners.live import _blame
+    try:
+        process.validate(config, workdir=workdir)
+    except EnvoyRejected as e:
+        raise _blame(artifact, scenario, project.file, e) or e from None
 
 
 def _lds_version(dump: dict[str, Any]) -> str | None:
