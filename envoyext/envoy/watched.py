@@ -112,7 +112,7 @@ def source_files(project: Project, scenario: Scenario) -> list[Path]:
         files.append(project.module)
     for named in ((project.lua_options or {}).get("source_codes") or {}).values():
         files.append(Path(named["filename"]))
-    return files
+    return list(dict.fromkeys(files))  # without --scenario the scenario's file is filter.yaml
 
 
 def fingerprint(files: list[Path]) -> str:
