@@ -288,7 +288,8 @@ class MeshRuntime:
         (d / "bootstrap.yaml").write_text(yaml.safe_dump(boot, sort_keys=False))
         identity = ProxyIdentity(name=proxy.name, node_id=proxy.node_id, node_cluster=proxy.node_cluster,
                                  listener=_a_listener(config, boot, proxy.name), admin_port=ADMIN_PORT)
-        envoy = process.EnvoyProcess(boot, identity=identity, workdir=d, cwd=d, check_config=False)
+        envoy = process.EnvoyProcess(boot, identity=identity, workdir=d, cwd=d, check_config=False,
+                                     extra_args=ISTIO_PROXY_ARGS)
         self.envoys[proxy.name] = envoy
         return envoy
 
@@ -403,6 +404,11 @@ def free_plan(start: int, pods: int, avoid: set[int] | None = None) -> AddressPl
 
 
 ADDRESS_TRIES = 4
+# The drain flags Istio's pilot-agent starts every proxy with (pkg/envoy/proxy.go): on a listener
+# update, connections on the old filter chain are told to close at once (`Connection: close` on
+# their next response) rather than over Envoy's default 600 s gradual drain, so a changed route or
+# a swapped filter reaches kept-alive clients too.
+ISTIO_PROXY_ARGS = ("--drain-time-s", "45", "--drain-strategy", "immediate", "--parent-shutdown-time-s", "60")
 
 
 def _address_clash(e: BaseException) -> bool:
