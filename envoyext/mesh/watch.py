@@ -10,12 +10,11 @@ filter stays.
 from __future__ import annotations
 
 import hashlib
-import shutil
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from envoyext.envoy.watched import pinned
 from envoyext.errors import UserError
 from envoyext.mesh import attach
 from envoyext.mesh.model import Resource
@@ -32,19 +31,6 @@ def _placement_of(project: Project) -> tuple[str, str]:
         raise UserError("the project does not say where in the mesh its filter goes", file=project.file, field="mesh",
                         fix="add mesh: {resources: ..., workload: DEPLOYMENT}")
     return project.mesh["workload"], project.mesh.get("context", "SIDECAR_INBOUND")
-
-
-def pinned(artifact: Artifact, into: Path) -> Artifact:
-    """The artifact copied to a content-addressed path: each build's module has its own file name,
-    so a new build is a new filter config and Envoy loads it (the same path would look unchanged)."""
-    if artifact.kind != "wasm":
-        return artifact
-    digest = hashlib.sha256(artifact.path.read_bytes()).hexdigest()[:16]
-    into.mkdir(parents=True, exist_ok=True)
-    target = into / f"{artifact.name}-{digest}.wasm"
-    if not target.exists():
-        shutil.copyfile(artifact.path, target)
-    return replace(artifact, path=target)
 
 
 def with_filter(project: Project, artifact: Artifact, resources: list[Resource], modules: Path) -> list[Resource]:
