@@ -15,14 +15,17 @@ _MARKS = {PASSED: ("PASS", "green"), FAILED: ("FAIL", "red"), NOT_RUN: ("NOT RUN
 
 
 def _runners(r: CaseResult) -> str:
-    if not r.ran:
+    if not r.ran and not r.not_run:
         return "no runner ran it: its 'only:' excludes the runners this run used"
-    return " ".join(f"{name}{'' if not fails else '✗'}" for name, fails in r.failures.items())
+    marks = [f"{name}{'' if not fails else '✗'}" for name, fails in r.failures.items()]
+    return " ".join(marks + [f"{name}: not run" for name in r.not_run])
 
 
 def print_case(r: CaseResult) -> None:
     text, color = _MARKS[r.status]
     click.echo(f"{click.style(text, fg=color, bold=r.status == FAILED)} {r.scenario} › {r.case}  [{_runners(r)}]")
+    for runner, reason in r.not_run.items():
+        click.secho(f"     {runner}: not run: {reason}", fg="yellow")
     if r.status == NOT_RUN:
         return
     if r.worker_differences:
