@@ -95,7 +95,9 @@ def summary_line(results: list[CaseResult]) -> str:
     text = f"{n[PASSED]} passed, {n[FAILED]} failed"
     if n[NOT_RUN]:
         text += f", {n[NOT_RUN]} not run"
-    if results and not any(r.ran for r in results):
+    if results and not any(r.ran for r in results) and any(r.not_run for r in results):
+        text += " (nothing ran: the mesh could not judge any case, see each case's reason)"
+    elif results and not any(r.ran for r in results):
         text += " (nothing ran: every case's 'only:' excludes the runners of this run)"
     return text
 

@@ -10,18 +10,22 @@ expectations then read:
   names the filter's own counter in the sidecar.
 What the mesh cannot judge is NOT RUN there, with the reason, never passed: a scripted test upstream,
 extra clusters or routes of the scenario (the mesh's come from its Istio resources), the filter's log
-lines (not gathered from the proxies), startup cases, and a body expected from the test upstream's
-echo when a stand-in app answered (its JSON is its own).
+lines (not gathered from the proxies), startup cases, a request that names its authority (the Host
+becomes the target service's: the sidecar routes by it), non-ASCII header bytes sent from a workload
+(the app's call API carries text), and a body expected from the test upstream's echo when a
+stand-in app answered (its JSON is its own).
 """
 
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit
 from typing import Any
 
 from envoyext.errors import UserError
 from envoyext.mesh.model import Mesh, Service
 from envoyext.mesh.traffic import POD_HEADER
+from envoyext.messages import Request
 from envoyext.scenario import Case, Observation, Scenario
 from envoyext.scenario.model import default_routes
 
@@ -87,12 +91,21 @@ def not_run(sc: Scenario, case: Case) -> str | None:
     if [(r.match, r.cluster, r.direct_response, r.metadata, r.per_filter_config) for r in sc.routes] != \
             [(r.match, r.cluster, r.direct_response, r.metadata, r.per_filter_config) for r in default_routes()]:
         return "the scenario defines its own routes; in the mesh routes come from the Istio resources"
+    rq = case.request
+    if rq.authority != Request().authority or any(_names_host(v, rq.authority) for _, v in rq.headers):
+        return (f"the request names its authority ({rq.authority}); in the mesh the Host is the target "
+                "service's, which the sidecar routes by")
     sender = (case.source or (sc.mesh.source if sc.mesh else None) or INGRESS)
     if sender != INGRESS and any(not (k + v).isascii() for k, v in case.request.headers):
         return "a header holds non-ASCII bytes, which the stand-in app's calls do not send byte for byte"
     if "logs_contain" in case.expect or "logs_absent" in case.expect:
         return "expects the filter's log lines, which the mesh runner does not gather from the proxies"
     return None
+
+
+def _names_host(value: str, host: str) -> bool:
+    """Whether a header value is the host or a URL of it (an Origin, a Referer)."""
+    return value == host or urlsplit(value).hostname == host
 
 
 def not_judged(sc: Scenario, case: Case, obs: Observation) -> str | None:
