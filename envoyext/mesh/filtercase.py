@@ -19,8 +19,8 @@ stand-in app answered (its JSON is its own).
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit
 from typing import Any
+from urllib.parse import urlsplit
 
 from envoyext.errors import UserError
 from envoyext.mesh.model import Mesh, Service
