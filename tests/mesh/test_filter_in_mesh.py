@@ -196,3 +196,29 @@ def test_negative_control_outbound_from_another_workload_is_refused(tmp_path):
     with pytest.raises(UserError) as e:
         testrun.run_project(proj, project_mod.build(proj), runners=(MESH,))
     assert e.value.field == "mesh.workload"
+
+
+def test_cases_the_mesh_cannot_judge_are_named_before_running():
+    """Library scenarios whose expectations the mesh cannot answer, each with its reason."""
+    authz = scenario.load(ROOT / "filters" / "ext-authz" / "scenarios" / "decisions.yaml")
+    assert all("clusters the scenario defines" in str(filtercase.not_run(authz, c)) for c in authz.cases)
+    csrf = scenario.load(ROOT / "filters" / "csrf" / "scenarios" / "enforce.yaml")
+    same = next(c for c in csrf.cases if c.name == "same-origin POST passes")
+    assert "names its authority (shop.example.com)" in str(filtercase.not_run(csrf, same))
+    cross = next(c for c in csrf.cases if c.name == "DELETE without Origin or Referer is refused")
+    assert filtercase.not_run(csrf, cross) is None   # judged in the mesh
+
+
+def test_envoyext_test_shows_emulated_live_and_mesh_verdicts(tmp_path):
+    from click.testing import CliRunner
+
+    from envoyext.cli import main
+    proj = project(tmp_path, "lua", {"workload": "productpage-v1"},
+                   ["../scenarios/no_forward.yaml", "scenarios/echo.yaml"])
+    out = CliRunner().invoke(main, ["test", str(proj.root)])
+    lines = out.output.splitlines()
+    assert out.exit_code == 0, out.output
+    assert "PASS no_forward › suffix match ignores case  [emulated live mesh]" in lines, out.output
+    # The echo body is judged by the emulator and live Envoy, and NOT RUN in the mesh, with the reason.
+    assert any(l.startswith("PASS echo") and l.endswith("[emulated live mesh: not run]") for l in lines), out.output
+    assert any("mesh: not run: expects a body from the test upstream's echo" in l for l in lines), out.output
