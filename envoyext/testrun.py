@@ -168,7 +168,9 @@ def _guarded(runner: str, sc: Scenario, run: Callable[[], list[Observation]]) ->
 def in_project_mesh(sc: Scenario, project: Project) -> Scenario:
     """A filter's own scenario, also to be run in the project's mesh (filter.yaml `mesh:`): the
     emulator and the single live Envoy run it as always, the mesh runner with the filter attached to
-    the named workload and each case sent as the block says."""
+    the named workload and each case sent as the block says (by default, inbound: from the first
+    other workload to the workload's service; outbound: from the workload to the first other service).
+    What an expectation means there, and which cases the mesh reports NOT RUN: envoyext.mesh.filtercase."""
     if project.mesh is None or sc.mesh is not None:
         return sc
     from envoyext.scenario import MeshSpec
