@@ -26,7 +26,7 @@ from envoyext.runners import mesh as mesh_runner
 from envoyext.scenario import Observation
 
 ROOT = Path(__file__).resolve().parents[2]
-PLATFORM = Path(__file__).parent / "testdata" / "bookinfo" / "platform.yaml"
+PLATFORM = Path(__file__).resolve().parents[2] / "examples" / "bookinfo" / "platform.yaml"
 ROUTER = "envoy.filters.http.router"
 
 # A body the test upstream's echo would hold; in the mesh a stand-in app answers: NOT RUN there.
