@@ -208,9 +208,14 @@ def _built_with_scenario(path, scenario_file):
 @click.argument("path", required=False, type=click.Path(path_type=Path))
 @click.option("--scenario", "scenario_file", type=click.Path(path_type=Path), default=None,
               help="Take upstreams, clusters and routes from this scenario.")
+@click.option("--watch", is_flag=True,
+              help="Rebuild when the sources change and swap the filter into the running Envoy (no restart).")
 @user_errors
-def run(path, scenario_file):
+def run(path, scenario_file, watch):
     """Start Envoy with the filter and an echo upstream; stay until Ctrl-C."""
+    if watch:
+        _run_watched(path, scenario_file)
+        return
     import time
 
     from envoyext.runners import live
@@ -222,6 +227,30 @@ def run(path, scenario_file):
             click.echo("Ctrl-C to stop")
             while envoy.proc.poll() is None:
                 time.sleep(0.5)
+            log = envoy.log_text().strip().splitlines()[-1:]
+    except KeyboardInterrupt:
+        click.echo("stopped")
+        return
+    raise UserError(f"Envoy exited unexpectedly: {log[0] if log else 'no log'}", fix="see Envoy's log")
+
+
+def _run_watched(path, scenario_file):
+    """`run --watch`: the listener through file-based LDS, swapped on every good rebuild."""
+    import time
+
+    from envoyext.envoy import watched
+    try:  # Ctrl-C is how this command ends, whenever it comes once Envoy is up
+        with watched.WatchedEnvoy(lambda: _built_with_scenario(path, scenario_file),
+                                  echo=lambda line: click.echo(line, err=True)) as w:
+            envoy = w.envoy
+            click.echo(f"filter {w.project.name} listening on {envoy.url}")
+            click.echo(f"admin: {envoy.admin.url}   log: {envoy.log_path}")
+            click.echo(f"watching {len(watched.source_files(w.project, w.scenario))} files: each change is rebuilt "
+                       "and swapped in without a restart")
+            click.echo("Ctrl-C to stop")
+            while envoy.proc.poll() is None:
+                time.sleep(watched.POLL_S)
+                w.poll()
             log = envoy.log_text().strip().splitlines()[-1:]
     except KeyboardInterrupt:
         click.echo("stopped")

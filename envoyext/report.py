@@ -15,14 +15,17 @@ _MARKS = {PASSED: ("PASS", "green"), FAILED: ("FAIL", "red"), NOT_RUN: ("NOT RUN
 
 
 def _runners(r: CaseResult) -> str:
-    if not r.ran:
+    if not r.ran and not r.not_run:
         return "no runner ran it: its 'only:' excludes the runners this run used"
-    return " ".join(f"{name}{'' if not fails else '✗'}" for name, fails in r.failures.items())
+    marks = [f"{name}{'' if not fails else '✗'}" for name, fails in r.failures.items()]
+    return " ".join(marks + [f"{name}: not run" for name in r.not_run])
 
 
 def print_case(r: CaseResult) -> None:
     text, color = _MARKS[r.status]
     click.echo(f"{click.style(text, fg=color, bold=r.status == FAILED)} {r.scenario} › {r.case}  [{_runners(r)}]")
+    for runner, reason in r.not_run.items():
+        click.secho(f"     {runner}: not run: {reason}", fg="yellow")
     if r.status == NOT_RUN:
         return
     if r.worker_differences:
@@ -92,7 +95,9 @@ def summary_line(results: list[CaseResult]) -> str:
     text = f"{n[PASSED]} passed, {n[FAILED]} failed"
     if n[NOT_RUN]:
         text += f", {n[NOT_RUN]} not run"
-    if results and not any(r.ran for r in results):
+    if results and not any(r.ran for r in results) and any(r.not_run for r in results):
+        text += " (nothing ran: the mesh could not judge any case, see each case's reason)"
+    elif results and not any(r.ran for r in results):
         text += " (nothing ran: every case's 'only:' excludes the runners of this run)"
     return text
 

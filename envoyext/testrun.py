@@ -18,7 +18,7 @@ from envoyext import scenario as scenario_mod
 from envoyext.artifact import Artifact
 from envoyext.errors import UserError
 from envoyext.project import Project
-from envoyext.runners import EMULATED, LIVE, NATIVE, Settings, named, oracles_of, runners_for, selectable
+from envoyext.runners import EMULATED, LIVE, MESH, NATIVE, Settings, named, oracles_of, runners_for, selectable
 from envoyext.scenario import Mismatch, Observation, Scenario
 
 # A case's verdict, its `status` in --json. NOT_RUN: no runner executed it (its `only:` excludes
@@ -38,6 +38,9 @@ class CaseResult:
     # Emulated vs live with workers > 1: the emulator models one worker, so these are the worker
     # count's doing, not an emulator bug; reported, and not failing the case by themselves.
     worker_differences: list[Mismatch] = field(default_factory=list)
+    # runner -> why it could not judge this case (a filter's case in its project's mesh whose
+    # expectation the mesh cannot answer): that runner's verdict is NOT RUN, never a pass.
+    not_run: dict[str, str] = field(default_factory=dict)
 
     @property
     def ran(self) -> bool:
@@ -71,6 +74,7 @@ class CaseResult:
             "oracle": [str(m) for m in self.oracle],
             "workers": self.workers,
             "worker_differences": [str(m) for m in self.worker_differences],
+            "not_run": dict(self.not_run),
             "filter_errors": self.filter_errors(),
             "observations": {k: v.to_json() for k, v in self.observations.items()},
         }
@@ -108,7 +112,10 @@ def _judge(sc: Scenario, i: int, by_runner: dict[str, list[Observation | None]],
     r = CaseResult(sc.name, case.name, workers=workers)
     for runner, observations in by_runner.items():
         seen = observations[i]
-        if seen is not None:
+        reason = _not_judged(sc, runner, i, seen)
+        if reason:
+            r.not_run[runner] = reason
+        elif seen is not None:
             r.observations[runner] = seen
             r.failures[runner] = scenario_mod.check(case, seen)
     if EMULATED in r.observations and LIVE in r.observations:
@@ -121,6 +128,14 @@ def _judge(sc: Scenario, i: int, by_runner: dict[str, list[Observation | None]],
         r.observations[NATIVE] = native
         r.oracle = scenario_mod.compare(native, r.observations[LIVE], parts=sc.oracle.compare)
     return r
+
+
+def _not_judged(sc: Scenario, runner: str, i: int, seen: Observation | None) -> str | None:
+    """Why the mesh runner cannot judge a filter's case in its project's mesh (envoyext.mesh.filtercase)."""
+    if runner != MESH or seen is None or sc.mesh is None or sc.mesh.attach is None:
+        return None
+    from envoyext.mesh import filtercase
+    return filtercase.not_judged(sc, sc.cases[i], seen)
 
 
 def _by_case(sc: Scenario, runner: str, observations: list[Observation]) -> list[Observation | None]:
@@ -153,13 +168,16 @@ def _guarded(runner: str, sc: Scenario, run: Callable[[], list[Observation]]) ->
 def in_project_mesh(sc: Scenario, project: Project) -> Scenario:
     """A filter's own scenario, also to be run in the project's mesh (filter.yaml `mesh:`): the
     emulator and the single live Envoy run it as always, the mesh runner with the filter attached to
-    the named workload and each case sent as the block says."""
+    the named workload and each case sent as the block says (by default, inbound: from the first
+    other workload to the workload's service; outbound: from the workload to the first other service).
+    What an expectation means there, and which cases the mesh reports NOT RUN: envoyext.mesh.filtercase."""
     if project.mesh is None or sc.mesh is not None:
         return sc
     from envoyext.scenario import MeshSpec
     m = project.mesh
     sc.mesh = MeshSpec(resources=list(m["resources"]), workloads={},
-                       attach={"workload": m["workload"], "context": m.get("context", "SIDECAR_INBOUND")},
+                       attach={"workload": m["workload"], "context": m.get("context", "SIDECAR_INBOUND"),
+                               "file": project.file},
                        source=m.get("from"), target=m.get("to"))
     return sc
 

@@ -196,8 +196,11 @@ class EnvoyProcess(EnvoyRuntime):
 
     def _check_alive(self) -> None:
         if self.proc.poll() is not None:
-            raise EnvoyRejected(logs.first_error(self.log_text()), file="envoy config",
-                                fix="correct the filter or its configuration")
+            reason = logs.first_error(self.log_text())
+            if "address already in use" in reason.lower():  # not the config's fault: someone has the port
+                raise EnvoyRejected(f"Envoy could not bind: {reason}", file=self.log_path,
+                                    fix="another process holds the address; stop it, or run again")
+            raise EnvoyRejected(reason, file="envoy config", fix="correct the filter or its configuration")
 
     def stop(self, grace: float = 5.0) -> None:
         proc = self.proc

@@ -52,12 +52,6 @@ from envoyext.mesh.model import (
 )
 from envoyext.mesh.translate import ProxyConfig
 
-# How pilot-agent starts every Istio proxy's Envoy (istio pkg/envoy/proxy.go args(): drainDuration
-# 45 s, parent shutdown 60 s, drain strategy immediate). "immediate" matters for live changes: a
-# listener update drains the old filter chains' connections, and only with it does every such
-# connection close after its next response, so a swapped filter runs on the next connection rather
-# than Envoy's default gradual drain keeping pooled connections on the old code for up to 600 s.
-ISTIO_DRAIN_ARGS = ("--drain-time-s", "45", "--drain-strategy", "immediate", "--parent-shutdown-time-s", "60")
 XDS_DIR = "xds"  # relative to each proxy's directory (its Envoy's cwd)
 Translate = Callable[[Mesh], dict[str, ProxyConfig]]
 Bootstrap = Callable[[Mesh, Proxy, str], Json]
@@ -102,17 +96,27 @@ class MeshRuntime:
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> MeshRuntime:
-        with _live_lock:
-            _live.add(self)
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        """Start everything. Another mesh (or anything) may take an address between the check
+        that it is free and the bind: then this one stops what it started and tries the next
+        free block, up to ADDRESS_TRIES times, rather than failing the run."""
+        avoid: set[int] = set()
+        for attempt in range(ADDRESS_TRIES):
+            with _live_lock:
+                _live.add(self)
+            try:
+                self._start(avoid)
+                return self
+            except BaseException as e:
+                base = self.mesh.plan.base if self.mesh is not None else None
+                self.stop()
+                if base is None or attempt + 1 == ADDRESS_TRIES or not _address_clash(e):
+                    raise
+                avoid.add(base)
+                self._progress(f"addresses 127.{base}.x.y taken meanwhile ({e}); trying another block")
+        raise AssertionError("unreachable")
 
-    def _start(self) -> None:
-        self.mesh = mesh = self._place(self._source)
+    def _start(self, avoid: set[int]) -> None:
+        self.mesh = mesh = self._place(self._source, avoid=avoid)
         self._progress(f"addresses: 127.{mesh.plan.base}.x.y (pods), {len(mesh.proxies)} proxies")
         self.configs = self._translate(mesh)
         self.version = 1
@@ -250,13 +254,14 @@ class MeshRuntime:
                 return w
         raise UserError(f"no workload named {pod} in this mesh")
 
-    def _place(self, source: MeshSource, plan: AddressPlan | None = None) -> Mesh:
-        """The mesh on a free (or the given) address plan."""
+    def _place(self, source: MeshSource, plan: AddressPlan | None = None, avoid: set[int] | None = None) -> Mesh:
+        """The mesh on a free (or the given) address plan. The search starts at a block chosen by
+        process id, so meshes started at the same moment by different processes rarely race."""
+        start = 16 + 4 * (os.getpid() % 59)
         if isinstance(source, Mesh):
-            return readdress(source, plan or free_plan(source.plan.base, len(source.workloads)))
+            return readdress(source, plan or free_plan(start, len(source.workloads), avoid))
         if plan is None:
-            start = AddressPlan().base
-            plan = free_plan(start, len(source(AddressPlan(start)).workloads))
+            plan = free_plan(start, len(source(AddressPlan(start)).workloads), avoid)
         return source(plan)
 
     def _start_app(self, w: Workload) -> None:
@@ -284,7 +289,7 @@ class MeshRuntime:
         identity = ProxyIdentity(name=proxy.name, node_id=proxy.node_id, node_cluster=proxy.node_cluster,
                                  listener=_a_listener(config, boot, proxy.name), admin_port=ADMIN_PORT)
         envoy = process.EnvoyProcess(boot, identity=identity, workdir=d, cwd=d, check_config=False,
-                                     extra_args=ISTIO_DRAIN_ARGS)
+                                     extra_args=ISTIO_PROXY_ARGS)
         self.envoys[proxy.name] = envoy
         return envoy
 
@@ -384,16 +389,33 @@ def _warming(admin: Admin | None) -> list[str]:
 
 
 # --- addresses ----------------------------------------------------------------------------------
-def free_plan(start: int, pods: int) -> AddressPlan:
+def free_plan(start: int, pods: int, avoid: set[int] | None = None) -> AddressPlan:
     """The first AddressPlan from `start` whose pod IPs and app addresses are all free here (the
     ports every mesh binds: Envoy's admin, the app's control), so two meshes can run at once."""
     for base in [start, *range(start + 4, 253, 4), *range(16, start, 4)]:
+        if avoid and base in avoid:
+            continue
         plan = AddressPlan(base)
         if all(_bindable(plan.pod_ip(i), ADMIN_PORT) and _bindable(plan.app_address(i), APP_CONTROL_PORT)
                for i in range(pods)):
             return plan
     raise UserError("no free loopback address block for the mesh (127.16-255.x.y all in use)",
                     fix="stop other running meshes")
+
+
+ADDRESS_TRIES = 4
+# The drain flags Istio's pilot-agent starts every proxy with (pkg/envoy/proxy.go): on a listener
+# update, connections on the old filter chain are told to close at once (`Connection: close` on
+# their next response) rather than over Envoy's default 600 s gradual drain, so a changed route or
+# a swapped filter reaches kept-alive clients too.
+ISTIO_PROXY_ARGS = ("--drain-time-s", "45", "--drain-strategy", "immediate", "--parent-shutdown-time-s", "60")
+
+
+def _address_clash(e: BaseException) -> bool:
+    """Whether a start failed because an address was taken (by Envoy, an app or the collector)."""
+    if isinstance(e, OSError) and e.errno == errno.EADDRINUSE:
+        return True
+    return "address already in use" in str(e).lower()
 
 
 def _bindable(host: str, port: int) -> bool:

@@ -4,19 +4,18 @@ When the filter's sources change, it is rebuilt and the resource that attaches i
 `publish` emits) is re-translated and delivered through the same watched files as `mesh apply`:
 the Envoys swap in the new filter by a listener update (no restart). New connections run the new
 code; a connection already open (a peer proxy's pooled one) is drained the way Istio's proxies
-drain (--drain-strategy immediate): its next response is still the old code's and closes it. A build that
-fails is reported and the running filter stays.
+drain (--drain-strategy immediate): its next response is still the old code's and closes it.
+A build that fails is reported and the running filter stays.
 """
 
 from __future__ import annotations
 
 import hashlib
-import shutil
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from envoyext.envoy.watched import pinned
 from envoyext.errors import UserError
 from envoyext.mesh import attach
 from envoyext.mesh.model import Resource
@@ -33,19 +32,6 @@ def _placement_of(project: Project) -> tuple[str, str]:
         raise UserError("the project does not say where in the mesh its filter goes", file=project.file, field="mesh",
                         fix="add mesh: {resources: ..., workload: DEPLOYMENT}")
     return project.mesh["workload"], project.mesh.get("context", "SIDECAR_INBOUND")
-
-
-def pinned(artifact: Artifact, into: Path) -> Artifact:
-    """The artifact copied to a content-addressed path: each build's module has its own file name,
-    so a new build is a new filter config and Envoy loads it (the same path would look unchanged)."""
-    if artifact.kind != "wasm":
-        return artifact
-    digest = hashlib.sha256(artifact.path.read_bytes()).hexdigest()[:16]
-    into.mkdir(parents=True, exist_ok=True)
-    target = into / f"{artifact.name}-{digest}.wasm"
-    if not target.exists():
-        shutil.copyfile(artifact.path, target)
-    return replace(artifact, path=target)
 
 
 def with_filter(project: Project, artifact: Artifact, resources: list[Resource], modules: Path) -> list[Resource]:
@@ -95,7 +81,7 @@ class FilterWatcher:
             self.project = proj.load(self.project.root)
             artifact = proj.build(self.project)
             resources = with_filter(self.project, artifact, self.base, self.rt.workdir / "modules")
-            assert self.rt.mesh is not None, "the watcher polls a started runtime"
+            assert self.rt.mesh is not None, "the mesh is not running"
             self.rt.apply(build(resources, self.rt.mesh.plan.base))
         except UserError as e:
             self.echo(f"watch: not swapped: {e.one_line()}")

@@ -67,6 +67,7 @@ def validate(scenario: Scenario) -> None:
     assert scenario.mesh is not None
     current = load_resources(scenario.mesh.resources)
     mesh = build(current)
+    _filter_endpoints(scenario, mesh)
     _check_names(scenario, mesh, scenario.mesh.workloads, "mesh.workloads")
     for i, case in enumerate(scenario.cases):
         if case.apply:
@@ -90,6 +91,15 @@ def validate(scenario: Scenario) -> None:
         elif not target(case, scenario.mesh):
             raise UserError("a request from a workload needs a target host:port", file=scenario.path,
                             field=f"cases[{i}].to", fix="add to: <service>:<port>, e.g. reviews:9080")
+
+
+def _filter_endpoints(scenario: Scenario, mesh: Mesh) -> None:
+    """A filter's scenario (filter.yaml `mesh:`): the sender and target its attach context implies."""
+    assert scenario.mesh is not None
+    if scenario.mesh.attach is not None:
+        from envoyext.mesh import filtercase
+        scenario.mesh.source, scenario.mesh.target = filtercase.endpoints(
+            mesh, scenario.mesh.attach, scenario.mesh.source, scenario.mesh.target)
 
 
 def sender(case: Case, spec: MeshSpec) -> str:
@@ -139,16 +149,24 @@ def run_scenario(artifact: Artifact | None, scenario: Scenario) -> list[Observat
     assert scenario.mesh is not None
     current = attached(artifact, scenario, load_resources(scenario.mesh.resources))
     mesh = build(current)
+    _filter_endpoints(scenario, mesh)
+    attach = scenario.mesh.attach
+    from envoyext.mesh import filtercase
     out: list[Observation] = []
     with started(mesh) as rt:
         behave(rt, running(rt), scenario.mesh.workloads)
         for case in scenario.cases:
+            reason = filtercase.not_run(scenario, case) if attach is not None else None
+            if reason:  # judged NOT RUN in the mesh by testrun, with this reason
+                out.append(Observation(case=case.name, runner=RUNNER, error=filtercase.NOT_RUN_PREFIX + reason))
+                continue
             if case.apply:
                 current = overlay(current, load_resources(case.apply))
                 rt.apply(build(current, running(rt).plan.base))
             if case.behaviour:
                 behave(rt, running(rt), case.behaviour)
-            out.append(observe(rt, case, scenario.mesh))
+            seen = observe(rt, case, scenario.mesh)
+            out.append(filtercase.as_filter_sees(seen, running(rt), attach) if attach is not None else seen)
     return out
 
 
