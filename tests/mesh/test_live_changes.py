@@ -29,7 +29,6 @@ from envoyext.messages import Request
 from tests.conftest import ENVOYEXT, envoy_pids, run_cli
 from tests.mesh.conftest import SUITE_BOOKINFO
 
-HERE = Path(__file__).parent
 BOOKINFO = SUITE_BOOKINFO  # examples/bookinfo, the suite's copy (the official one differs in layout)
 ROUTING = BOOKINFO / "routing"
 BASE_FILES = [BOOKINFO / "platform.yaml", BOOKINFO / "gateway.yaml", BOOKINFO / "destination-rules.yaml"]
