@@ -51,6 +51,7 @@ def render(files, out, no_check):
     """Write every proxy's Envoy config (bootstrap + xDS files), each checked by `envoy --mode validate`."""
     from envoyext.mesh.render import render as render_mesh
     m = _load(files)
+    out.resolve().parent.mkdir(parents=True, exist_ok=True)  # the tree is staged beside `out`
     written = render_mesh(m, out, check=not no_check, on_proxy=lambda n: click.echo(f"  {n}", err=True))
     click.echo(f"{len(written)} proxies rendered to {out}" + ("" if no_check else ", each validated by Envoy"))
 
@@ -109,9 +110,14 @@ def apply(files, workdir):
 @user_errors
 def describe(workload, files):
     """A proxy's listeners, routes, clusters and endpoints as tables (like istioctl proxy-config)."""
+    from rich.console import Console
+
     from envoyext.mesh import describe as describe_mod
     m = _load(files)
-    describe_mod.show(m, workload)
+    # Piped or redirected, rich would fit the tables to 80 columns and cut cluster names short
+    # (outbound|9080|v2|revi…); a reader of that output (grep, a file) wants them whole.
+    console = None if sys.stdout.isatty() else Console(width=400)
+    describe_mod.show(m, workload, console=console)
 
 
 @mesh.command()

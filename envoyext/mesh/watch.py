@@ -2,9 +2,10 @@
 
 When the filter's sources change, it is rebuilt and the resource that attaches it (the one
 `publish` emits) is re-translated and delivered through the same watched files as `mesh apply`:
-the Envoys swap in the new filter by a listener update, so the next request runs the new code and
-connections in flight finish on the old one. A build that fails is reported and the running
-filter stays.
+the Envoys swap in the new filter by a listener update (no restart). New connections run the new
+code; a connection already open (a peer proxy's pooled one) is drained the way Istio's proxies
+drain (--drain-strategy immediate): its next response is still the old code's and closes it.
+A build that fails is reported and the running filter stays.
 """
 
 from __future__ import annotations
