@@ -143,11 +143,15 @@ def listen_port(mesh: Mesh, proxy: Proxy, number: int) -> int:
 
 
 def gateway_routes(mesh: Mesh, proxy: Proxy) -> list[Json]:
+    """`http.<listen port>` per port; virtual hosts and routes speak of the first server's own
+    port number (pilot `buildGatewayHTTPRouteConfig`: `port := servers[0].Port.Number`), so the
+    egress gateway's `http.8080` holds `api.example.com:80`."""
     configs = []
-    for port, servers in gateway_http_servers(mesh, proxy).items():
+    for listen, servers in gateway_http_servers(mesh, proxy).items():
+        port = int(servers[0][1]["port"]["number"])
+        numbers = {int(s["port"]["number"]) for _, s in servers}
         hosts: dict[str, Json] = {}
         for gw, server in servers:
-            numbers = {int(s["port"]["number"]) for _, s in servers}
             ctx = Context(mesh, proxy, port, gateway=gw, server_ports=numbers)
             for vs in mesh.virtual_services:
                 if not scope.binds_to_gateway(vs, gw):
@@ -159,7 +163,7 @@ def gateway_routes(mesh: Mesh, proxy: Proxy) -> list[Json]:
             # Nothing bound to this port: Istio still serves the route name, answering 404.
             hosts["blackhole"] = xds.virtual_host(f"blackhole:{port}", ["*"], [
                 {"name": "default", "match": {"prefix": "/"}, "direct_response": {"status": 404}}])
-        configs.append(route_configuration(f"http.{port}", list(hosts.values())))
+        configs.append(route_configuration(f"http.{listen}", list(hosts.values())))
     return configs
 
 
