@@ -52,10 +52,10 @@ lint: $(STAMP)
 mypy-baseline: $(STAMP)
 	UPDATE_MYPY_BASELINE=1 $(PY) -m pytest -q tests/test_lint.py -k baseline
 
-# The generated Envoy configs' golden files (tests/envoy/golden/), rewritten after an intended
-# change: review the diff before committing it.
+# The generated Envoy configs' golden files (tests/envoy/golden/, tests/mesh/golden/), rewritten
+# after an intended change: review the diff before committing it.
 golden: $(STAMP)
-	UPDATE_GOLDEN=1 $(PY) -m pytest -q tests/envoy -k golden
+	UPDATE_GOLDEN=1 $(PY) -m pytest -q tests/envoy tests/mesh/translate -k golden
 
 clean:
 	rm -rf demo $(VENV)

@@ -1,5 +1,5 @@
-"""Ships the repository's templates/ and filters/ inside the wheel as envoyext/templates and
-envoyext/filters (envoyext.paths finds them there, or at the top of a source checkout)."""
+"""Ships the repository's templates/, filters/ and examples/ inside the wheel as envoyext/templates,
+envoyext/filters and envoyext/examples (envoyext.paths finds them there, or at the top of a source checkout)."""
 
 import shutil
 from pathlib import Path
@@ -8,7 +8,7 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).parent
-DATA = ("templates", "filters")
+DATA = ("templates", "filters", "examples")
 
 
 class BuildWithLibrary(build_py):

@@ -31,6 +31,17 @@ def _load(files: tuple[Path, ...]):
 
 
 @mesh.command()
+@click.argument("name")
+@click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
+@user_errors
+def example(name, directory):
+    """Copy an example mesh to start from (bookinfo: Istio's sample app, its routing and scenarios)."""
+    from envoyext.mesh import examples
+    out = examples.copy(name, directory or Path(name))
+    click.echo(f"wrote {out}")
+
+
+@mesh.command()
 @_files
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
               help="Directory to write (one sub-directory per proxy).")

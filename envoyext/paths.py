@@ -1,7 +1,7 @@
-"""Where the data that ships with envoyext lives (templates and the filter library).
+"""Where the data that ships with envoyext lives (templates, the filter library, example meshes).
 
-In a source checkout these are the repository's top-level `templates/` and `filters/`; an
-installed wheel carries them as `envoyext/templates` and `envoyext/filters` (see pyproject)."""
+In a source checkout these are the repository's top-level `templates/`, `filters/` and
+`examples/`; an installed wheel carries them inside the package (see setup.py)."""
 
 from __future__ import annotations
 
@@ -24,3 +24,7 @@ def templates_dir() -> Path:
 def filters_dir() -> Path:
     return _data("filters")
 
+
+
+def examples_dir() -> Path:
+    return _data("examples")

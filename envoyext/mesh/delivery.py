@@ -26,10 +26,11 @@ from typing import Any
 import yaml
 
 from envoyext import tempfiles
+from envoyext.envoy import xds
 from envoyext.mesh.model import Json
 from envoyext.mesh.translate import ProxyConfig
 
-T = "type.googleapis.com/"
+T = xds.T
 LISTENER = T + "envoy.config.listener.v3.Listener"
 CLUSTER = T + "envoy.config.cluster.v3.Cluster"
 ROUTE_CONFIGURATION = T + "envoy.config.route.v3.RouteConfiguration"

@@ -16,6 +16,7 @@ for the app (what iptables' outbound redirect does in a pod).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -216,6 +217,16 @@ class Mesh:
     request_authentications: list[Resource] = field(default_factory=list)
     authorization_policies: list[Resource] = field(default_factory=list)
     plan: AddressPlan = field(default_factory=AddressPlan)
+    # Indexes built on first use (a translation looks up N services for each of N proxies: without
+    # them a 1,000-service mesh is quadratic). Not an init field, so dataclasses.replace() (a
+    # readdressed or changed mesh) starts with none.
+    _memo: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def memo(self, key: str, build: Callable[[], Any]) -> Any:
+        """`build()`'s result, computed once per mesh and `key`."""
+        if key not in self._memo:
+            self._memo[key] = build()
+        return self._memo[key]
 
     def service(self, host: str, namespace: str = "default") -> Service | None:
         """Find a service by FQDN, `name.ns`, or short name resolved in `namespace` (as Istio does)."""
@@ -239,10 +250,19 @@ class Mesh:
         ServiceEntry's own endpoints."""
         if service.from_service_entry:
             return list(service.static_endpoints)
-        out = []
+        if not service.selector:
+            return []
+        by_label: dict[tuple[str, str, str], list[Workload]] = self.memo("workloads by label", self._by_label)
+        # The pods carrying the selector's first label, then the rest of the selector checked.
+        k, v = next(iter(service.selector.items()))
+        return [Endpoint(w.ip, port.target_port, dict(w.labels), w.pod, w.service_account)
+                for w in by_label.get((service.namespace, k, v), []) if selects(service.selector, w.labels)]
+
+    def _by_label(self) -> dict[tuple[str, str, str], list[Workload]]:
+        out: dict[tuple[str, str, str], list[Workload]] = {}
         for w in self.workloads:
-            if w.namespace == service.namespace and service.selector and selects(service.selector, w.labels):
-                out.append(Endpoint(w.ip, port.target_port, dict(w.labels), w.pod, w.service_account))
+            for k, v in w.labels.items():
+                out.setdefault((w.namespace, k, v), []).append(w)
         return out
 
 

@@ -96,17 +96,27 @@ class MeshRuntime:
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> MeshRuntime:
-        with _live_lock:
-            _live.add(self)
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        """Start everything. Another mesh (or anything) may take an address between the check
+        that it is free and the bind: then this one stops what it started and tries the next
+        free block, up to ADDRESS_TRIES times, rather than failing the run."""
+        avoid: set[int] = set()
+        for attempt in range(ADDRESS_TRIES):
+            with _live_lock:
+                _live.add(self)
+            try:
+                self._start(avoid)
+                return self
+            except BaseException as e:
+                base = self.mesh.plan.base if self.mesh is not None else None
+                self.stop()
+                if base is None or attempt + 1 == ADDRESS_TRIES or not _address_clash(e):
+                    raise
+                avoid.add(base)
+                self._progress(f"addresses 127.{base}.x.y taken meanwhile ({e}); trying another block")
+        raise AssertionError("unreachable")
 
-    def _start(self) -> None:
-        self.mesh = mesh = self._place(self._source)
+    def _start(self, avoid: set[int]) -> None:
+        self.mesh = mesh = self._place(self._source, avoid=avoid)
         self._progress(f"addresses: 127.{mesh.plan.base}.x.y (pods), {len(mesh.proxies)} proxies")
         self.configs = self._translate(mesh)
         self.version = 1
@@ -244,13 +254,14 @@ class MeshRuntime:
                 return w
         raise UserError(f"no workload named {pod} in this mesh")
 
-    def _place(self, source: MeshSource, plan: AddressPlan | None = None) -> Mesh:
-        """The mesh on a free (or the given) address plan."""
+    def _place(self, source: MeshSource, plan: AddressPlan | None = None, avoid: set[int] | None = None) -> Mesh:
+        """The mesh on a free (or the given) address plan. The search starts at a block chosen by
+        process id, so meshes started at the same moment by different processes rarely race."""
+        start = 16 + 4 * (os.getpid() % 59)
         if isinstance(source, Mesh):
-            return readdress(source, plan or free_plan(source.plan.base, len(source.workloads)))
+            return readdress(source, plan or free_plan(start, len(source.workloads), avoid))
         if plan is None:
-            start = AddressPlan().base
-            plan = free_plan(start, len(source(AddressPlan(start)).workloads))
+            plan = free_plan(start, len(source(AddressPlan(start)).workloads), avoid)
         return source(plan)
 
     def _start_app(self, w: Workload) -> None:
@@ -377,16 +388,28 @@ def _warming(admin: Admin | None) -> list[str]:
 
 
 # --- addresses ----------------------------------------------------------------------------------
-def free_plan(start: int, pods: int) -> AddressPlan:
+def free_plan(start: int, pods: int, avoid: set[int] | None = None) -> AddressPlan:
     """The first AddressPlan from `start` whose pod IPs and app addresses are all free here (the
     ports every mesh binds: Envoy's admin, the app's control), so two meshes can run at once."""
     for base in [start, *range(start + 4, 253, 4), *range(16, start, 4)]:
+        if avoid and base in avoid:
+            continue
         plan = AddressPlan(base)
         if all(_bindable(plan.pod_ip(i), ADMIN_PORT) and _bindable(plan.app_address(i), APP_CONTROL_PORT)
                for i in range(pods)):
             return plan
     raise UserError("no free loopback address block for the mesh (127.16-255.x.y all in use)",
                     fix="stop other running meshes")
+
+
+ADDRESS_TRIES = 4
+
+
+def _address_clash(e: BaseException) -> bool:
+    """Whether a start failed because an address was taken (by Envoy, an app or the collector)."""
+    if isinstance(e, OSError) and e.errno == errno.EADDRINUSE:
+        return True
+    return "address already in use" in str(e).lower()
 
 
 def _bindable(host: str, port: int) -> bool:

@@ -94,6 +94,7 @@ class FilterWatcher:
             self.project = proj.load(self.project.root)
             artifact = proj.build(self.project)
             resources = with_filter(self.project, artifact, self.base, self.rt.workdir / "modules")
+            assert self.rt.mesh is not None, "the mesh is not running"
             self.rt.apply(build(resources, self.rt.mesh.plan.base))
         except UserError as e:
             self.echo(f"watch: not swapped: {e.one_line()}")

@@ -1,6 +1,6 @@
-"""Bookinfo for the mesh tests: the suite's own copy (tests/mesh/testdata/bookinfo), or, when
-ENVOYEXT_BOOKINFO names a copy of Istio's `samples/bookinfo` (platform/kube/bookinfo.yaml and
-networking/), the official manifests, unmodified."""
+"""Bookinfo for the mesh tests: the suite's own copy (examples/bookinfo, which `envoyext mesh
+example bookinfo` hands out), or the official manifests, unmodified, when a copy of Istio's
+`samples/bookinfo` (platform/kube/bookinfo.yaml and networking/) is at hand (official_bookinfo)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from envoyext.mesh.model import Mesh
 
-SUITE_BOOKINFO = Path(__file__).parent / "testdata" / "bookinfo"
+SUITE_BOOKINFO = Path(__file__).resolve().parents[2] / "examples" / "bookinfo"
 
 
 @dataclass(frozen=True)
@@ -37,15 +37,26 @@ def bookinfo_files(root: Path) -> Bookinfo:
                     tuple(sorted((root / "routing").glob("*.yaml"))))
 
 
-@pytest.fixture(scope="session")
-def bookinfo_dir() -> Path:
+# Where a copy of Istio's samples/bookinfo may be laid beside the checkout (the workplace's shared
+# folder); the tests use it when it is there. The package itself never reads outside itself.
+SHARED_BOOKINFO = [Path(__file__).resolve().parents[3] / "shared" / "istio" / "samples" / "bookinfo",
+                   Path(__file__).resolve().parents[3] / "shared" / "bookinfo"]
+
+
+def official_bookinfo() -> Path | None:
+    """A copy of the official samples/bookinfo: $ENVOYEXT_BOOKINFO, else one beside the checkout."""
     env = os.environ.get("ENVOYEXT_BOOKINFO")
     if env:
         root = Path(env)
         assert (root / "platform" / "kube" / "bookinfo.yaml").is_file(), \
             f"ENVOYEXT_BOOKINFO={env}: expected a copy of samples/bookinfo (platform/kube/bookinfo.yaml, networking/)"
         return root
-    return SUITE_BOOKINFO
+    return next((p for p in SHARED_BOOKINFO if (p / "platform" / "kube" / "bookinfo.yaml").is_file()), None)
+
+
+@pytest.fixture(scope="session")
+def bookinfo_dir() -> Path:
+    return official_bookinfo() or SUITE_BOOKINFO
 
 
 @pytest.fixture(scope="session")

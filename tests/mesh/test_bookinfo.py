@@ -1,15 +1,15 @@
 """Bookinfo against live Envoys: every proxy a real Envoy, every pod a stand-in app on loopback.
 
-Each scenario under tests/mesh/scenarios/ must pass case by case, and each gets a negative control
+Each scenario under examples/bookinfo/scenarios/ must pass case by case, and each gets a negative control
 (the same run judged against a wrong expectation must fail), so a pass here means the mesh did it.
-With ENVOYEXT_BOOKINFO pointing at a copy of Istio's samples/bookinfo, the routing scenario runs on
-the official manifests, unmodified, instead of the suite's copy.
+With a copy of Istio's samples/bookinfo (ENVOYEXT_BOOKINFO, or one beside the checkout: see
+conftest.official_bookinfo), the routing scenario runs on the official manifests, unmodified,
+instead of the suite's copy.
 """
 
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 
 import pytest
@@ -18,10 +18,11 @@ from envoyext import scenario, testrun
 from envoyext.runners import MESH
 from envoyext.runners.mesh import validate
 from envoyext.scenario import Scenario
+from tests.mesh.conftest import official_bookinfo
 
 HERE = Path(__file__).parent
-SCENARIOS = HERE / "scenarios"
-SUITE = HERE / "testdata" / "bookinfo"
+SUITE = HERE.resolve().parents[1] / "examples" / "bookinfo"
+SCENARIOS = SUITE / "scenarios"
 # The suite's files and the official ones they stand for (samples/bookinfo/...).
 OFFICIAL = {
     "platform.yaml": "platform/kube/bookinfo.yaml",
@@ -67,10 +68,10 @@ def _judge_again(sc: Scenario, results: list[testrun.CaseResult], case_name: str
 
 @pytest.fixture(scope="module")
 def routing() -> tuple[Scenario, list[testrun.CaseResult]]:
-    sc = scenario.load(SCENARIOS / "bookinfo-routing.yaml")
-    root = os.environ.get("ENVOYEXT_BOOKINFO")
+    sc = scenario.load(SCENARIOS / "routing.yaml")
+    root = official_bookinfo()
     if root:
-        sc = official(sc, Path(root))
+        sc = official(sc, root)
     return sc, run(sc)
 
 
@@ -95,7 +96,7 @@ def test_negative_controls_fail_on_the_same_observations(routing, case_name, wro
 
 
 def test_circuit_breaker_overflows_with_envoys_503():
-    sc = scenario.load(SCENARIOS / "bookinfo-circuit-breaker.yaml")
+    sc = scenario.load(SCENARIOS / "circuit-breaker.yaml")
     results = run(sc)
     assert _failures(results) == {}
     obs = results[0].observations[MESH]
@@ -108,7 +109,7 @@ def test_circuit_breaker_overflows_with_envoys_503():
 
 
 def test_telemetry_metrics_and_trace_across_gateway_and_sidecars():
-    sc = scenario.load(SCENARIOS / "bookinfo-telemetry.yaml")
+    sc = scenario.load(SCENARIOS / "telemetry.yaml")
     results = run(sc)
     assert _failures(results) == {}
     obs = results[0].observations[MESH]
@@ -119,3 +120,38 @@ def test_telemetry_metrics_and_trace_across_gateway_and_sidecars():
          "value": 1}]}}
     assert _judge_again(sc, results, name, wrong_workload)
     assert _judge_again(sc, results, name, {"trace": {"services": ["ratings.default"]}})
+
+
+def test_envoyfilters_written_for_istio_apply_as_istio_applies_them():
+    sc = scenario.load(SCENARIOS / "envoyfilter.yaml")
+    results = run(sc)
+    assert _failures(results) == {}
+    # Negative controls: the same observations against the opposite expectations.
+    assert _judge_again(sc, results, "reviews v2 has no such filter", {"headers": {"x-reviews-lua": "inbound"}})
+    assert _judge_again(sc, results, "the gateway's Lua filter answers /healthz itself",
+                        {"workloads": {"productpage-v1": {"called": True}}})
+    assert _judge_again(sc, results, "the patch is on ratings' route only", {"headers": {"x-route-patched": "ratings"}})
+
+
+def test_every_proxy_serves_prometheus_on_15090_and_readiness_on_15021():
+    """Istio's scrape and health ports, on each proxy's own pod IP, as a Prometheus would scrape them."""
+    import urllib.request
+
+    from envoyext.runners.mesh import build, load_resources, started
+    resources = load_resources([SUITE / "platform.yaml", SUITE / "gateway.yaml", SUITE / "destination-rules.yaml"])
+    with started(build(resources)) as rt:
+        assert rt.mesh is not None
+        urllib.request.urlopen(rt.gateway_url() + "/productpage", timeout=10).read()
+        for proxy in rt.mesh.proxies:
+            ip = proxy.workload.ip
+            with urllib.request.urlopen(f"http://{ip}:15021/healthz/ready", timeout=10) as r:
+                assert r.status == 200
+            text = urllib.request.urlopen(f"http://{ip}:15090/stats/prometheus", timeout=10).read().decode()
+            assert "envoy_server_live" in text
+        gateway = next(p for p in rt.mesh.proxies if p.kind == "router")
+        scrape = f"http://{gateway.workload.ip}:15090/stats/prometheus"
+        text = urllib.request.urlopen(scrape, timeout=10).read().decode()
+        counted = [line for line in text.splitlines() if line.startswith("istio_requests_total{")]
+        assert any('reporter="source"' in line and 'destination_workload="productpage-v1"' in line
+                   and line.endswith(" 1") for line in counted), counted
+        assert not any('destination_workload="reviews-v1"' in line for line in counted)  # negative control

@@ -17,7 +17,7 @@ from envoyext.messages import Received, Response
 from envoyext.scenario import Case, Observation, Request
 
 HERE = Path(__file__).parent
-BOOKINFO = HERE / "testdata" / "bookinfo"
+BOOKINFO = HERE.resolve().parents[1] / "examples" / "bookinfo"
 
 
 def _case(expect: dict) -> Case:
@@ -107,7 +107,7 @@ def test_mesh_paths_must_exist(tmp_path):
 
 
 def test_the_suite_mesh_scenarios_load():
-    for f in sorted((HERE / "scenarios").glob("*.yaml")):
+    for f in sorted((BOOKINFO / "scenarios").glob("*.yaml")):
         sc = scenario.load(f)
         assert sc.mesh is not None and sc.cases
 

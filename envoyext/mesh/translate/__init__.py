@@ -10,24 +10,12 @@ from __future__ import annotations
 import functools
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from envoyext.mesh.model import Json, Mesh, Proxy
+from envoyext.mesh.model import Json, Mesh
+from envoyext.mesh.proxyconfig import ProxyConfig
 
-
-@dataclass
-class ProxyConfig:
-    """Everything one proxy is served: the xDS resources istiod would push to it.
-
-    Each list holds Envoy v3 resources as dicts (no "@type" on the resource itself; the delivery
-    layer wraps them in DiscoveryResponses). `routes` are RouteConfigurations named as Istio names
-    them ("9080", "http.8080"); `endpoints` are ClusterLoadAssignments, one per EDS cluster."""
-    proxy: Proxy
-    listeners: list[Json] = field(default_factory=list)
-    clusters: list[Json] = field(default_factory=list)
-    routes: list[Json] = field(default_factory=list)
-    endpoints: list[Json] = field(default_factory=list)
+__all__ = ["ProxyConfig", "inline_endpoints", "translate"]
 
 
 def translate(mesh: Mesh, *, telemetry: bool = True, xds_dir: str = "xds", only: list[str] | None = None,
@@ -40,8 +28,8 @@ def translate(mesh: Mesh, *, telemetry: bool = True, xds_dir: str = "xds", only:
     working directory. `only`: just these proxies (by name). `eds`: endpoints in EDS files, one
     per cluster, as istiod serves them; by default they are folded into their clusters instead
     (STATIC, same names and endpoints), because Envoy opens one inotify instance per watched file
-    and Linux allows 128 per user: the EDS files of a Bookinfo-sized mesh already exceed that. `fetch` gets a WasmPlugin's module
-    from an oci:// or http(s):// url (see extensions.apply).
+    and Linux allows 128 per user: the EDS files of a Bookinfo-sized mesh already exceed that.
+    `fetch` gets a WasmPlugin's module from an oci:// or http(s):// url (see extensions.apply).
 
     Then the post-passes, in Istio's order: WasmPlugins placed in the chains as they are built,
     EnvoyFilters patched over the result."""

@@ -123,10 +123,13 @@ def destination_rule(mesh: Mesh, proxy: Proxy, service: Service) -> Resource | N
     """The DestinationRule that applies to `service` as seen from `proxy`, as istiod picks it:
     first the proxy's own namespace, then the service's namespace, then the root namespace; in
     each, the most specific host match (exact before wildcard), earliest loaded on a tie."""
+    index: dict[tuple[str, str | None], list[tuple[int, Resource]]] = mesh.memo("destination rules by host",
+                                                                                lambda: _rules_by_host(mesh))
     for ns in dict.fromkeys((proxy.namespace, service.namespace, ROOT_NAMESPACE)):
         best: tuple[tuple[int, int], int, Resource] | None = None
-        for i, dr in enumerate(mesh.destination_rules):
-            if dr.namespace != ns or not _exported(dr.spec.get("exportTo", ()), dr.namespace, proxy.namespace):
+        # Only rules for this exact host, or with a wildcard host, can match (see _rules_by_host).
+        for i, dr in index.get((ns, service.hostname), []) + index.get((ns, None), []):
+            if not _exported(dr.spec.get("exportTo", ()), dr.namespace, proxy.namespace):
                 continue
             selector = (dr.spec.get("workloadSelector") or {}).get("matchLabels")
             if selector is not None and (dr.namespace != proxy.namespace or not selects(selector, proxy.labels)):
@@ -137,6 +140,15 @@ def destination_rule(mesh: Mesh, proxy: Proxy, service: Service) -> Resource | N
         if best is not None:
             return best[2]
     return None
+
+
+def _rules_by_host(mesh: Mesh) -> dict[tuple[str, str | None], list[tuple[int, Resource]]]:
+    """DestinationRules by (namespace, host), in load order; wildcard hosts under (namespace, None)."""
+    out: dict[tuple[str, str | None], list[tuple[int, Resource]]] = {}
+    for i, dr in enumerate(mesh.destination_rules):
+        host = dr_host(dr)
+        out.setdefault((dr.namespace, None if "*" in host else host), []).append((i, dr))
+    return out
 
 
 # ---- trafficPolicy merging (Istio's MergeTrafficPolicy) --------------------------------------

@@ -37,7 +37,7 @@ from envoyext.mesh.model import (
     Resource,
     selects,
 )
-from envoyext.mesh.translate import ProxyConfig
+from envoyext.mesh.proxyconfig import ProxyConfig
 
 HCM = "envoy.filters.network.http_connection_manager"
 VIRTUAL_INBOUND = "virtualInbound"
@@ -664,9 +664,9 @@ def apply(mesh: Mesh, config: ProxyConfig) -> ProxyConfig:
     left as it was). Run after extensions.apply: Istio places WasmPlugins while building, then patches."""
     proxy = config.proxy
     patches = patches_for(mesh, proxy)
-    out = copy.deepcopy(config)
     if not patches:
-        return out
+        return config  # nothing to patch: no copy (a 1,000-service sidecar's config is megabytes)
+    out = copy.deepcopy(config)
     patcher = _Patcher(patches, proxy, _gateway_port_map(mesh, proxy), _services_selecting(mesh, proxy))
     gateway = proxy.kind == "router"
     contexts = ("GATEWAY",) if gateway else ("SIDECAR_INBOUND", "SIDECAR_OUTBOUND")

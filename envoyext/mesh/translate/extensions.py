@@ -30,7 +30,7 @@ from pathlib import Path
 from envoyext.envoy import filter_entry
 from envoyext.errors import UserError, read_bytes
 from envoyext.mesh.model import ROOT_NAMESPACE, Json, Mesh, Proxy, Resource
-from envoyext.mesh.translate import ProxyConfig
+from envoyext.mesh.proxyconfig import ProxyConfig
 from envoyext.mesh.translate.envoyfilter import HCM, PHASES, VIRTUAL_INBOUND, listener_context, phase_index, reaches
 
 Fetch = Callable[[str, str | None], Path]
@@ -143,10 +143,10 @@ def _listener_port(listener: Json) -> int:
 def apply(mesh: Mesh, config: ProxyConfig, fetch: Fetch | None = None) -> ProxyConfig:
     """`config` with every WasmPlugin that reaches its proxy placed in its HTTP connection managers (a
     new ProxyConfig). `fetch(url, sha256)` returns a local file for an oci:// or http(s):// url."""
-    out = copy.deepcopy(config)
     plugins = plugins_for(mesh, config.proxy)
     if not plugins:
-        return out
+        return config  # nothing to place: no copy (a 1,000-service sidecar's config is megabytes)
+    out = copy.deepcopy(config)
     entries = {r.key: (_phase(r), wasm_entry(r, fetch)) for r in plugins}
     for lis in out.listeners:
         context = listener_context(config.proxy, lis)

@@ -52,7 +52,7 @@ def outbound_http_ports(mesh: Mesh, proxy: Proxy) -> list[int]:
 
 def sidecar_routes(mesh: Mesh, proxy: Proxy) -> list[Json]:
     services = scope.services_in_view(mesh, proxy)
-    vses = scope.virtual_services_for_mesh(mesh, proxy)
+    vses = scope.HostIndex(scope.virtual_services_for_mesh(mesh, proxy))
     configs = []
     for port in outbound_http_ports(mesh, proxy):
         hosts = []

@@ -133,13 +133,31 @@ def virtual_services_for_mesh(mesh: Mesh, proxy: Proxy) -> list[Resource]:
             and (egress is None or any(ns == "*" or ns == vs.namespace for ns, _ in egress))]
 
 
-def virtual_service_for_host(vses: list[Resource], fqdn: str) -> Resource | None:
-    """The VirtualService that routes `fqdn` on a sidecar: the first whose hosts cover it (exact
-    host before wildcard, as Istio picks the most specific)."""
-    exact = [vs for vs in vses if fqdn in vs_hosts(vs)]
-    if exact:
-        return exact[0]
-    return next((vs for vs in vses if any(host_matches(h, fqdn) for h in vs_hosts(vs))), None)
+class HostIndex:
+    """VirtualServices by the hosts they route, for many look-ups against one list (a sidecar looks
+    up every service in view: scanning every VirtualService each time is quadratic)."""
+
+    def __init__(self, vses: list[Resource]):
+        self.exact: dict[str, Resource] = {}
+        self.wildcard: list[tuple[Resource, list[str]]] = []
+        for vs in vses:
+            hosts = vs_hosts(vs)
+            for h in hosts:
+                self.exact.setdefault(h, vs)
+            if any("*" in h for h in hosts):
+                self.wildcard.append((vs, hosts))
+
+    def lookup(self, fqdn: str) -> Resource | None:
+        """The first VirtualService whose hosts cover `fqdn` (exact host before wildcard, as Istio
+        picks the most specific)."""
+        if fqdn in self.exact:
+            return self.exact[fqdn]
+        return next((vs for vs, hosts in self.wildcard if any(host_matches(h, fqdn) for h in hosts)), None)
+
+
+def virtual_service_for_host(vses: list[Resource] | HostIndex, fqdn: str) -> Resource | None:
+    """The VirtualService that routes `fqdn` on a sidecar (see HostIndex.lookup)."""
+    return (vses if isinstance(vses, HostIndex) else HostIndex(vses)).lookup(fqdn)
 
 
 def destination_rule(mesh: Mesh, fqdn: str, proxy_namespace: str) -> Resource | None:
@@ -149,15 +167,26 @@ def destination_rule(mesh: Mesh, fqdn: str, proxy_namespace: str) -> Resource | 
     for ns in dict.fromkeys([proxy_namespace, service_ns, ROOT_NAMESPACE]):
         if ns is None:
             continue
-        rules = [r for r in mesh.destination_rules if r.namespace == ns
-                 and _exported(r.spec.get("exportTo") or ["*"], r.namespace, proxy_namespace)]
-        exact = [r for r in rules if resolve_host(r.spec.get("host", ""), r.namespace) == fqdn]
+        by_host: dict[tuple[str, str], list[Resource]] = mesh.memo("scope: rules by host", lambda: _rules_by_host(mesh))
+        exact = [r for r in by_host.get((ns, fqdn), [])
+                 if _exported(r.spec.get("exportTo") or ["*"], r.namespace, proxy_namespace)]
         if exact:
             return exact[0]
-        wild = [r for r in rules if host_matches(resolve_host(r.spec.get("host", ""), r.namespace), fqdn)]
+        wildcards: list[Resource] = mesh.memo("scope: wildcard rules", lambda: [
+            r for r in mesh.destination_rules if "*" in r.spec.get("host", "")])
+        wild = [r for r in wildcards
+                if r.namespace == ns and _exported(r.spec.get("exportTo") or ["*"], r.namespace, proxy_namespace)
+                and host_matches(resolve_host(r.spec.get("host", ""), r.namespace), fqdn)]
         if wild:
             return wild[0]
     return None
+
+
+def _rules_by_host(mesh: Mesh) -> dict[tuple[str, str], list[Resource]]:
+    out: dict[tuple[str, str], list[Resource]] = {}
+    for r in mesh.destination_rules:
+        out.setdefault((r.namespace, resolve_host(r.spec.get("host", ""), r.namespace)), []).append(r)
+    return out
 
 
 def traffic_policy(rule: Resource | None, subset: str, port: int) -> Json:

@@ -12,7 +12,7 @@ from envoyext.mesh import build as build_mod
 from envoyext.mesh import resources as resources_mod
 from envoyext.mesh.model import CLUSTER_DOMAIN, Mesh, MeshConfig, Resource, Service, ServicePort
 
-BOOKINFO = Path(__file__).resolve().parent.parent / "testdata" / "bookinfo"
+BOOKINFO = Path(__file__).resolve().parents[3] / "examples" / "bookinfo"
 
 
 def resources(*texts_or_paths: str | Path) -> list[Resource]:

@@ -48,7 +48,10 @@ def test_node_and_file_sources() -> None:
     assert config["dynamic_resources"]["cds_config"]["path_config_source"] == {
         "path": "/d/xds/cds.yaml", "watched_directory": {"path": "/d/xds"}}
     assert config["stats_config"] == {"stats_tags": []}
-    assert "stats_config" not in bootstrap.for_proxy(MESH, proxy, "/d/xds")
+    assert "stats_config" not in bootstrap.for_proxy(MESH, proxy, "/d/xds", telemetry=False)
+    with_telemetry = bootstrap.for_proxy(MESH, proxy, "/d/xds")
+    assert with_telemetry["stats_config"]["stats_tags"][0]["tag_name"] == "reporter"
+    assert "zipkin" in [c["name"] for c in with_telemetry["static_resources"]["clusters"]]
 
 
 def _write(path: Path, resources: list[dict[str, Any]], type_url: str) -> None:

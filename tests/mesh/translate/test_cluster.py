@@ -2,7 +2,7 @@
 rules of reference §4 and §6 one by one. UPDATE_GOLDEN=1 rewrites the golden files.
 
 Until `build.mesh` lands, the Bookinfo mesh is built here by hand from the same facts as
-tests/mesh/testdata/bookinfo (its DestinationRules are read from there)."""
+examples/bookinfo (its DestinationRules are read from there)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from envoyext.mesh.model import (
 )
 from envoyext.mesh.translate import cluster
 
-BOOKINFO = Path(__file__).resolve().parents[1] / "testdata" / "bookinfo"
+BOOKINFO = Path(__file__).resolve().parents[3] / "examples" / "bookinfo"
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "clusters"
 XDS = "/mesh/{proxy}/xds"   # the xds dir golden files are rendered with
 
