@@ -129,3 +129,32 @@ def test_gateway_server_ports_resolve_to_target_ports(match_port, listeners):
     got = {rc["name"]: sum(len(v["routes"]) for v in rc["virtual_hosts"] if v["name"].startswith("a."))
            for rc in gw.routes}
     assert got == listeners
+
+
+def _outbound(config) -> list[str]:
+    return sorted(c["name"] for c in config.clusters if c["name"].startswith("outbound|"))
+
+
+def test_sidecar_egress_hosts_narrow_clusters_and_bring_in_virtual_service_destinations():
+    scoped = translate(egress_mesh(*FILES, "sidecar-external-only"), telemetry=False)["sleep-0"]
+    # (the gateway's port 443 stays out: the VirtualService names its port 80 only)
+    assert _outbound(scoped) == [
+        GW_CLUSTER,
+        "outbound|80||api.external.test",
+        "outbound|80||istio-egressgateway.istio-system.svc.cluster.local"]
+    rc = next(r for r in scoped.routes if r["name"] == "80")
+    assert [v["name"] for v in rc["virtual_hosts"]] == [
+        "istio-egressgateway.istio-system.svc.cluster.local:80", "api.external.test:80", "block_all"]
+    # the same Sidecar without the gateway's VirtualService: only the host it names is in view
+    direct = translate(egress_mesh("demo-registry-only", "sleep", "external-static", "external-dns",
+                                   "sidecar-external-only"), telemetry=False)["sleep-0"]
+    assert _outbound(direct) == ["outbound|80||api.external.test"]
+    # negative control: no Sidecar, everything exported is in view
+    assert "outbound|80||dns.external.test" in _outbound(translate(egress_mesh(), telemetry=False)["sleep-0"])
+
+
+def test_every_routed_cluster_exists_with_a_sidecar_scope():
+    from tests.mesh.translate.test_translate_golden import referenced_clusters
+    for name, config in translate(egress_mesh(*FILES, "sidecar-external-only"), telemetry=False).items():
+        missing = referenced_clusters(config) - {c["name"] for c in config.clusters}
+        assert not missing, f"{name}: {sorted(missing)}"
