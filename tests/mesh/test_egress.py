@@ -95,6 +95,8 @@ def at_port(sc: Scenario, port: int, tmp: Path) -> Scenario:
         out.write_text(p.read_text().replace(PLACEHOLDER_PORT, str(port)))
         return out
     sc.mesh.resources = [swap(p) for p in sc.mesh.resources]
+    for c in sc.cases:
+        c.apply = [swap(p) for p in c.apply]
     return sc
 
 
@@ -130,6 +132,8 @@ STATIC = "a STATIC ServiceEntry host is reached through the sidecar"
 DNS = "a DNS ServiceEntry host is reached through the sidecar"
 BLOCKED = "with REGISTRY_ONLY a host outside the registry is blocked"
 VIA_GATEWAY = "the external host is reached through the egress gateway"
+SCOPED = "a Sidecar naming only the external host still reaches it through the egress gateway"
+OUT_OF_SCOPE = "a host the Sidecar leaves out is blocked"
 
 
 def test_service_entry_hosts_leave_through_the_sidecar(sidecar, external):
@@ -181,3 +185,18 @@ def test_egress_gateway_carries_the_external_host(gateway, external):
 def test_egress_gateway_negative_controls(gateway, wrong):
     sc, results = gateway
     assert _judge_again(sc, results, VIA_GATEWAY, wrong), "a wrong expectation passed"
+
+
+@pytest.fixture(scope="module")
+def scoped(external: External, tmp_path_factory: pytest.TempPathFactory) -> tuple[Scenario, list]:
+    sc = at_port(scenario.load(SCENARIOS / "egress-sidecar-scope.yaml"), external.port,
+                 tmp_path_factory.mktemp("egress"))
+    return sc, run(sc)
+
+
+def test_sidecar_scope_keeps_the_gateway_route_and_blocks_the_rest(scoped, external):
+    sc, results = scoped
+    assert _failures(results) == {}
+    assert len(external.paths("/scoped")) == 3 and external.paths("/out-of-scope") == []
+    assert _judge_again(sc, results, OUT_OF_SCOPE, {"statuses": {200: 1}})
+    assert _judge_again(sc, results, SCOPED, {"statuses": {502: 3}})
