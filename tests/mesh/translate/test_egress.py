@@ -158,3 +158,53 @@ def test_every_routed_cluster_exists_with_a_sidecar_scope():
     for name, config in translate(egress_mesh(*FILES, "sidecar-external-only"), telemetry=False).items():
         missing = referenced_clusters(config) - {c["name"] for c in config.clusters}
         assert not missing, f"{name}: {sorted(missing)}"
+
+
+SERVICE_ENTRY_FORMS = """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: round-robin}
+spec:
+  hosts: [rr.external.test]
+  ports: [{number: 8000, name: http, protocol: HTTP}]
+  resolution: DNS_ROUND_ROBIN
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: passthrough}
+spec:
+  hosts: [any.external.test]
+  addresses: [192.0.2.10]
+  ports: [{number: 8000, name: http, protocol: HTTP}]
+  resolution: NONE
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: internal}
+spec:
+  hosts: [sleep.internal.test]
+  location: MESH_INTERNAL
+  ports: [{number: 8000, name: http, protocol: HTTP, targetPort: 80}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: sleep}}
+"""
+
+
+def test_service_entry_forms():
+    mesh = build(resources(EGRESS / "sleep.yaml", SERVICE_ENTRY_FORMS))
+    config = translate(mesh, telemetry=False)["sleep-0"]
+    clusters = {c["name"]: c for c in config.clusters}
+    rr = clusters["outbound|8000||rr.external.test"]
+    # DNS_ROUND_ROBIN without endpoints: Envoy resolves the host itself, one address at a time.
+    assert rr["type"] == "LOGICAL_DNS" and rr["load_assignment"]["endpoints"][0]["lb_endpoints"][0][
+        "endpoint"]["address"]["socket_address"] == {"address": "rr.external.test", "port_value": 8000}
+    assert clusters["outbound|8000||any.external.test"]["type"] == "ORIGINAL_DST"
+    # MESH_INTERNAL selecting mesh pods: the pod at its targetPort, with Istio's workload metadata.
+    [ep] = clusters["outbound|8000||sleep.internal.test"]["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    sleep = mesh.proxy("sleep-0")
+    assert sleep is not None
+    assert ep["endpoint"]["address"]["socket_address"] == {"address": sleep.workload.ip, "port_value": 80}
+    assert ep["metadata"]["filter_metadata"]["istio"]["workload"].startswith("sleep;default;sleep;")
+    vh = _vhost(config, "8000", "any.external.test:8000")
+    assert "192.0.2.10" in vh["domains"] and "192.0.2.10:8000" in vh["domains"]
+    validate(static_config(config))
