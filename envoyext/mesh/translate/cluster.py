@@ -34,6 +34,7 @@ from envoyext.mesh.model import (
     ServicePort,
     selects,
 )
+from envoyext.mesh.translate import scope
 
 BLACKHOLE = "BlackHoleCluster"
 PASSTHROUGH = "PassthroughCluster"
@@ -95,9 +96,9 @@ def _exported(export_to: tuple[str, ...] | list[str], owner_ns: str, viewer_ns: 
 
 
 def visible_services(mesh: Mesh, proxy: Proxy) -> list[Service]:
-    """The services a proxy gets clusters for: those exported to its namespace (Sidecar egress
-    hosts would narrow this further; not modelled yet)."""
-    return [s for s in mesh.services if _exported(s.export_to, s.namespace, proxy.namespace)]
+    """The services a proxy gets clusters for: the ones in its sidecar scope (exported to its
+    namespace, narrowed by a Sidecar's egress hosts, plus its VirtualServices' destinations)."""
+    return scope.services_in_view(mesh, proxy)
 
 
 def dr_host(dr: Resource) -> str:

@@ -117,22 +117,42 @@ def default_route(ctx: Context, service: Service) -> Json:
 # --- gateway -------------------------------------------------------------------------------------
 
 def gateway_http_servers(mesh: Mesh, proxy: Proxy) -> dict[int, list[tuple[Resource, Json]]]:
-    """HTTP servers of the Gateways selecting this proxy, by port (TLS servers: the security issue)."""
+    """HTTP servers of the Gateways selecting this proxy, by the port the proxy listens on (TLS
+    servers: the security issue). A server port that is a port of a Service selecting the gateway
+    pod is that port's targetPort (the egress gateway's 80 listens on 8080); any other is taken as
+    written (Bookinfo's 8080). Pilot `resolvePorts` with a label selector: the first Service
+    port that matches wins."""
     out: dict[int, list[tuple[Resource, Json]]] = {}
     for gw in scope.gateways_for(mesh, proxy):
         for server in gw.spec.get("servers", []):
             port = server.get("port", {})
             if str(port.get("protocol", "")).upper() in scope.HTTP_PROTOCOLS:
-                out.setdefault(int(port["number"]), []).append((gw, server))
+                out.setdefault(listen_port(mesh, proxy, int(port["number"])), []).append((gw, server))
     return dict(sorted(out.items()))
 
 
+def listen_port(mesh: Mesh, proxy: Proxy, number: int) -> int:
+    """Where a gateway proxy listens for a Gateway server's port `number` (pilot `resolvePorts`)."""
+    for s in mesh.services:
+        if not s.from_service_entry and s.namespace == proxy.namespace and s.selector \
+                and all(proxy.labels.get(k) == v for k, v in s.selector.items()):
+            p = s.port(number)
+            if p is not None:
+                return p.target_port
+    return number
+
+
 def gateway_routes(mesh: Mesh, proxy: Proxy) -> list[Json]:
+    """`http.<listen port>` per port; virtual hosts and routes speak of the first server's own
+    port number (pilot `buildGatewayHTTPRouteConfig`: `port := servers[0].Port.Number`), so the
+    egress gateway's `http.8080` holds `api.example.com:80`."""
     configs = []
-    for port, servers in gateway_http_servers(mesh, proxy).items():
+    for listen, servers in gateway_http_servers(mesh, proxy).items():
+        port = int(servers[0][1]["port"]["number"])
+        numbers = {int(s["port"]["number"]) for _, s in servers}
         hosts: dict[str, Json] = {}
         for gw, server in servers:
-            ctx = Context(mesh, proxy, port, gateway=gw)
+            ctx = Context(mesh, proxy, port, gateway=gw, server_ports=numbers)
             for vs in mesh.virtual_services:
                 if not scope.binds_to_gateway(vs, gw):
                     continue
@@ -143,7 +163,7 @@ def gateway_routes(mesh: Mesh, proxy: Proxy) -> list[Json]:
             # Nothing bound to this port: Istio still serves the route name, answering 404.
             hosts["blackhole"] = xds.virtual_host(f"blackhole:{port}", ["*"], [
                 {"name": "default", "match": {"prefix": "/"}, "direct_response": {"status": 404}}])
-        configs.append(route_configuration(f"http.{port}", list(hosts.values())))
+        configs.append(route_configuration(f"http.{listen}", list(hosts.values())))
     return configs
 
 
@@ -174,10 +194,14 @@ def gateway_domains(host: str, port: int) -> list[str]:
 # --- one VirtualService's http rules ----------------------------------------------------------------
 
 class Context:
-    """Where routes are being built: the proxy, the listener port, the Gateway (None on a sidecar)."""
+    """Where routes are being built: the proxy, the listener port, the Gateway (None on a sidecar)
+    and, on a gateway, the server port numbers that listen there (a match's `port` names one of
+    those, not the listener's targetPort: pilot's gateway port map)."""
 
-    def __init__(self, mesh: Mesh, proxy: Proxy, port: int, gateway: Resource | None):
+    def __init__(self, mesh: Mesh, proxy: Proxy, port: int, gateway: Resource | None,
+                 server_ports: set[int] | None = None):
         self.mesh, self.proxy, self.port, self.gateway = mesh, proxy, port, gateway
+        self.server_ports = server_ports or {port}
 
 
 def vs_routes(ctx: Context, vs: Resource) -> list[Json]:
@@ -199,7 +223,7 @@ def vs_routes(ctx: Context, vs: Resource) -> list[Json]:
 
 def match_applies(ctx: Context, vs: Resource, match: Json) -> bool:
     """A match is skipped when its port, gateways, sourceLabels or sourceNamespace do not fit."""
-    if match.get("port") and int(match["port"]) != ctx.port:
+    if match.get("port") and int(match["port"]) not in ctx.server_ports:
         return False
     if match.get("gateways"):
         refs = [scope.gateway_ref(g, vs.namespace) for g in match["gateways"]]

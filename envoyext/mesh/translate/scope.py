@@ -9,6 +9,8 @@ are wildcards (pilot `ResolveShortnameToFQDN`, `host.Name.Matches`).
 
 from __future__ import annotations
 
+import dataclasses
+
 from envoyext.mesh.model import CLUSTER_DOMAIN, ROOT_NAMESPACE, Json, Mesh, Proxy, Resource, Service, selects
 
 HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC", "GRPC-WEB"})
@@ -86,11 +88,45 @@ def _egress_allows(egress: list[tuple[str, str]] | None, namespace: str, host: s
 
 def services_in_view(mesh: Mesh, proxy: Proxy) -> list[Service]:
     """The services a proxy knows: exported to its namespace and, for a sidecar, allowed by its
-    Sidecar resource's egress hosts (`./*`, `istio-system/*`, `*/reviews.default.svc.cluster.local`)."""
+    Sidecar resource's egress hosts (`./*`, `istio-system/*`, `*/reviews.default.svc.cluster.local`),
+    plus the destinations of the VirtualServices in view (pilot `collectImportedServices`: "infer
+    more possible destinations from virtual services"), so a route never names a missing cluster.
+    A destination brought in only that way keeps just the ports the routes name, when they all
+    name one (`serviceMatchingVirtualServicePorts`)."""
     egress = _egress_hosts(mesh, proxy)
-    return [s for s in mesh.services
-            if _exported(s.export_to, s.namespace, proxy.namespace)
-            and _egress_allows(egress, s.namespace, s.hostname)]
+    exported = [s for s in mesh.services if _exported(s.export_to, s.namespace, proxy.namespace)]
+    if egress is None:
+        return exported
+    named = {s.hostname for s in exported if _egress_allows(egress, s.namespace, s.hostname)}
+    inferred: dict[str, set[int]] = {}
+    for vs in virtual_services_for_mesh(mesh, proxy):
+        for host, ports in vs_destinations(vs).items():
+            inferred.setdefault(host, set()).update(ports)
+    out = []
+    for s in exported:
+        if s.hostname in named:
+            out.append(s)
+        elif s.hostname in inferred:
+            ports = inferred[s.hostname]
+            if ports and 0 not in ports:
+                s = dataclasses.replace(s, ports=tuple(p for p in s.ports if p.port in ports))
+            out.append(s)
+    return out
+
+
+def vs_destinations(vs: Resource) -> dict[str, set[int]]:
+    """Every host a VirtualService sends to (routes, mirrors; http, tls, tcp), as FQDNs, with the
+    ports named (0: a destination without a port, so every port)."""
+    out: dict[str, set[int]] = {}
+    for kind in ("http", "tls", "tcp"):
+        for rule in vs.spec.get(kind) or []:
+            targets = [r.get("destination") or {} for r in rule.get("route") or []]
+            targets += [rule.get("mirror") or {}] + [m.get("destination") or {} for m in rule.get("mirrors") or []]
+            for t in targets:
+                if t.get("host"):
+                    port = int((t.get("port") or {}).get("number") or 0)
+                    out.setdefault(resolve_host(t["host"], vs.namespace), set()).add(port)
+    return out
 
 
 def http_ports(service: Service) -> list[int]:
@@ -124,13 +160,15 @@ def vs_hosts(vs: Resource) -> list[str]:
 
 
 def virtual_services_for_mesh(mesh: Mesh, proxy: Proxy) -> list[Resource]:
-    """VirtualServices that apply to a sidecar: bound to `mesh`, exported to its namespace, and in a
-    namespace its Sidecar resource's egress hosts name. Load order (Istio: creation time)."""
+    """VirtualServices that apply to a sidecar: bound to `mesh`, exported to its namespace and, with
+    a Sidecar resource, with a host one of its egress hosts covers in the VirtualService's
+    namespace (pilot `SelectVirtualServices`). Load order (Istio: creation time)."""
     egress = _egress_hosts(mesh, proxy)
     return [vs for vs in mesh.virtual_services
             if binds_to_mesh(vs)
             and _exported(vs.spec.get("exportTo") or ["*"], vs.namespace, proxy.namespace)
-            and (egress is None or any(ns == "*" or ns == vs.namespace for ns, _ in egress))]
+            and (egress is None or any((ns == "*" or ns == vs.namespace) and hosts_intersect(dns, h) is not None
+                                       for ns, dns in egress for h in vs_hosts(vs)))]
 
 
 class HostIndex:

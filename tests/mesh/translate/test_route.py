@@ -415,17 +415,17 @@ def test_gateway_virtual_hosts_and_domains():
     bound = vs("  - route: [{destination: {host: reviews}}]", hosts='["bookinfo.example.com", "*.example.com", x.com]',
                extra="  gateways: [gw]")
     rcs = gateway_routes(GATEWAY, bound)
-    assert list(rcs) == ["http.80"]                 # the HTTPS server waits for the security work
-    hosts = {v["name"]: v["domains"] for v in rcs["http.80"]["virtual_hosts"]}
+    assert list(rcs) == ["http.8080"]   # port 80 of the gateway Service: its targetPort; HTTPS waits
+    hosts = {v["name"]: v["domains"] for v in rcs["http.8080"]["virtual_hosts"]}
     assert hosts == {"bookinfo.example.com:80": ["bookinfo.example.com", "bookinfo.example.com:*"],
                      "*.example.com:80": ["*.example.com", "*.example.com:80"]}   # x.com: server wants ns other
-    [r] = rcs["http.80"]["virtual_hosts"][0]["routes"]
+    [r] = rcs["http.8080"]["virtual_hosts"][0]["routes"]
     assert r["route"]["cluster"] == f"outbound|9080||{REVIEWS}"
 
 
 def test_gateway_without_bound_virtual_services_answers_404():
     sidecar_vs = vs("  - route: [{destination: {host: reviews}}]", hosts='["bookinfo.example.com"]')
-    [vh] = gateway_routes(GATEWAY, sidecar_vs)["http.80"]["virtual_hosts"]
+    [vh] = gateway_routes(GATEWAY, sidecar_vs)["http.8080"]["virtual_hosts"]
     assert vh["name"] == "blackhole:80" and vh["routes"][0]["direct_response"] == {"status": 404}
 
 
