@@ -232,3 +232,64 @@ def test_envoy_validates_a_config_with_every_filter_kind():
     next(iter(rbac["typed_config"]["rules"]["policies"].values()))["permissions"] = [{"no_such_rule": True}]
     with pytest.raises(EnvoyRejected):
         validate(broken)
+
+
+# --- a live Envoy enforces them as Istio means them ----------------------------------------------------
+
+LIVE = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-users, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  rules:
+  - to: [{operation: {methods: [GET], paths: ["/reviews/{*}/rating", "/static/{**}", "/admin/*"]}}]
+    when: [{key: "request.headers[x-user]", values: [jason, "*-bot"]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-secret, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin/secret*"]}}]}]
+"""
+
+
+@pytest.mark.parametrize("method, path, user, status", [
+    ("GET", "/reviews/1/rating", "jason", 200),
+    ("GET", "/static/css/a/b.css", "crawler-bot", 200),
+    ("GET", "/admin/public", "jason", 200),
+    # negative controls, one condition broken each:
+    ("GET", "/reviews/1/2/rating", "jason", 403),     # {*} is one segment
+    ("POST", "/reviews/1/rating", "jason", 403),      # method
+    ("GET", "/reviews/1/rating", None, 403),          # the when header is missing
+    ("GET", "/reviews/1/rating", "mallory", 403),     # ... or has another value
+    ("GET", "/admin/secret-keys", "jason", 403),      # allowed, but DENY comes first
+])
+def test_live_envoy_enforces_the_rbac(live_envoy, method, path, user, status):
+    import urllib.error
+    import urllib.request
+    request = urllib.request.Request(live_envoy + path, method=method, headers={"x-user": user} if user else {})
+    try:
+        with urllib.request.urlopen(request) as r:
+            got, body = r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        got, body = e.code, e.read().decode()
+    assert got == status
+    assert (body == "RBAC: access denied") == (status == 403)
+
+
+@pytest.fixture(scope="module")
+def live_envoy():
+    from envoyext.envoy import xds
+    from envoyext.envoy.process import EnvoyProcess
+    mesh = bookinfo(None, LIVE)
+    routes = xds.route_config("r", [xds.virtual_host("all", ["*"], [
+        xds.route("ok", {"prefix": "/"}, direct_response=xds.direct_response(200, "ok"))])])
+    hcm = xds.http_connection_manager("ingress_http", routes,
+                                      [*authz.http_filters(mesh, mesh.proxy(REVIEWS)), xds.router_filter()])
+    config = xds.bootstrap(node=xds.node("envoyext", "envoyext"), admin=("127.0.0.1", 0),
+                           listeners=[xds.http_listener("envoyext", ("127.0.0.1", 0), hcm)], clusters=[])
+    with EnvoyProcess(config) as envoy:
+        yield envoy.url
