@@ -762,6 +762,22 @@ def http_filters(mesh: Mesh, proxy: Proxy, authn: list[Json] | None = None) -> l
     return [*custom_filters(mesh, proxy), *(authn or []), *rbac_filters(mesh, proxy)]
 
 
+def after_custom(filters: list[Json]) -> int:
+    """The index just past the CUSTOM block (its RBAC shadow filter + ext_authz) of an HCM's
+    http_filters, 0 when there is none. Extension phases AUTHN and AUTHZ belong after it (reference
+    §11: CUSTOM is #2, AUTHN #3); a search for their anchors (jwt_authn, the first RBAC filter)
+    should start here, or it finds CUSTOM's RBAC filter and places them before ext_authz."""
+    last = max((i for i, f in enumerate(filters) if f.get("name") == EXT_AUTHZ_HTTP), default=-1)
+    if last >= 0:
+        return last + 1
+    # A CUSTOM provider that failed leaves only its deny filter, recognisable by its policy names.
+    for i, f in enumerate(filters):
+        policies = ((f.get("typed_config") or {}).get("rules") or {}).get("policies") or {}
+        if f.get("name") == RBAC_HTTP and policies and all(k.endswith(BAD_CUSTOM_SUFFIX) for k in policies):
+            last = i
+    return last + 1
+
+
 def tcp_filters(mesh: Mesh, proxy: Proxy) -> list[Json]:
     """Network filters to put before tcp_proxy on a sidecar's inbound TCP chains: CUSTOM (gRPC
     providers only), then RBAC AUDIT, DENY, ALLOW with `stat_prefix: tcp.`."""

@@ -141,6 +141,14 @@ spec:
     assert len(h["typed_config"]["rules"]["policies"]) == 2
 
 
+def test_after_custom_points_past_the_custom_block():
+    assert authz.after_custom(filters_of(CASES["custom-ext-authz"])) == 2
+    assert authz.after_custom(filters_of(CASES["custom-unknown-provider"])) == 1
+    # negative controls: no CUSTOM policy, nothing to skip
+    assert authz.after_custom(filters_of(CASES["order-audit-deny-allow"])) == 0
+    assert authz.after_custom([]) == 0
+
+
 # --- the listener hook ----------------------------------------------------------------------------------
 
 def hcm_filters(listener: dict) -> list[list[str]]:
