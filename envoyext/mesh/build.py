@@ -118,7 +118,9 @@ def mesh_config(resources: Iterable[Resource]) -> MeshConfig:
         tracing_sampling=float(sampling) if sampling is not None else (100.0 if demo else 1.0),
         access_log_file=mc.get("accessLogFile", "/dev/stdout" if demo else ""),
         enable_auto_mtls=mc.get("enableAutoMtls", True),
-        connect_timeout=mc.get("connectTimeout", MeshConfig.connect_timeout))
+        connect_timeout=mc.get("connectTimeout", MeshConfig.connect_timeout),
+        extension_providers=tuple(mc.get("extensionProviders") or ()),
+        trust_domain_aliases=tuple(mc.get("trustDomainAliases") or ()))
 
 
 # --- gateways the install profile adds (as the istio-ingressgateway/egressgateway charts do) -------

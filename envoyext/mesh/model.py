@@ -57,6 +57,10 @@ class MeshConfig:
     access_log_file: str = ""              # "" = off; the demo profile sets /dev/stdout
     enable_auto_mtls: bool = True
     connect_timeout: str = "10s"
+    # AuthorizationPolicy (translate/authz.py): meshConfig.extensionProviders as written (CUSTOM
+    # ext_authz), and meshConfig.trustDomainAliases (principals are expanded to each).
+    extension_providers: tuple[Json, ...] = ()
+    trust_domain_aliases: tuple[str, ...] = ()
 
     @property
     def has_ingress_gateway(self) -> bool:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from envoyext.envoy import xds
 from envoyext.mesh.model import INBOUND_CAPTURE_PORT, Json, Mesh, Proxy, Service
-from envoyext.mesh.translate import route, scope
+from envoyext.mesh.translate import authz, route, scope
 
 FAULT = xds.T + "envoy.extensions.filters.http.fault.v3.HTTPFault"
 CORS = xds.T + "envoy.extensions.filters.http.cors.v3.Cors"
@@ -152,7 +152,8 @@ def inbound_ports(mesh: Mesh, proxy: Proxy) -> dict[int, tuple[Service, bool]]:
 def inbound_listener(mesh: Mesh, proxy: Proxy, stats: StatsFilter | None, extra: Json) -> Json:
     ip = proxy.workload.ip
     ports = inbound_ports(mesh, proxy)
-    chains = [inbound_chain(port, service, http, stats, extra) for port, (service, http) in ports.items()]
+    security = authz.http_filters(mesh, proxy)  # AUTHZ HOOK: CUSTOM ext_authz, (jwt_authn), RBAC (reference §11)
+    chains = [inbound_chain(port, service, http, stats, extra, security) for port, (service, http) in ports.items()]
     # Istio's chain for connections to :15006 itself (nothing should arrive there).
     chains.append(xds.filter_chain([tcp_proxy("BlackHoleCluster", "BlackHoleCluster")],
                                    filter_chain_match={"destination_port": INBOUND_CAPTURE_PORT},
@@ -163,7 +164,8 @@ def inbound_listener(mesh: Mesh, proxy: Proxy, stats: StatsFilter | None, extra:
     return listener
 
 
-def inbound_chain(port: int, service: Service, http: bool, stats: StatsFilter | None, extra: Json) -> Json:
+def inbound_chain(port: int, service: Service, http: bool, stats: StatsFilter | None, extra: Json,
+                  security: list[Json] | None = None) -> Json:
     cluster = f"inbound|{port}||"
     match = {"destination_port": port}
     if not http:
@@ -175,7 +177,7 @@ def inbound_chain(port: int, service: Service, http: bool, stats: StatsFilter | 
     routes["validate_clusters"] = False
     hcm = {"@type": xds.HCM, "stat_prefix": f"inbound_0.0.0.0_{port}", "route_config": routes,
            **_hcm_common(), "use_remote_address": False, **extra,
-           "http_filters": http_filters(stats, "destination")}
+           "http_filters": [*(security or []), *http_filters(stats, "destination")]}
     return xds.filter_chain([xds.network_filter(xds.HCM_NAME, hcm)], filter_chain_match=match, name=f"0.0.0.0_{port}")
 
 
@@ -191,7 +193,8 @@ def gateway_listeners(mesh: Mesh, proxy: Proxy, xds_dir: str, stats: StatsFilter
     for port in route.gateway_http_servers(mesh, proxy):
         name = f"0.0.0.0_{port}"
         # A gateway is the edge: it trusts the peer address it sees (use_remote_address), as Istio's do.
-        hcm = rds_hcm(f"outbound_{name}", f"http.{port}", xds_dir, http_filters(stats, "source"),
+        security = authz.http_filters(mesh, proxy)  # AUTHZ HOOK (reference §11)
+        hcm = rds_hcm(f"outbound_{name}", f"http.{port}", xds_dir, [*security, *http_filters(stats, "source")],
                       {"use_remote_address": True, **extra}, server_name="istio-envoy")
         out.append(xds.listener(name, (proxy.workload.ip, port),
                                 [xds.filter_chain([xds.network_filter(xds.HCM_NAME, hcm)])],
