@@ -155,3 +155,12 @@ def test_every_proxy_serves_prometheus_on_15090_and_readiness_on_15021():
         assert any('reporter="source"' in line and 'destination_workload="productpage-v1"' in line
                    and line.endswith(" 1") for line in counted), counted
         assert not any('destination_workload="reviews-v1"' in line for line in counted)  # negative control
+
+
+def test_authorization_policies_are_enforced_by_the_sidecar():
+    sc = scenario.load(SCENARIOS / "authorization.yaml")
+    results = run(sc)
+    assert _failures(results) == {}
+    assert _judge_again(sc, results, "a POST is not allowed", {"status": 200})
+    assert _judge_again(sc, results, "a blocked request is denied even where it would be allowed", {"status": 200})
+    assert _judge_again(sc, results, "other services are not affected", {"status": 403})

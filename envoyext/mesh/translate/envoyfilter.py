@@ -38,6 +38,7 @@ from envoyext.mesh.model import (
     selects,
 )
 from envoyext.mesh.proxyconfig import ProxyConfig
+from envoyext.mesh.translate import authz
 
 HCM = "envoy.filters.network.http_connection_manager"
 VIRTUAL_INBOUND = "virtualInbound"
@@ -62,8 +63,11 @@ PHASES = ("AUTHN", "AUTHZ", "STATS", "UNSPECIFIED")
 
 
 def phase_index(filters: list[Json], phase: str) -> int:
-    """Where a filter of `phase` goes in an HCM's http_filters: before its anchor, else at the end."""
-    for i, f in enumerate(filters):
+    """Where a filter of `phase` goes in an HCM's http_filters: before its anchor, else at the end.
+    AUTHN and AUTHZ anchors are searched after the CUSTOM block (its shadow RBAC filter is not the
+    RBAC block AUTHZ goes before: Istio places both phases after ext_authz)."""
+    start = authz.after_custom(filters) if phase in ("AUTHN", "AUTHZ") else 0
+    for i, f in enumerate(filters[start:], start):
         name = f.get("name", "")
         if name in TAIL or (name.startswith(RBAC_PREFIX) and phase in ("AUTHN", "AUTHZ")) or (
                 name == JWT and phase == "AUTHN"):

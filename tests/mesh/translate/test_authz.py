@@ -301,3 +301,16 @@ def live_envoy():
                            listeners=[xds.http_listener("envoyext", ("127.0.0.1", 0), hcm)], clusters=[])
     with EnvoyProcess(config) as envoy:
         yield envoy.url
+
+
+def test_extension_phases_go_after_the_custom_block():
+    """A WasmPlugin in phase AUTHN or AUTHZ goes after ext_authz (reference §11), not before the
+    CUSTOM block's shadow RBAC filter, which is not the RBAC block AUTHZ anchors on."""
+    from envoyext.mesh.translate.envoyfilter import phase_index
+    chain = [{"name": authz.RBAC_HTTP, "typed_config": {"shadow_rules": {}}}, {"name": authz.EXT_AUTHZ_HTTP},
+             {"name": authz.RBAC_HTTP, "typed_config": {"rules": {"action": "ALLOW"}}},
+             {"name": "envoy.filters.http.fault"}, {"name": "envoy.filters.http.router"}]
+    assert phase_index(chain, "AUTHZ") == 2
+    assert phase_index(chain, "AUTHN") == 2
+    assert phase_index(chain, "STATS") == 3
+    assert phase_index(chain[2:], "AUTHZ") == 0  # control: without CUSTOM, right before RBAC
