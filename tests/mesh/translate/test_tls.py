@@ -389,3 +389,69 @@ def test_validation_reads_the_sds_files(certs, tmp_path):
     (broken / "ROOTCA.yaml").write_text((certs / "sds" / "ROOTCA.yaml").read_text().replace("root.pem", "nothing.pem"))
     with pytest.raises(EnvoyRejected):
         validate_proxy(mesh, secured(mesh)["ratings-v1-0"], tmp_path)
+
+
+def test_tcp_ports_per_mode():
+    chain = {"filters": [], "filter_chain_match": {"destination_port": 3306}, "name": "0.0.0.0_3306"}
+    strict = tls.inbound_chains("STRICT", chain, "cluster.local", http=False)
+    assert shape(strict) == [("tls", True)]
+    assert strict[0]["transport_socket"]["typed_config"]["common_tls_context"]["alpn_protocols"] == tls.ALPN_SERVER_TCP
+    permissive = tls.inbound_chains("PERMISSIVE", chain, "cluster.local", http=False)
+    # mTLS by Istio ALPN, plaintext, and other TLS passed through to the app untouched
+    assert shape(permissive) == [("tls", True), ("raw_buffer", False), ("tls", False)]
+    assert permissive[0]["filter_chain_match"]["application_protocols"] == tls.ALPN_MTLS_TCP
+    assert "application_protocols" not in permissive[2]["filter_chain_match"]
+    assert chain["filter_chain_match"] == {"destination_port": 3306} and "transport_socket" not in chain  # untouched
+
+
+def test_endpoint_modes_on_inline_clusters_too():
+    """translate() folds endpoints into STATIC clusters; the DISABLE marking works on either form."""
+    from envoyext.mesh.translate import inline_endpoints
+    mesh = bookinfo(None, MESH_STRICT, RATINGS_PLAIN)
+    proxy = mesh.proxy("reviews-v2-0")
+    clusters, endpoints = cluster.for_proxy(mesh, proxy, "xds", upstream_tls=tls.upstream_tls(mesh))
+    folded = inline_endpoints(ProxyConfig(proxy=proxy, listeners=[], clusters=clusters, routes=[],
+                                          endpoints=endpoints)).clusters
+    marked = {c["name"]: c for c in tls.endpoint_tls_modes(mesh, folded)}
+
+    def mode(name: str) -> str:
+        lb = marked[name]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+        return str(lb["metadata"]["filter_metadata"]["envoy.transport_socket_match"]["tlsMode"])
+    assert mode("outbound|9080||ratings.default.svc.cluster.local") == "disabled"
+    assert mode("outbound|9080||details.default.svc.cluster.local") == "istio"
+
+
+ORIGINATE = """
+apiVersion: install.istio.io/v1alpha1
+kind: IstioOperator
+metadata: {name: demo, namespace: istio-system}
+spec: {profile: demo}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api}
+spec:
+  hosts: [api.example.com]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports: [{number: 443, name: https, protocol: HTTPS}, {number: 80, name: http, protocol: HTTP}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: originate}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    portLevelSettings:
+    - port: {number: 443}
+      tls: {mode: SIMPLE}
+"""
+
+
+def test_tls_origination_at_the_egress_gateway():
+    mesh = build(resources(BOOKINFO / "platform.yaml", ORIGINATE))
+    egress = secured(mesh)["istio-egressgateway-0"]
+    up = outbound(egress, "outbound|443||api.example.com")["transport_socket"]["typed_config"]
+    assert up["@type"].endswith("UpstreamTlsContext") and up["sni"] == "api.example.com"
+    plain = outbound(egress, "outbound|80||api.example.com")   # control: the port-level setting is 443's
+    assert "transport_socket" not in plain and "transport_socket_matches" not in plain
