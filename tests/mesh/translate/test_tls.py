@@ -455,3 +455,93 @@ def test_tls_origination_at_the_egress_gateway():
     assert up["@type"].endswith("UpstreamTlsContext") and up["sni"] == "api.example.com"
     plain = outbound(egress, "outbound|80||api.example.com")   # control: the port-level setting is 443's
     assert "transport_socket" not in plain and "transport_socket_matches" not in plain
+
+
+# ---- one real Envoy: the handshakes the translation asks for ---------------------------------------
+# `--mode validate` never opens an SDS file; this runs reviews-v1's translated config for real (its
+# SDS files from the proxy directory, as the mesh will) and speaks to its inbound port.
+
+def _app(address: str, port: int):
+    """A stand-in app answering 200 on the app address, in a thread."""
+    import http.server
+    import threading
+
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: object) -> None:
+            pass
+    server = http.server.ThreadingHTTPServer((address, port), Ok)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def _get(address: str, port: int, certs: Path | None, alpn: list[str] | None = None,
+         trust: Path | None = None) -> str:
+    """The status line answered to a GET, or "refused: …" when the connection is refused, reset or
+    closed without an answer. `certs`: speak TLS with that CA's leaf as client certificate,
+    trusting `trust`'s root for the server (default: the same CA's)."""
+    import socket
+    import ssl
+    try:
+        sock = socket.create_connection((address, port), timeout=10)
+        if certs is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.load_verify_locations((trust or certs) / "root.pem")
+            ctx.load_cert_chain(certs / "leaf.pem", certs / "leaf.key")
+            if alpn:
+                ctx.set_alpn_protocols(alpn)
+            sock = ctx.wrap_socket(sock)
+        with sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: reviews\r\nConnection: close\r\n\r\n")
+            data = sock.recv(4096)
+        return data.split(b"\r\n", 1)[0].decode() if data else "refused: closed"
+    except (OSError, ssl.SSLError) as e:
+        return f"refused: {type(e).__name__}"
+
+
+@pytest.mark.parametrize("variant", ["strict", "permissive"])
+def test_real_handshakes_on_the_inbound_port(variant, certs, tmp_path):
+    from envoyext.envoy.identity import ProxyIdentity
+    from envoyext.envoy.process import EnvoyProcess
+    from envoyext.mesh.model import ADMIN_PORT
+    from envoyext.mesh import build as build_mod
+    from envoyext.mesh.runtime import free_plan
+    docs = resources(BOOKINFO / "platform.yaml", *VARIANTS[variant])
+    mesh = build_mod.mesh(docs, free_plan(200, len(build_mod.mesh(docs).workloads)))
+    proxy = mesh.proxy("reviews-v1-0")
+    config = secured(mesh)["reviews-v1-0"]
+    boot = static_bootstrap(bootstrap_mod.for_proxy(mesh, proxy, "xds", telemetry=False), config)
+    other = tmp_path / "other-ca"
+    other.mkdir()
+    make_certs(other)
+    app = _app(proxy.workload.app_address, 9080)
+    # check_config=False: validate() would resolve `sds/…` from this process's directory, not Envoy's.
+    identity = ProxyIdentity(name=proxy.name, node_id=proxy.node_id, node_cluster=proxy.node_cluster,
+                             listener="virtualInbound", admin_port=ADMIN_PORT)
+    envoy = EnvoyProcess(boot, identity=identity, workdir=tmp_path / "envoy", cwd=certs, check_config=False)
+    try:
+        envoy.start()
+        ip = proxy.workload.ip
+        answers = [_get(ip, 9080, certs, tls.ALPN_MESH)]
+        for _ in range(50):   # static listeners warm until their SDS secrets are read
+            if answers[-1].startswith("HTTP/1.1 200"):
+                break
+            answers.append(_get(ip, 9080, certs, tls.ALPN_MESH))
+        assert answers[-1] == "HTTP/1.1 200 OK", answers   # a mesh peer with a mesh certificate
+        plaintext, foreign = _get(ip, 9080, None), _get(ip, 9080, other, tls.ALPN_MESH, trust=certs)
+    finally:
+        envoy.stop()
+        app.shutdown()
+        app.server_close()
+    # a client certificate from another CA (the client itself trusts the server: Envoy refuses)
+    assert foreign.startswith("refused") and "CertVerification" not in foreign, foreign
+    if variant == "strict":
+        assert plaintext.startswith("refused"), plaintext
+    else:
+        assert plaintext == "HTTP/1.1 200 OK"   # control: PERMISSIVE lets the same plaintext client in
