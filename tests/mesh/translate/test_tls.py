@@ -509,8 +509,8 @@ def _get(address: str, port: int, certs: Path | None, alpn: list[str] | None = N
 def test_real_handshakes_on_the_inbound_port(variant, certs, tmp_path):
     from envoyext.envoy.identity import ProxyIdentity
     from envoyext.envoy.process import EnvoyProcess
-    from envoyext.mesh.model import ADMIN_PORT
     from envoyext.mesh import build as build_mod
+    from envoyext.mesh.model import ADMIN_PORT
     from envoyext.mesh.runtime import free_plan
     docs = resources(BOOKINFO / "platform.yaml", *VARIANTS[variant])
     mesh = build_mod.mesh(docs, free_plan(200, len(build_mod.mesh(docs).workloads)))
