@@ -260,8 +260,10 @@ def test_gateway_without_a_certificate_is_one_user_error():
 
 # ---- Envoy accepts them ------------------------------------------------------------------------
 
-def make_certs(folder: Path) -> None:
-    """A throwaway root and a leaf with a SPIFFE URI SAN and a DNS SAN; keys 0600."""
+def make_certs(folder: Path, sa: str = "bookinfo-reviews", ca: Path | None = None) -> None:
+    """A throwaway root (or `ca`'s) and a leaf for service account `sa` of namespace default (URI
+    SAN spiffe://cluster.local/ns/default/sa/<sa>, DNS SAN bookinfo.example.com), and the two SDS
+    files naming them; keys 0600."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -269,27 +271,36 @@ def make_certs(folder: Path) -> None:
 
     now = datetime.datetime.now(datetime.timezone.utc)
 
-    def cert(subject: str, key, issuer: str, issuer_key, ca: bool, sans: list) -> x509.Certificate:
+    def cert(subject: str, key, issuer: str, issuer_key, is_ca: bool, sans: list) -> x509.Certificate:
         b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, subject)]))
              .issuer_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, issuer)]))
              .public_key(key.public_key()).serial_number(x509.random_serial_number())
              .not_valid_before(now - datetime.timedelta(minutes=1)).not_valid_after(now + datetime.timedelta(hours=1))
-             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+             .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True))
         if sans:
             b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         return b.sign(issuer_key, hashes.SHA256())
 
-    root_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    root = cert("root", root_key, "root", root_key, True, [])
+    def write_key(path: Path, key) -> None:
+        path.touch(mode=0o600)
+        path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+
+    if ca is None:
+        root_key = ec.generate_private_key(ec.SECP256R1())
+        root = cert("root", root_key, "root", root_key, True, [])
+        write_key(folder / "root.key", root_key)
+    else:
+        root_key = serialization.load_pem_private_key((ca / "root.key").read_bytes(), None)
+        root = x509.load_pem_x509_certificate((ca / "root.pem").read_bytes())
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
     leaf = cert("leaf", leaf_key, "root", root_key, False, [
-        x509.UniformResourceIdentifier("spiffe://cluster.local/ns/default/sa/bookinfo-reviews"),
+        x509.UniformResourceIdentifier(f"spiffe://cluster.local/ns/default/sa/{sa}"),
         x509.DNSName("bookinfo.example.com")])
     (folder / "root.pem").write_bytes(root.public_bytes(serialization.Encoding.PEM))
     (folder / "leaf.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
     key = folder / "leaf.key"
-    key.touch(mode=0o600)
-    key.write_bytes(leaf_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    write_key(key, leaf_key)
     sds = folder / "sds"
     sds.mkdir()
     secret = tls.xds.T + "envoy.extensions.transport_sockets.tls.v3.Secret"
@@ -320,8 +331,9 @@ def certs(tmp_path_factory) -> Path:
 
 def inline_sds(node: object, folder: Path) -> object:
     """The config with every SDS reference replaced by the secret its file holds. `envoy --mode
-    validate` does not read file-based SDS (a broken secret file passes), so this second form is
-    what checks the secrets and the PEM files they name, in the contexts that use them."""
+    validate` checks that an SDS file exists but not what it holds (a secret naming a missing CA
+    passes), so this second form is what checks the secrets and the PEM files they name, in the
+    contexts that use them."""
     def secret(ref: Json) -> Json:
         doc = yaml.safe_load((folder / ref["sds_config"]["path_config_source"]["path"]).read_text())
         return next(r for r in doc["resources"] if r["name"] == ref["name"])
@@ -505,38 +517,57 @@ def _get(address: str, port: int, certs: Path | None, alpn: list[str] | None = N
         return f"refused: {type(e).__name__}"
 
 
-@pytest.mark.parametrize("variant", ["strict", "permissive"])
-def test_real_handshakes_on_the_inbound_port(variant, certs, tmp_path):
+def _placed(*docs: str | Path) -> Mesh:
+    """Bookinfo on loopback addresses nobody else holds now (other meshes may be running)."""
+    from envoyext.mesh import build as build_mod
+    from envoyext.mesh.runtime import free_plan
+    loaded = resources(*docs)
+    return build_mod.mesh(loaded, free_plan(200, len(build_mod.mesh(loaded).workloads)))
+
+
+def _envoy(mesh: Mesh, name: str, listener_name: str, sds_home: Path, workdir: Path):
+    """A started Envoy on proxy `name`'s translated config, its `sds/` read from `sds_home`."""
     from envoyext.envoy.identity import ProxyIdentity
     from envoyext.envoy.process import EnvoyProcess
-    from envoyext.mesh import build as build_mod
     from envoyext.mesh.model import ADMIN_PORT
-    from envoyext.mesh.runtime import free_plan
-    docs = resources(BOOKINFO / "platform.yaml", *VARIANTS[variant])
-    mesh = build_mod.mesh(docs, free_plan(200, len(build_mod.mesh(docs).workloads)))
+    proxy = mesh.proxy(name)
+    assert proxy is not None
+    boot = static_bootstrap(bootstrap_mod.for_proxy(mesh, proxy, "xds", telemetry=False), secured(mesh)[name])
+    identity = ProxyIdentity(name=name, node_id=proxy.node_id, node_cluster=proxy.node_cluster,
+                             listener=listener_name, admin_port=ADMIN_PORT)
+    # check_config=False: validate() would resolve `sds/…` from this process's directory, not Envoy's.
+    envoy = EnvoyProcess(boot, identity=identity, workdir=workdir, cwd=sds_home, check_config=False)
+    envoy.start()
+    return envoy
+
+
+def _until_answered(ask):
+    """Ask until the answer is not a refusal (static listeners warm until their SDS secrets are
+    read), a bounded number of times; every answer, in order."""
+    answers = [ask()]
+    while answers[-1].startswith("refused") and len(answers) < 50:
+        answers.append(ask())
+    return answers
+
+
+@pytest.mark.parametrize("variant", ["strict", "permissive"])
+def test_real_handshakes_on_the_inbound_port(variant, certs, tmp_path):
+    mesh = _placed(BOOKINFO / "platform.yaml", *VARIANTS[variant])
     proxy = mesh.proxy("reviews-v1-0")
-    config = secured(mesh)["reviews-v1-0"]
-    boot = static_bootstrap(bootstrap_mod.for_proxy(mesh, proxy, "xds", telemetry=False), config)
     other = tmp_path / "other-ca"
     other.mkdir()
     make_certs(other)
     app = _app(proxy.workload.app_address, 9080)
-    # check_config=False: validate() would resolve `sds/…` from this process's directory, not Envoy's.
-    identity = ProxyIdentity(name=proxy.name, node_id=proxy.node_id, node_cluster=proxy.node_cluster,
-                             listener="virtualInbound", admin_port=ADMIN_PORT)
-    envoy = EnvoyProcess(boot, identity=identity, workdir=tmp_path / "envoy", cwd=certs, check_config=False)
+    envoy = None
     try:
-        envoy.start()
+        envoy = _envoy(mesh, "reviews-v1-0", "virtualInbound", certs, tmp_path / "envoy")
         ip = proxy.workload.ip
-        answers = [_get(ip, 9080, certs, tls.ALPN_MESH)]
-        for _ in range(50):   # static listeners warm until their SDS secrets are read
-            if answers[-1].startswith("HTTP/1.1 200"):
-                break
-            answers.append(_get(ip, 9080, certs, tls.ALPN_MESH))
+        answers = _until_answered(lambda: _get(ip, 9080, certs, tls.ALPN_MESH))
         assert answers[-1] == "HTTP/1.1 200 OK", answers   # a mesh peer with a mesh certificate
         plaintext, foreign = _get(ip, 9080, None), _get(ip, 9080, other, tls.ALPN_MESH, trust=certs)
     finally:
-        envoy.stop()
+        if envoy is not None:
+            envoy.stop()
         app.shutdown()
         app.server_close()
     # a client certificate from another CA (the client itself trusts the server: Envoy refuses)
@@ -545,3 +576,46 @@ def test_real_handshakes_on_the_inbound_port(variant, certs, tmp_path):
         assert plaintext.startswith("refused"), plaintext
     else:
         assert plaintext == "HTTP/1.1 200 OK"   # control: PERMISSIVE lets the same plaintext client in
+
+
+def _get_via(address: str, port: int, host: str) -> str:
+    """A plaintext GET with Host `host` through an outbound listener: the status line."""
+    import socket
+    try:
+        with socket.create_connection((address, port), timeout=10) as sock:
+            sock.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            data = sock.recv(4096)
+        return data.split(b"\r\n", 1)[0].decode() if data else "refused: closed"
+    except OSError as e:
+        return f"refused: {type(e).__name__}"
+
+
+@pytest.mark.parametrize("server_sa", ["bookinfo-reviews", "bookinfo-ratings"])
+def test_real_auto_mtls_from_productpage_to_reviews(server_sa, certs, tmp_path):
+    """productpage's sidecar (auto-mTLS) → reviews-v1's sidecar (STRICT) → app: 200 when reviews
+    presents reviews' SPIFFE identity; 503 when the same CA vouches for another identity (the SAN
+    check of the client side holds)."""
+    mesh = _placed(BOOKINFO / "platform.yaml", BOOKINFO / "destination-rules.yaml",
+                   BOOKINFO / "routing" / "all-v1.yaml", MESH_STRICT)
+    reviews, productpage = mesh.proxy("reviews-v1-0"), mesh.proxy("productpage-v1-0")
+    server_home = tmp_path / "reviews"
+    server_home.mkdir()
+    make_certs(server_home, sa=server_sa, ca=certs)
+    app = _app(reviews.workload.app_address, 9080)
+    started = []
+    try:
+        started.append(_envoy(mesh, "reviews-v1-0", "virtualInbound", server_home, tmp_path / "e1"))
+        started.append(_envoy(mesh, "productpage-v1-0", "0.0.0.0_9080", certs, tmp_path / "e2"))
+        # the server side is up and mTLS-only before the client is judged
+        assert _until_answered(lambda: _get(reviews.workload.ip, 9080, certs, tls.ALPN_MESH))[-1] == "HTTP/1.1 200 OK"
+        answers = _until_answered(lambda: _get_via(productpage.workload.capture_address, 9080, "reviews:9080"))
+        san_failures = sum(started[1].admin.stats(r"ssl\.fail_verify_san").values())
+    finally:
+        for envoy in started:
+            envoy.stop()
+        app.shutdown()
+        app.server_close()
+    if server_sa == "bookinfo-reviews":
+        assert answers[-1] == "HTTP/1.1 200 OK" and san_failures == 0, (answers, san_failures)
+    else:   # refused for the SAN, as Envoy's own counter says
+        assert answers[-1] == "HTTP/1.1 503 Service Unavailable" and san_failures > 0, (answers, san_failures)
