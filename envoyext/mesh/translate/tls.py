@@ -237,10 +237,12 @@ def upstream_tls(mesh: Mesh) -> UpstreamTls:
 
 
 def endpoint_tls_modes(mesh: Mesh, resources: list[Json]) -> list[Json]:
-    """Clusters (inline `load_assignment`) or ClusterLoadAssignments with each mesh endpoint whose
-    own PeerAuthentication is DISABLE on its port marked `tlsMode: disabled` (pilot's endpoint
-    mTLS checker), so auto-mTLS speaks plaintext to it. New dicts; the input is not changed."""
-    by_ip = {p.workload.ip: p for p in mesh.proxies if p.kind == "sidecar"}
+    """Clusters (inline `load_assignment`) or ClusterLoadAssignments with each mesh endpoint that
+    must be spoken to in plaintext marked `tlsMode: disabled`, so auto-mTLS does: a sidecar whose
+    own PeerAuthentication is DISABLE on that port (pilot's endpoint mTLS checker), and a gateway
+    pod (Istio's gateway injection template sets no `security.istio.io/tlsMode` label, and an
+    endpoint without it is `disabled`). New dicts; the input is not changed."""
+    by_ip = {p.workload.ip: p for p in mesh.proxies}
     out = copy.deepcopy(resources)
     for res in out:
         assignment = res.get("load_assignment", res) if "name" in res else res
@@ -250,7 +252,11 @@ def endpoint_tls_modes(mesh: Mesh, resources: list[Json]) -> list[Json]:
                 proxy = by_ip.get(addr["address"])
                 if proxy is None:
                     continue
-                if peer_authn.effective(mesh, proxy).for_port(int(addr["port_value"])) == "DISABLE":
+                if proxy.kind == "router":
+                    plaintext = proxy.labels.get("security.istio.io/tlsMode", "disabled") != "istio"
+                else:
+                    plaintext = peer_authn.effective(mesh, proxy).for_port(int(addr["port_value"])) == "DISABLE"
+                if plaintext:
                     meta = lb.setdefault("metadata", {}).setdefault("filter_metadata", {})
                     meta.setdefault("envoy.transport_socket_match", {})["tlsMode"] = "disabled"
     return out

@@ -619,3 +619,14 @@ def test_real_auto_mtls_from_productpage_to_reviews(server_sa, certs, tmp_path):
         assert answers[-1] == "HTTP/1.1 200 OK" and san_failures == 0, (answers, san_failures)
     else:   # refused for the SAN, as Envoy's own counter says
         assert answers[-1] == "HTTP/1.1 503 Service Unavailable" and san_failures > 0, (answers, san_failures)
+
+
+def test_gateway_pods_are_spoken_to_in_plaintext():
+    """Istio's gateway pods carry no tlsMode label: a sidecar reaching the egress gateway's plain
+    HTTP server must not start TLS (auto-mTLS picks the raw_buffer socket)."""
+    sleep_yaml = Path(__file__).resolve().parent.parent / "testdata" / "egress" / "sleep.yaml"
+    mesh = build(resources(BOOKINFO / "platform.yaml", ORIGINATE, sleep_yaml))
+    sleep = secured(mesh)["sleep-0"]
+    modes = security_view(sleep)["endpoint_tls_modes"]
+    assert modes["outbound|80||istio-egressgateway.istio-system.svc.cluster.local"] == ["disabled"]
+    assert modes["outbound|9080||reviews.default.svc.cluster.local"] == ["istio"]   # control: sidecars
