@@ -19,7 +19,9 @@ material is ever in a generated config.
 from __future__ import annotations
 
 import copy
+import posixpath
 from collections.abc import Callable
+from typing import Any
 
 from envoyext.envoy import xds
 from envoyext.errors import UserError
@@ -60,6 +62,18 @@ def sds_secret(name: str, sds_dir: str = SDS_DIR) -> Json:
                                          "resource_api_version": "V3"}}
 
 
+def absolute_sds_paths(node: Any, proxy_dir: str) -> Any:
+    """A config (any part of one) with its `sds/…` paths under `proxy_dir`: `envoy --mode
+    validate` resolves them from its own working directory and refuses a path that is not there,
+    while a running proxy reads them from its directory (its working directory). New objects."""
+    if isinstance(node, dict):
+        return {k: (posixpath.join(proxy_dir, v) if k == "path" and isinstance(v, str) and v.startswith(SDS_DIR + "/")
+                    else absolute_sds_paths(v, proxy_dir)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [absolute_sds_paths(v, proxy_dir) for v in node]
+    return node
+
+
 def sni(port: int, subset: str, host: str) -> str:
     """Istio's mTLS SNI (`BuildDNSSrvSubsetKey`): outbound_.<port>_.<subset>_.<host>."""
     return f"outbound_.{port}_.{subset}_.{host}"
@@ -79,9 +93,9 @@ def _named_sans(names: list[str]) -> list[Json]:
 def _mesh_common(alpn: list[str], sans: list[Json]) -> Json:
     """The common context of every sidecar mTLS side: SDS cert `default`, SDS roots `ROOTCA`
     with the peer's SAN checked, TLS 1.2–1.3."""
-    validation: Json = {"validation_context_sds_secret_config": sds_secret(ROOT_SECRET)}
-    if sans:
-        validation["default_validation_context"] = {"match_typed_subject_alt_names": sans}
+    # Envoy requires default_validation_context in a combined one, even with no SAN to check.
+    validation: Json = {"validation_context_sds_secret_config": sds_secret(ROOT_SECRET),
+                        "default_validation_context": {"match_typed_subject_alt_names": sans} if sans else {}}
     return {"tls_params": dict(TLS_PARAMS), "alpn_protocols": list(alpn),
             "tls_certificate_sds_secret_configs": [sds_secret(CERT_SECRET)],
             "combined_validation_context": validation}

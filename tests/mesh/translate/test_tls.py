@@ -311,16 +311,6 @@ def make_certs(folder: Path, sa: str = "bookinfo-reviews", ca: Path | None = Non
         "trusted_ca": {"filename": str(folder / "root.pem")}}}]}))
 
 
-def absolute_sds(node: object, folder: Path) -> object:
-    """The config with `sds/…` paths made absolute (Envoy resolves them from its working directory)."""
-    if isinstance(node, dict):
-        return {k: (str(folder / v) if k == "path" and isinstance(v, str) and v.startswith("sds/")
-                    else absolute_sds(v, folder)) for k, v in node.items()}
-    if isinstance(node, list):
-        return [absolute_sds(v, folder) for v in node]
-    return node
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("certs")
@@ -354,7 +344,7 @@ def inline_sds(node: object, folder: Path) -> object:
 def validate_proxy(mesh: Mesh, config: ProxyConfig, folder: Path) -> None:
     boot = bootstrap_mod.for_proxy(mesh, config.proxy, "xds", telemetry=False)
     static = static_bootstrap(boot, config)
-    validate(absolute_sds(static, folder))
+    validate(tls.absolute_sds_paths(static, str(folder)))
     validate(inline_sds(static, folder))
 
 
@@ -630,3 +620,57 @@ def test_gateway_pods_are_spoken_to_in_plaintext():
     modes = security_view(sleep)["endpoint_tls_modes"]
     assert modes["outbound|80||istio-egressgateway.istio-system.svc.cluster.local"] == ["disabled"]
     assert modes["outbound|9080||reviews.default.svc.cluster.local"] == ["istio"]   # control: sidecars
+
+
+def test_gateway_istio_mutual_uses_the_mesh_secrets(certs):
+    doc = gateway_tls("/unused").replace(
+        "tls: {mode: SIMPLE, serverCertificate: /unused/leaf.pem, privateKey: /unused/leaf.key}",
+        "tls: {mode: ISTIO_MUTUAL}")
+    mesh = bookinfo(None, doc)
+    gw = secured(mesh)["istio-ingressgateway-0"]
+    ctx = next(x for x in gw.listeners if x["name"] == "0.0.0.0_8443")["filter_chains"][0]["transport_socket"]
+    common = ctx["typed_config"]["common_tls_context"]
+    assert ctx["typed_config"]["require_client_certificate"] is True
+    assert [s["name"] for s in common["tls_certificate_sds_secret_configs"]] == ["default"]
+    assert "tls_certificates" not in common
+    validate_proxy(mesh, gw, certs)
+
+
+def test_credential_name_alone_is_one_user_error():
+    with pytest.raises(UserError) as e:
+        secured(without_rules(dr("{mode: SIMPLE, credentialName: my-secret}")))
+    assert "spec.trafficPolicy.tls.credentialName" in e.value.one_line()
+    doc = gateway_tls("/certs").replace("serverCertificate: /certs/leaf.pem, privateKey: /certs/leaf.key",
+                                        "credentialName: bookinfo-cert")
+    with pytest.raises(UserError) as e:
+        secured(bookinfo(None, doc))
+    assert "credentialName needs a Kubernetes secret store" in e.value.one_line()
+
+
+def test_validate_refuses_an_sds_path_that_is_not_there(tmp_path):
+    """Why render must validate with absolute_sds_paths (and the SDS files written first): the
+    relative `sds/…` path is resolved from validate's working directory."""
+    mesh = bookinfo(None, MESH_STRICT)
+    config = secured(mesh)["ratings-v1-0"]
+    static = static_bootstrap(bootstrap_mod.for_proxy(mesh, config.proxy, "xds", telemetry=False), config)
+    with pytest.raises(EnvoyRejected) as e:
+        validate(tls.absolute_sds_paths(static, str(tmp_path)))   # no sds/ files in tmp_path
+    assert "sds/" in e.value.message
+
+
+def test_envoy_accepts_auto_mtls_to_a_service_without_endpoints(certs):
+    """No workload behind a service: no SAN to check, and the context is still one Envoy takes."""
+    lonely = """
+apiVersion: v1
+kind: Service
+metadata: {name: lonely}
+spec:
+  selector: {app: nobody}
+  ports: [{name: http, port: 9080}]
+"""
+    mesh = bookinfo(None, MESH_STRICT, lonely)
+    pp = secured(mesh)["productpage-v1-0"]
+    up = outbound(pp, "outbound|9080||lonely.default.svc.cluster.local")["transport_socket_matches"][0]
+    assert up["transport_socket"]["typed_config"]["common_tls_context"]["combined_validation_context"][
+        "default_validation_context"] == {}
+    validate_proxy(mesh, pp, certs)
