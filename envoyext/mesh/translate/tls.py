@@ -120,10 +120,25 @@ def _with_match(chain: Json, extra_match: Json, socket: Json | None) -> Json:
     return out
 
 
+# The inbound HCM tells the app who called (LIN `buildSidecarInboundHTTPOpts`): the peer's
+# certificate subject, URI and DNS SANs appended to x-forwarded-client-cert.
+XFCC = {"forward_client_cert_details": "APPEND_FORWARD",
+        "set_current_client_cert_details": {"subject": True, "uri": True, "dns": True}}
+
+
+def _with_xfcc(chain: Json) -> Json:
+    out = copy.deepcopy(chain)
+    for f in out.get("filters", []):
+        if f.get("name") == xds.HCM_NAME:
+            f["typed_config"].update(copy.deepcopy(XFCC))
+    return out
+
+
 def inbound_chains(mode: peer_authn.Mode, chain: Json, trust_domain: str, http: bool) -> list[Json]:
     """One port's plaintext chain (`filter_chain_match.destination_port` set) as the chains its
     mode needs (FCO: strict / permissive / plaintext match options)."""
     mtls = downstream_mtls(trust_domain, http)
+    chain = _with_xfcc(chain) if http else chain
     if mode == "STRICT":
         return [_with_match(chain, {"transport_protocol": "tls"}, mtls)]
     plain = _with_match(chain, {"transport_protocol": "raw_buffer"}, None)

@@ -469,11 +469,12 @@ def _app(address: str, port: int):
     import threading
 
     class Ok(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
+        def do_GET(self) -> None:   # answers with the x-forwarded-client-cert it was given
+            body = (self.headers.get("x-forwarded-client-cert") or "-").encode()
             self.send_response(200)
-            self.send_header("content-length", "2")
+            self.send_header("content-length", str(len(body)))
             self.end_headers()
-            self.wfile.write(b"ok")
+            self.wfile.write(body)
 
         def log_message(self, *args: object) -> None:
             pass
@@ -483,7 +484,7 @@ def _app(address: str, port: int):
 
 
 def _get(address: str, port: int, certs: Path | None, alpn: list[str] | None = None,
-         trust: Path | None = None) -> str:
+         trust: Path | None = None, with_body: bool = False) -> str:
     """The status line answered to a GET, or "refused: …" when the connection is refused, reset or
     closed without an answer. `certs`: speak TLS with that CA's leaf as client certificate,
     trusting `trust`'s root for the server (default: the same CA's)."""
@@ -501,8 +502,14 @@ def _get(address: str, port: int, certs: Path | None, alpn: list[str] | None = N
             sock = ctx.wrap_socket(sock)
         with sock:
             sock.sendall(b"GET / HTTP/1.1\r\nHost: reviews\r\nConnection: close\r\n\r\n")
-            data = sock.recv(4096)
-        return data.split(b"\r\n", 1)[0].decode() if data else "refused: closed"
+            data = b""
+            while chunk := sock.recv(4096):
+                data += chunk
+        if not data:
+            return "refused: closed"
+        head, _, body = data.partition(b"\r\n\r\n")
+        status = head.split(b"\r\n", 1)[0].decode()
+        return f"{status} | {body.decode()}" if with_body else status
     except (OSError, ssl.SSLError) as e:
         return f"refused: {type(e).__name__}"
 
@@ -555,17 +562,22 @@ def test_real_handshakes_on_the_inbound_port(variant, certs, tmp_path):
         answers = _until_answered(lambda: _get(ip, 9080, certs, tls.ALPN_MESH))
         assert answers[-1] == "HTTP/1.1 200 OK", answers   # a mesh peer with a mesh certificate
         plaintext, foreign = _get(ip, 9080, None), _get(ip, 9080, other, tls.ALPN_MESH, trust=certs)
+        seen = _get(ip, 9080, certs, tls.ALPN_MESH, with_body=True)
+        plain_seen = _get(ip, 9080, None, with_body=True)
     finally:
         if envoy is not None:
             envoy.stop()
         app.shutdown()
         app.server_close()
+    # the app learns the caller's identity (x-forwarded-client-cert, as Istio's inbound HCM sets it)
+    assert "URI=spiffe://cluster.local/ns/default/sa/bookinfo-reviews" in seen and "By=spiffe://" in seen, seen
     # a client certificate from another CA (the client itself trusts the server: Envoy refuses)
     assert foreign.startswith("refused") and "CertVerification" not in foreign, foreign
     if variant == "strict":
         assert plaintext.startswith("refused"), plaintext
     else:
         assert plaintext == "HTTP/1.1 200 OK"   # control: PERMISSIVE lets the same plaintext client in
+        assert plain_seen == "HTTP/1.1 200 OK | -"   # and no identity comes with it
 
 
 def _get_via(address: str, port: int, host: str) -> str:
