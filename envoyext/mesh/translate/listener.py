@@ -26,16 +26,25 @@ INBOUND_RETRY = {"retry_on": "reset-before-request", "num_retries": 2}   # pilot
 
 # `istio.stats` for a reporter ("source" | "destination"); None leaves it out of the chain.
 StatsFilter = Callable[[str], Json]
+# --- security hooks (issue 11, mTLS; built by translate/tls.py, None = plaintext as before) ---
+# One inbound port's plaintext chain → the chains its PeerAuthentication mode needs.
+InboundTls = Callable[[Proxy, int, Json, bool], list[Json]]
+# A gateway's TLS server listeners: (mesh, proxy, xds_dir, http filters, HCM extra fields).
+GatewayTls = Callable[[Mesh, Proxy, str, list[Json], Json], list[Json]]
 
 
 def for_proxy(mesh: Mesh, proxy: Proxy, *, xds_dir: str = "xds", stats: StatsFilter | None = None,
-              hcm_extra: Json | None = None) -> list[Json]:
+              hcm_extra: Json | None = None, inbound_tls: InboundTls | None = None,
+              gateway_tls: GatewayTls | None = None) -> list[Json]:
     """Every listener of the proxy. `stats` builds the `istio.stats` filter entry for a reporter
     (the telemetry module's); `hcm_extra` adds fields to every connection manager (tracing,
-    access_log), as Envoy spells them."""
+    access_log), as Envoy spells them. `inbound_tls`, `gateway_tls`: the mTLS hooks (tls.py)."""
     if proxy.kind == "router":
-        return gateway_listeners(mesh, proxy, xds_dir, stats, hcm_extra or {})
-    return [inbound_listener(mesh, proxy, stats, hcm_extra or {}),
+        listeners = gateway_listeners(mesh, proxy, xds_dir, stats, hcm_extra or {})
+        if gateway_tls is not None:   # security hook: HTTPS / TLS servers
+            listeners += gateway_tls(mesh, proxy, xds_dir, http_filters(stats, "source"), dict(hcm_extra or {}))
+        return listeners
+    return [inbound_listener(mesh, proxy, stats, hcm_extra or {}, inbound_tls),
             *outbound_listeners(mesh, proxy, xds_dir, stats, hcm_extra or {}),
             *outbound_tcp_listeners(mesh, proxy)]
 
@@ -149,11 +158,15 @@ def inbound_ports(mesh: Mesh, proxy: Proxy) -> dict[int, tuple[Service, bool]]:
     return dict(sorted(out.items()))
 
 
-def inbound_listener(mesh: Mesh, proxy: Proxy, stats: StatsFilter | None, extra: Json) -> Json:
+def inbound_listener(mesh: Mesh, proxy: Proxy, stats: StatsFilter | None, extra: Json,
+                     inbound_tls: InboundTls | None = None) -> Json:
     ip = proxy.workload.ip
     ports = inbound_ports(mesh, proxy)
     security = authz.http_filters(mesh, proxy)  # AUTHZ HOOK: CUSTOM ext_authz, (jwt_authn), RBAC (reference §11)
     chains = [inbound_chain(port, service, http, stats, extra, security) for port, (service, http) in ports.items()]
+    if inbound_tls is not None:   # security hook: each port's chains as its mTLS mode needs them
+        chains = [c for (port, (_, http)), chain in zip(ports.items(), chains)
+                  for c in inbound_tls(proxy, port, chain, http)]
     # Istio's chain for connections to :15006 itself (nothing should arrive there).
     chains.append(xds.filter_chain([tcp_proxy("BlackHoleCluster", "BlackHoleCluster")],
                                    filter_chain_match={"destination_port": INBOUND_CAPTURE_PORT},
@@ -161,6 +174,9 @@ def inbound_listener(mesh: Mesh, proxy: Proxy, stats: StatsFilter | None, extra:
     listener = xds.listener("virtualInbound", (ip, INBOUND_CAPTURE_PORT), chains, traffic_direction="INBOUND")
     if ports:
         listener["additional_addresses"] = [{"address": xds.socket_address(ip, p)} for p in ports]
+    if inbound_tls is not None:   # security hook: tells TLS from plaintext (transport_protocol, ALPN)
+        listener["listener_filters"] = [TLS_INSPECTOR]
+        listener["continue_on_listener_filters_timeout"] = True   # server-first TCP still connects
     return listener
 
 
