@@ -42,9 +42,6 @@ MAX_WORKLOAD_TTL = dt.timedelta(days=90)
 ROOT_TTL = dt.timedelta(days=3650)
 INTERMEDIATE_TTL = dt.timedelta(days=365)
 GRACE_PERIOD_RATIO = 0.5
-# Istio's CA backdates nothing; a minute of slack keeps a cert issued "now" valid to a peer whose
-# clock reads a hair earlier (all peers here share one clock, so this only guards rounding).
-CLOCK_SKEW = dt.timedelta(seconds=60)
 
 # File names Istio uses for a plugged-in CA (`cacerts` secret) and that the agent writes.
 ROOT_CERT = "root-cert.pem"
@@ -194,7 +191,7 @@ class CA:
         b = (x509.CertificateBuilder()
              .subject_name(subject).issuer_name(self.cert.subject).public_key(key.public_key())
              .serial_number(x509.random_serial_number())
-             .not_valid_before(now - CLOCK_SKEW).not_valid_after(now + ttl)
+             .not_valid_before(_second(now)).not_valid_after(_second(now) + ttl)
              .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
              .add_extension(_key_usage(cert_sign=False), critical=True)
              .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
@@ -250,10 +247,16 @@ def _ca_builder(subject: x509.Name, issuer: x509.Name, key: PrivateKey, now: dt.
     return (x509.CertificateBuilder()
             .subject_name(subject).issuer_name(issuer).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - CLOCK_SKEW).not_valid_after(now + ttl)
+            .not_valid_before(_second(now)).not_valid_after(_second(now) + ttl)
             .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
             .add_extension(_key_usage(cert_sign=True), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False))
+
+
+def _second(t: dt.datetime) -> dt.datetime:
+    """X.509 times have whole seconds: truncate, so not_before is never after the issuing moment
+    (every peer here shares one clock) and lifetime and half-life are exact."""
+    return t.replace(microsecond=0)
 
 
 def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:

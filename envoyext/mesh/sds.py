@@ -188,6 +188,7 @@ def row(proxy: str, cert: x509.Certificate, ratio: float = pki.GRACE_PERIOD_RATI
 
 def rows_for_mesh(mesh: Mesh, *, now: dt.datetime | None = None, ttl: dt.timedelta = pki.WORKLOAD_TTL) -> list[CertRow]:
     """What `provision` would issue now, from a throwaway CA (nothing is written)."""
+    now = now or pki.utcnow()
     ca = pki.CA.create_root(mesh.config.trust_domain, now=now)
     return [row(p.name, ca.issue_workload(*identity(p), now=now, ttl=ttl).cert) for p in mesh.proxies]
 

@@ -62,11 +62,10 @@ def test_istio_defaults_rsa_2048_and_24h(ca: pki.CA) -> None:
 
 def test_rotation_at_half_life(ca: pki.CA) -> None:
     svid = ca.issue_workload("default", "reviews", now=NOW)
-    # issued NOW - 60 s skew, expiring NOW + 24 h: half-life is 12 h minus half the skew
-    assert svid.rotate_at == svid.not_before + (svid.not_after - svid.not_before) / 2
+    assert svid.not_before == NOW and svid.rotate_at == NOW + dt.timedelta(hours=12)
     short = ca.issue_workload("default", "reviews", now=NOW, ttl=dt.timedelta(minutes=10))
     assert short.not_after == NOW + dt.timedelta(minutes=10)
-    assert short.rotate_at < svid.rotate_at
+    assert short.rotate_at == NOW + dt.timedelta(minutes=5)
 
 
 @pytest.mark.parametrize("ttl", [dt.timedelta(0), dt.timedelta(days=91)])
