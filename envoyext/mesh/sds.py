@@ -4,15 +4,18 @@ Istio's agent serves two secrets over SDS (`pkg/model/authentication.go`, shared
 `default` (the workload's certificate chain and key) and `ROOTCA` (the trust bundle). Here each is
 a DiscoveryResponse file in the proxy's directory (its Envoy's cwd):
 
-    <proxy dir>/sds/default.yaml   Secret{tls_certificate}      mode 0600: it holds the private key
+    <proxy dir>/sds/default.yaml   Secret{tls_certificate}      names the two files below
     <proxy dir>/sds/ROOTCA.yaml    Secret{validation_context}   the roots the proxy trusts
+    <proxy dir>/sds/cert-chain-<v>.pem, key-<v>.pem               the SVID; the key mode 0600
 
 A TLS context names them with `secret_config("default")` / `secret_config("ROOTCA")`: an
 SdsSecretConfig whose `path_config_source` is the file and whose `watched_directory` is `sds/`, so
-Envoy re-reads the file when a new one is moved into that directory. The key is inline in the
-secret, not a separate file, so certificate and key are swapped in one rename and Envoy never pairs
-a new certificate with an old key. Envoy redacts inline private keys in /config_dump; the bootstrap
-and xDS files only name the secret.
+Envoy re-reads the file when a new one is moved into that directory. The key is NOT inline in the
+secret: Envoy 1.40 with the `config` component at debug logs every accepted file-based xDS update
+verbatim ("Filesystem config update accepted for sds/default.yaml: ..."), key included. So the
+secret names key and chain files by path, fresh names per version: certificate and key still change
+in one rename (of default.yaml) and Envoy never pairs a new certificate with an old key. The
+previous pair is kept (an Envoy may still be reading it); older ones are removed.
 """
 
 from __future__ import annotations
@@ -72,10 +75,15 @@ def san_prefix(trust_domain: str) -> Json:
     return {"san_type": "URI", "matcher": {"prefix": f"spiffe://{trust_domain}/"}}
 
 
-def tls_certificate_secret(issued: pki.Issued) -> Json:
+def cert_files(version: str, sds_dir: str | Path = SDS_DIR) -> tuple[Path, Path]:
+    """(chain, key) file paths of one delivered version, relative to the proxy dir."""
+    return Path(sds_dir) / f"cert-chain-{version}.pem", Path(sds_dir) / f"key-{version}.pem"
+
+
+def tls_certificate_secret(version: str, sds_dir: str | Path = SDS_DIR) -> Json:
+    chain, key = cert_files(version, sds_dir)
     return {"@type": SECRET, "name": WORKLOAD_SECRET,
-            "tls_certificate": {"certificate_chain": {"inline_string": issued.chain_pem().decode()},
-                                "private_key": {"inline_string": issued.key_pem().decode()}}}
+            "tls_certificate": {"certificate_chain": {"filename": str(chain)}, "private_key": {"filename": str(key)}}}
 
 
 def root_secret(roots: list[x509.Certificate]) -> Json:
@@ -93,8 +101,24 @@ def write(proxy_dir: Path, issued: pki.Issued, roots: list[x509.Certificate], ve
     """(Re)write both secrets of one proxy, each atomically (temp file + rename in `sds/`). ROOTCA
     first: a new certificate must never arrive before the roots that verify it."""
     d = Path(proxy_dir) / SDS_DIR
+    chain, key = (Path(proxy_dir) / p for p in cert_files(version))
+    previous = _delivered_version(d / f"{WORKLOAD_SECRET}.yaml")
     pki.write_public(d / f"{ROOT_SECRET}.yaml", _dump(response(version, root_secret(roots))))
-    pki.write_key(d / f"{WORKLOAD_SECRET}.yaml", _dump(response(version, tls_certificate_secret(issued))))
+    pki.write_key(key, issued.key_pem())
+    pki.write_public(chain, issued.chain_pem())
+    pki.write_public(d / f"{WORKLOAD_SECRET}.yaml", _dump(response(version, tls_certificate_secret(version))))
+    keep = {chain.name, key.name} | ({p.name for p in cert_files(previous)} if previous else set())
+    for old in [*d.glob("cert-chain-*.pem"), *d.glob("key-*.pem")]:
+        if old.name not in keep:
+            old.unlink(missing_ok=True)
+
+
+def _delivered_version(path: Path) -> str | None:
+    try:
+        doc = yaml.load(path.read_text(), Loader=_Loader)
+        return str(doc["version_info"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
 
 
 def _dump(doc: Json) -> bytes:
@@ -204,11 +228,12 @@ def rows_from_workdir(workdir: Path) -> list[CertRow]:
 
 
 def delivered_cert(path: Path) -> x509.Certificate | None:
-    """The leaf certificate of a delivered `default` secret (the key in the file is not parsed)."""
+    """The leaf certificate a delivered `default` secret names (its key file is not read)."""
     try:
         doc = yaml.load(Path(path).read_text(), Loader=_Loader)
-        pem = doc["resources"][0]["tls_certificate"]["certificate_chain"]["inline_string"]
-        return x509.load_pem_x509_certificates(pem.encode())[0]
+        chain = doc["resources"][0]["tls_certificate"]["certificate_chain"]["filename"]
+        # the secret's paths are relative to the proxy dir (Envoy's cwd), which holds sds/
+        return x509.load_pem_x509_certificates((Path(path).parent.parent / chain).read_bytes())[0]
     except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError, ValueError):
         return None
 
