@@ -276,3 +276,20 @@ def _summary(results: list) -> str:
 def _key_body(pem: str) -> str:
     """A distinctive line of the key (base64), found even if re-wrapped or escaped into JSON."""
     return pem.splitlines()[5]
+
+
+def test_provision_a_mesh(tmp_path: Path) -> None:
+    from envoyext.runners.mesh import build, load_resources
+    m = build(load_resources([BOOKINFO / "platform.yaml", BOOKINFO / "gateway.yaml"]))
+    rotators = sds.provision(m, tmp_path, ttl=dt.timedelta(hours=1), intermediate=True)
+    assert set(rotators) == {p.name for p in m.proxies}
+    assert stat.S_IMODE((tmp_path / "ca" / "cluster.local" / "ca-key.pem").stat().st_mode) == 0o600
+    rows = {r.proxy: r for r in sds.rows_from_workdir(tmp_path)}
+    assert set(rows) == set(rotators)
+    assert rows["productpage-v1-0"].identity == "spiffe://cluster.local/ns/default/sa/bookinfo-productpage"
+    assert rows["productpage-v1-0"].issuer == "CN=Intermediate CA,O=cluster.local"
+    assert rows["productpage-v1-0"].not_after - rows["productpage-v1-0"].not_before == dt.timedelta(hours=1)
+    assert sds.rotate_due(rotators, tmp_path) == []  # nothing due before half-life (the control)
+    # a second provision reuses the CA on disk: certificates from both chain to one root
+    again = sds.provision(m, tmp_path)
+    assert again["productpage-v1-0"].ca.root == rotators["productpage-v1-0"].ca.root
