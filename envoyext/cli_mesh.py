@@ -163,3 +163,25 @@ def mesh_test(files, scenario_file, as_json):
             report.print_case(r)
         report.print_summary(results)
     sys.exit(testrun.exit_code(results))
+
+
+@mesh.command()
+@click.option("-f", "--filename", "files", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Kubernetes/Istio YAML file or directory: show the certificates this mesh's proxies get.")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="A running mesh's work directory: show the certificates its proxies hold now.")
+@user_errors
+def certs(files, workdir):
+    """Each proxy's workload identity, issuer, validity and next rotation (a table)."""
+    from envoyext.mesh import sds
+    if bool(files) == (workdir is not None):
+        raise UserError("give either -f DIR (a mesh's resources) or --workdir DIR (a running mesh)",
+                        field="-f/--workdir", fix="pass exactly one of them")
+    if workdir is not None:
+        rows = sds.rows_from_workdir(workdir)
+        if not rows:
+            raise UserError("no delivered certificates (no <proxy>/sds/default.yaml)", file=workdir,
+                            fix="pass the --workdir of a running 'envoyext mesh up', or -f DIR")
+    else:
+        rows = sds.rows_for_mesh(_load(files))
+    click.echo(sds.table(rows))
