@@ -7,12 +7,15 @@ workloads sorted by (namespace, deployment, replica), Kubernetes services by (na
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 from envoyext.errors import UserError
+from envoyext.mesh import pki
 from envoyext.mesh import resources as resources_mod
+from envoyext.mesh.crd import go_duration
 from envoyext.mesh.model import (
     CLUSTER_DOMAIN,
     ROOT_NAMESPACE,
@@ -120,7 +123,24 @@ def mesh_config(resources: Iterable[Resource]) -> MeshConfig:
         enable_auto_mtls=mc.get("enableAutoMtls", True),
         connect_timeout=mc.get("connectTimeout", MeshConfig.connect_timeout),
         extension_providers=tuple(mc.get("extensionProviders") or ()),
-        trust_domain_aliases=tuple(mc.get("trustDomainAliases") or ()))
+        trust_domain_aliases=tuple(mc.get("trustDomainAliases") or ()),
+        workload_cert_ttl=_secret_ttl(operators[0], mc))
+
+
+def _secret_ttl(operator: Resource, mc: Json) -> dt.timedelta:
+    """meshConfig.defaultConfig.proxyMetadata.SECRET_TTL (a Go duration, as the agent reads it)."""
+    field = "spec.meshConfig.defaultConfig.proxyMetadata.SECRET_TTL"
+    text = ((mc.get("defaultConfig") or {}).get("proxyMetadata") or {}).get("SECRET_TTL")
+    if text is None:
+        return MeshConfig.workload_cert_ttl
+    try:
+        seconds = go_duration(str(text))
+    except ValueError:
+        seconds = -1.0
+    if not 1 <= seconds <= pki.MAX_WORKLOAD_TTL.total_seconds():
+        raise UserError(f"SECRET_TTL {text!r} is not a lifetime from 1s to {pki.MAX_WORKLOAD_TTL.days} days",
+                        file=operator.file, field=field, fix="write a Go duration such as 24h or 60s")
+    return dt.timedelta(seconds=seconds)
 
 
 # --- gateways the install profile adds (as the istio-ingressgateway/egressgateway charts do) -------

@@ -16,6 +16,8 @@ for the app (what iptables' outbound redirect does in a pod).
 
 from __future__ import annotations
 
+import datetime as dt
+
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -61,6 +63,9 @@ class MeshConfig:
     # ext_authz), and meshConfig.trustDomainAliases (principals are expanded to each).
     extension_providers: tuple[Json, ...] = ()
     trust_domain_aliases: tuple[str, ...] = ()
+    # Workload certificate lifetime: the agent's SECRET_TTL (24 h), set as Istio users do through
+    # meshConfig.defaultConfig.proxyMetadata.SECRET_TTL; rotation at half of it.
+    workload_cert_ttl: dt.timedelta = dt.timedelta(hours=24)
 
     @property
     def has_ingress_gateway(self) -> bool:

@@ -59,13 +59,17 @@ def render(mesh: Mesh, out: Path, *, check: bool = True,
     config is first validated by Envoy. Nothing is left half-written: the tree is built beside
     `out` and moved into place whole."""
     from envoyext.envoy import process
-    from envoyext.mesh import delivery
+    from envoyext.mesh import delivery, sds
     from envoyext.mesh.translate import bootstrap as bootstrap_mod
-    from envoyext.mesh.translate import translate
+    from envoyext.mesh.translate import tls, translate
 
     configs = translate(mesh)
     staging = tempfiles.temp_dir_beside(out)
     written = []
+    # The configs name each proxy's certificates by SDS file (sds/default.yaml, sds/ROOTCA.yaml);
+    # the rendered tree holds no keys ('envoyext mesh up' issues them), so validation uses a
+    # throwaway CA's files.
+    home = sds.validation_home(mesh, staging / ".validate") if check else None
     try:
         for name, config in configs.items():
             if on_proxy:
@@ -74,7 +78,7 @@ def render(mesh: Mesh, out: Path, *, check: bool = True,
             bootstrap = bootstrap_mod.for_proxy(mesh, config.proxy, XDS_DIR)
             if check:
                 try:
-                    process.validate(static_bootstrap(bootstrap, config))
+                    process.validate(tls.absolute_sds_paths(static_bootstrap(bootstrap, config), str(home)))
                 except EnvoyRejected as e:
                     raise EnvoyRejected(f"Envoy rejects the config of proxy {name}: {e.message}", fix=e.fix) from None
             target = staging / name
@@ -82,6 +86,8 @@ def render(mesh: Mesh, out: Path, *, check: bool = True,
             (target / "bootstrap.yaml").write_text(dump(bootstrap))
             delivery.write(config, target / XDS_DIR, version="1")
             written.append(proxy_dir)
+        if home is not None:
+            shutil.rmtree(home)
         if out.exists():
             if not out.is_dir():
                 raise UserError("exists and is not a directory", file=out, fix="choose another -o")

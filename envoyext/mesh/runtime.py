@@ -38,7 +38,7 @@ from envoyext.envoy import logs, process
 from envoyext.envoy.admin import Admin
 from envoyext.envoy.identity import ProxyIdentity
 from envoyext.errors import UserError
-from envoyext.mesh import delivery, zipkin
+from envoyext.mesh import delivery, sds, zipkin
 from envoyext.mesh.model import (
     ADMIN_PORT,
     APP_CONTROL_PORT,
@@ -52,6 +52,7 @@ from envoyext.mesh.model import (
 )
 from envoyext.mesh.translate import ProxyConfig
 
+ROTATION_POLL = 0.25  # seconds between checks for a certificate past half-life
 XDS_DIR = "xds"  # relative to each proxy's directory (its Envoy's cwd)
 Translate = Callable[[Mesh], dict[str, ProxyConfig]]
 Bootstrap = Callable[[Mesh, Proxy, str], Json]
@@ -93,6 +94,9 @@ class MeshRuntime:
         self.apps: dict[str, subprocess.Popen[bytes]] = {}
         self.zipkin: zipkin.Zipkin | None = None
         self.version = 0
+        self.rotators: dict[str, sds.Rotator] = {}
+        self._rotation: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> MeshRuntime:
@@ -120,6 +124,9 @@ class MeshRuntime:
         self._progress(f"addresses: 127.{mesh.plan.base}.x.y (pods), {len(mesh.proxies)} proxies")
         self.configs = self._translate(mesh)
         self.version = 1
+        # Every proxy's SVID, in its sds/ before its Envoy starts (the translated TLS contexts
+        # name those files); renewed at half-life by the rotation thread, no restart.
+        self.rotators = sds.provision(mesh, self.workdir, ttl=mesh.config.workload_cert_ttl)
         if self._tracing if self._tracing is not None else mesh.config.tracing_sampling > 0:
             self.zipkin = zipkin.Zipkin(*zipkin.collector_address(mesh.plan)).start()
             self._progress(f"zipkin collector at {self.zipkin.url}")
@@ -140,12 +147,32 @@ class MeshRuntime:
             self._wait_app(name)
         for name in self.envoys:
             self._wait_warm(name)
+        self._stopping.clear()
+        self._rotation = threading.Thread(target=self._rotate_certificates, name="envoyext-cert-rotation",
+                                          daemon=True)
+        self._rotation.start()
         self._progress(f"mesh up: {len(self.envoys)} proxies, {len(self.apps)} apps")
+
+    def _rotate_certificates(self) -> None:
+        """Istio's agent: renew each proxy's certificate once half its lifetime has passed, by
+        rewriting its SDS files (Envoy watches them). Polls often enough for lifetimes of seconds."""
+        while not self._stopping.wait(ROTATION_POLL):
+            try:
+                renewed = sds.rotate_due(self.rotators, self.workdir)
+            except Exception as e:  # a full disk must not end the mesh silently; say it and keep trying
+                self._progress(f"certificate rotation failed: {e}")
+                continue
+            if renewed:
+                self._progress(f"certificates rotated: {', '.join(renewed)}")
 
     def stop(self) -> None:
         """Stop everything, Envoys first (nothing new reaches the apps), then apps, then Zipkin;
         each step even if an earlier one failed."""
         errors: list[BaseException] = []
+        self._stopping.set()
+        if self._rotation is not None:
+            self._rotation.join(5)
+            self._rotation = None
         for envoy in reversed(list(self.envoys.values())):
             try:
                 envoy.stop(grace=2)

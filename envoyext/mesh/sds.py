@@ -182,6 +182,15 @@ def provision(mesh: Mesh, workdir: Path, *, ttl: dt.timedelta = pki.WORKLOAD_TTL
     return rotators
 
 
+def validation_home(mesh: Mesh, directory: Path) -> Path:
+    """SDS files under `directory/sds/` for `envoy --mode validate` (which checks that each SDS
+    file a config names exists, resolved from its own cwd): a throwaway CA's, so nothing of the
+    mesh's real keys is needed to check a config. Returns `directory`."""
+    ca = pki.CA.create_root(mesh.config.trust_domain)
+    Rotator(ca, "default", "envoyext-validate").rotate(Path(directory))
+    return Path(directory)
+
+
 def rotate_due(rotators: dict[str, Rotator], workdir: Path, now: dt.datetime | None = None) -> list[str]:
     """Renew every certificate past its rotation time; returns the proxies renewed."""
     done = []

@@ -19,7 +19,8 @@ __all__ = ["ProxyConfig", "inline_endpoints", "translate"]
 
 
 def translate(mesh: Mesh, *, telemetry: bool = True, xds_dir: str = "xds", only: list[str] | None = None,
-              fetch: Callable[[str, str | None], Any] | None = None, eds: bool = False) -> dict[str, ProxyConfig]:
+              fetch: Callable[[str, str | None], Any] | None = None, eds: bool = False,
+              security: bool = True) -> dict[str, ProxyConfig]:
     """Every proxy's config, keyed by proxy name. Pure: the same mesh gives the same dicts.
 
     Istio's `istio.stats` filter, tracing and access logs come from `mesh.telemetry` when that
@@ -30,22 +31,34 @@ def translate(mesh: Mesh, *, telemetry: bool = True, xds_dir: str = "xds", only:
     (STATIC, same names and endpoints), because Envoy opens one inotify instance per watched file
     and Linux allows 128 per user: the EDS files of a Bookinfo-sized mesh already exceed that.
     `fetch` gets a WasmPlugin's module from an oci:// or http(s):// url (see extensions.apply).
+    `security`: mTLS as Istio does it (tls.py: PeerAuthentication's inbound chains, auto-mTLS and
+    DestinationRule TLS on clusters, Gateway TLS servers), with certificates from file-based SDS
+    under each proxy's `sds/` (the runtime writes them, sds.provision); `False` leaves every hop
+    plaintext, as a mesh without sidecar certificates (golden tests of routing alone).
 
     Then the post-passes, in Istio's order: WasmPlugins placed in the chains as they are built,
     EnvoyFilters patched over the result."""
-    from envoyext.mesh.translate import cluster, envoyfilter, extensions, listener, route
+    from envoyext.mesh.translate import cluster, envoyfilter, extensions, listener, route, tls
 
     stats, hcm_extra = _telemetry_hooks(mesh) if telemetry else ({}, {})
+    upstream_tls = tls.upstream_tls(mesh) if security else None
+    inbound_tls = tls.inbound_tls(mesh) if security else None
+    gateway_tls = tls.gateway_listeners if security else None
     out = {}
     for proxy in mesh.proxies:
         if only is not None and proxy.name not in only:
             continue
-        clusters, endpoints = cluster.for_proxy(mesh, proxy, xds_dir)
+        clusters, endpoints = cluster.for_proxy(mesh, proxy, xds_dir, upstream_tls=upstream_tls)
+        routes = route.for_proxy(mesh, proxy)
+        if security and proxy.kind == "router":
+            routes += tls.gateway_routes(mesh, proxy)
         config = ProxyConfig(
             proxy=proxy,
             listeners=listener.for_proxy(mesh, proxy, xds_dir=xds_dir, stats=stats.get(proxy.name),
-                                         hcm_extra=hcm_extra.get(proxy.name)),
-            clusters=list(clusters), routes=route.for_proxy(mesh, proxy), endpoints=list(endpoints))
+                                         hcm_extra=hcm_extra.get(proxy.name), inbound_tls=inbound_tls,
+                                         gateway_tls=gateway_tls),
+            clusters=list(clusters), routes=routes,
+            endpoints=tls.endpoint_tls_modes(mesh, list(endpoints)) if security else list(endpoints))
         if not eds:
             config = inline_endpoints(config)
         config = extensions.apply(mesh, config, fetch)

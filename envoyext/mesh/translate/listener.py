@@ -12,6 +12,7 @@ inbound chains, whose one route is inline as Istio's are.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 from envoyext.envoy import xds
@@ -122,7 +123,7 @@ def outbound_tcp_listeners(mesh: Mesh, proxy: Proxy) -> list[Json]:
             chains = [xds.filter_chain([tcp_proxy(c, c)], filter_chain_match={"server_names": sni_names(s)})
                       for s, _ in tls for c in [f"outbound|{port}||{s.hostname}"]]
             out.append(xds.listener(name, address, chains, traffic_direction="OUTBOUND",
-                                    listener_filters=[TLS_INSPECTOR]))
+                                    listener_filters=[copy.deepcopy(TLS_INSPECTOR)]))
         else:
             cluster = f"outbound|{port}||{services[0][0].hostname}"
             out.append(xds.listener(name, address, [xds.filter_chain([tcp_proxy(cluster, cluster)])],
@@ -175,7 +176,7 @@ def inbound_listener(mesh: Mesh, proxy: Proxy, stats: StatsFilter | None, extra:
     if ports:
         listener["additional_addresses"] = [{"address": xds.socket_address(ip, p)} for p in ports]
     if inbound_tls is not None:   # security hook: tells TLS from plaintext (transport_protocol, ALPN)
-        listener["listener_filters"] = [TLS_INSPECTOR]
+        listener["listener_filters"] = [copy.deepcopy(TLS_INSPECTOR)]
         listener["continue_on_listener_filters_timeout"] = True   # server-first TCP still connects
     return listener
 

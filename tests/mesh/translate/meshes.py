@@ -4,7 +4,10 @@ build.mesh)."""
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import functools
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -13,6 +16,17 @@ from envoyext.mesh import resources as resources_mod
 from envoyext.mesh.model import CLUSTER_DOMAIN, Mesh, MeshConfig, Resource, Service, ServicePort
 
 BOOKINFO = Path(__file__).resolve().parents[3] / "examples" / "bookinfo"
+
+
+@functools.cache
+def sds_home() -> str:
+    """One directory with SDS files (a throwaway CA's) for `envoy --mode validate`, which refuses a
+    config naming an SDS file that is not there; removed when the test process ends."""
+    from envoyext.mesh import sds
+    home = tempfile.mkdtemp(prefix="envoyext-sds-")
+    atexit.register(shutil.rmtree, home, True)
+    sds.validation_home(build_mod.mesh([]), Path(home))
+    return home
 
 
 def resources(*texts_or_paths: str | Path) -> list[Resource]:

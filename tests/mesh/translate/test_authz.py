@@ -160,9 +160,10 @@ def test_listeners_carry_the_filters_first_on_inbound_and_gateway_only():
     text = CASES["custom-ext-authz"].read_text() + "---\n" + CASES["gateway"].read_text()
     configs = translate(bookinfo(None, text), telemetry=False)
     inbound = next(lis for lis in configs[REVIEWS].listeners if lis["name"] == "virtualInbound")
-    assert hcm_filters(inbound) == [["envoy.filters.http.rbac", "envoy.filters.http.ext_authz",
-                                     "envoy.filters.http.rbac", "envoy.filters.http.fault",
-                                     "envoy.filters.http.cors", "envoy.filters.http.router"]]
+    # PERMISSIVE (no PeerAuthentication): the port's mTLS chain and its plaintext chain, alike
+    assert hcm_filters(inbound) == 2 * [["envoy.filters.http.rbac", "envoy.filters.http.ext_authz",
+                                         "envoy.filters.http.rbac", "envoy.filters.http.fault",
+                                         "envoy.filters.http.cors", "envoy.filters.http.router"]]
     gw = [n for lis in configs[GATEWAY].listeners for n in hcm_filters(lis)]
     assert gw and all(n[:2] == ["envoy.filters.http.rbac", "envoy.filters.http.rbac"] for n in gw)
     # negative controls: reviews' outbound side and a workload no policy selects have no security filters

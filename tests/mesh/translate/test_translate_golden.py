@@ -12,8 +12,8 @@ import yaml
 
 from envoyext.envoy import xds
 from envoyext.envoy.process import validate
-from envoyext.mesh.translate import ProxyConfig, translate
-from tests.mesh.translate.meshes import BOOKINFO, bookinfo
+from envoyext.mesh.translate import ProxyConfig, tls, translate
+from tests.mesh.translate.meshes import BOOKINFO, bookinfo, sds_home
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 VARIANTS = [None, *sorted(p.stem for p in (BOOKINFO / "routing").glob("*.yaml"))]
@@ -63,8 +63,9 @@ def static_config(config: ProxyConfig) -> dict:
             c["type"] = "STATIC"
             c.pop("eds_cluster_config", None)
             c["load_assignment"] = endpoints.get(c["name"], {"cluster_name": c["name"]})
-    return xds.bootstrap(node=xds.node(config.proxy.node_id, config.proxy.node_cluster),
-                         admin=(config.proxy.workload.ip, 15000), listeners=listeners, clusters=clusters)
+    static = xds.bootstrap(node=xds.node(config.proxy.node_id, config.proxy.node_cluster),
+                           admin=(config.proxy.workload.ip, 15000), listeners=listeners, clusters=clusters)
+    return tls.absolute_sds_paths(static, sds_home())   # the mTLS contexts name sds/ files
 
 
 @pytest.mark.parametrize("variant", ["reviews-80-20", "ratings-delay"])
