@@ -40,10 +40,12 @@ class Admin:
         return status == 200 and body.strip() == b"LIVE"
 
     def stats(self, filter_regex: str | None = None) -> dict[str, int]:
-        """Counters and gauges by their admin /stats names (those matching `filter_regex`)."""
+        """Counters and gauges by their admin /stats names (those matching `filter_regex`); text
+        readouts (e.g. an SDS secret's `version_text`) are not numbers and are left out."""
         query = "/stats?format=json" + (f"&filter={quote(filter_regex)}" if filter_regex else "")
         doc = json.loads(self.get(query))
-        return {s["name"]: s["value"] for s in doc.get("stats", []) if "value" in s}
+        return {s["name"]: s["value"] for s in doc.get("stats", [])
+                if isinstance(s.get("value"), int) and not isinstance(s["value"], bool)}
 
     def prometheus(self) -> dict[str, list[tuple[dict, float]]]:
         """/stats/prometheus parsed: metric sample name -> [(labels, value)]."""
