@@ -65,6 +65,18 @@ def test_check_passes_and_fails_precisely():
                                         "logs_absent", "stats.c"]
 
 
+def test_stat_ranges_and_header_parts():
+    xfcc = "By=spiffe://cluster.local/ns/default/sa/r;Hash=ab12;Subject=\"\";URI=spiffe://cluster.local/ns/default/sa/p"
+    o = obs(upstream=[S.Received("GET", "/p", [("x-forwarded-client-cert", xfcc)])], stats={"c": 3})
+    assert S.check(case({"stats": {"c": {"min": 2, "max": 3}, "d": {"max": 0}},
+                         "upstream": {"headers_contain": {"x-forwarded-client-cert": "URI=spiffe://cluster.local/ns/default/sa/p"}}}),
+                   o) == []
+    fails = S.check(case({"stats": {"c": {"min": 4}, "d": {"min": 1}},
+                          "upstream": {"headers_contain": {"x-forwarded-client-cert": "URI=spiffe://x", "x-none": "a"}}}), o)
+    assert [m.where for m in fails] == ["upstream.headers_contain.x-forwarded-client-cert",
+                                        "upstream.headers_contain.x-none", "stats.c", "stats.d"]
+
+
 def test_check_uncalled_upstream_and_reset_stream():
     assert [m.where for m in S.check(case({"upstream": {"headers": {"x": "1"}}}), obs())] == ["upstream.called"]
     assert S.check(case({"status": 200}), obs(response=None))[0].where == "response"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import textwrap
 from pathlib import Path
 
@@ -254,6 +255,22 @@ def test_mesh_config_fields_override_the_profile(tmp_path):
     c = build.mesh(_load(tmp_path, OPERATOR.format(body=body))).config
     assert (c.trust_domain, c.access_log_file, c.enable_auto_mtls, c.outbound_traffic_policy, c.tracing_sampling) \
         == ("example.org", "", False, "REGISTRY_ONLY", 5.5)
+
+
+def test_secret_ttl_sets_the_workload_certificate_lifetime(tmp_path):
+    default = build.mesh(_load(tmp_path, OPERATOR.format(body="profile: demo"))).config
+    assert default.workload_cert_ttl == datetime.timedelta(hours=24)
+    body = "meshConfig: {defaultConfig: {proxyMetadata: {SECRET_TTL: 1h30m}}}"
+    c = build.mesh(_load(tmp_path, OPERATOR.format(body=body))).config
+    assert c.workload_cert_ttl == datetime.timedelta(minutes=90)
+
+
+@pytest.mark.parametrize("ttl", ["soon", "0s", "100d"])
+def test_a_bad_secret_ttl_is_one_user_error(tmp_path, ttl):
+    body = f"meshConfig: {{defaultConfig: {{proxyMetadata: {{SECRET_TTL: {ttl}}}}}}}"
+    with pytest.raises(UserError, match=r"m.yaml: spec.meshConfig.defaultConfig.proxyMetadata.SECRET_TTL: "
+                                        r"SECRET_TTL .* is not a lifetime .*fix: write a Go duration"):
+        build.mesh(_load(tmp_path, OPERATOR.format(body=body)))
 
 
 def test_two_istio_operators_are_one_user_error(tmp_path):
