@@ -17,7 +17,6 @@ for the app (what iptables' outbound redirect does in a pod).
 from __future__ import annotations
 
 import datetime as dt
-
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
