@@ -259,8 +259,10 @@ def _run_watched(path, scenario_file):
 
 
 def _register_subcommands() -> None:
+    from envoyext.cli_jwt import jwt
     from envoyext.cli_mesh import mesh
     main.add_command(mesh)
+    main.add_command(jwt)
 
 
 _register_subcommands()

@@ -63,8 +63,9 @@ _live_lock = threading.Lock()
 
 
 def _default_translate(mesh: Mesh) -> dict[str, ProxyConfig]:
-    from envoyext.mesh import translate
-    result: dict[str, ProxyConfig] = translate.translate(mesh)
+    from envoyext.mesh import tokens, translate
+    # A jwksUri is fetched while translating and its keys inlined, as istiod does by default.
+    result: dict[str, ProxyConfig] = translate.translate(mesh, jwks=tokens.fetch_jwks)
     return result
 
 

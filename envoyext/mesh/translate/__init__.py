@@ -20,7 +20,7 @@ __all__ = ["ProxyConfig", "inline_endpoints", "translate"]
 
 def translate(mesh: Mesh, *, telemetry: bool = True, xds_dir: str = "xds", only: list[str] | None = None,
               fetch: Callable[[str, str | None], Any] | None = None, eds: bool = False,
-              security: bool = True) -> dict[str, ProxyConfig]:
+              security: bool = True, jwks: Callable[[str, str], str | None] | None = None) -> dict[str, ProxyConfig]:
     """Every proxy's config, keyed by proxy name. Pure: the same mesh gives the same dicts.
 
     Istio's `istio.stats` filter, tracing and access logs come from `mesh.telemetry` when that
@@ -35,15 +35,18 @@ def translate(mesh: Mesh, *, telemetry: bool = True, xds_dir: str = "xds", only:
     DestinationRule TLS on clusters, Gateway TLS servers), with certificates from file-based SDS
     under each proxy's `sds/` (the runtime writes them, sds.provision); `False` leaves every hop
     plaintext, as a mesh without sidecar certificates (golden tests of routing alone).
+    RequestAuthentication becomes jwt_authn in the same chains as RBAC; `jwks(uri, issuer)` gets
+    a `jwksUri`'s key set, as istiod fetches and inlines it (None: such rules admit no token).
 
     Then the post-passes, in Istio's order: WasmPlugins placed in the chains as they are built,
     EnvoyFilters patched over the result."""
-    from envoyext.mesh.translate import cluster, envoyfilter, extensions, listener, route, tls
+    from envoyext.mesh.translate import authn_jwt, cluster, envoyfilter, extensions, listener, route, tls
 
     stats, hcm_extra = _telemetry_hooks(mesh) if telemetry else ({}, {})
     upstream_tls = tls.upstream_tls(mesh) if security else None
     inbound_tls = tls.inbound_tls(mesh) if security else None
     gateway_tls = tls.gateway_listeners if security else None
+    authn = functools.partial(authn_jwt.filters, resolve=jwks)
     out = {}
     for proxy in mesh.proxies:
         if only is not None and proxy.name not in only:
@@ -56,7 +59,7 @@ def translate(mesh: Mesh, *, telemetry: bool = True, xds_dir: str = "xds", only:
             proxy=proxy,
             listeners=listener.for_proxy(mesh, proxy, xds_dir=xds_dir, stats=stats.get(proxy.name),
                                          hcm_extra=hcm_extra.get(proxy.name), inbound_tls=inbound_tls,
-                                         gateway_tls=gateway_tls),
+                                         gateway_tls=gateway_tls, authn=authn),
             clusters=list(clusters), routes=routes,
             endpoints=tls.endpoint_tls_modes(mesh, list(endpoints)) if security else list(endpoints))
         if not eds:

@@ -32,20 +32,25 @@ StatsFilter = Callable[[str], Json]
 InboundTls = Callable[[Proxy, int, Json, bool], list[Json]]
 # A gateway's TLS server listeners: (mesh, proxy, xds_dir, http filters, HCM extra fields).
 GatewayTls = Callable[[Mesh, Proxy, str, list[Json], Json], list[Json]]
+# The authentication filters (jwt_authn from RequestAuthentication, authn_jwt.py) for a proxy.
+Authn = Callable[[Mesh, Proxy], list[Json]]
 
 
 def for_proxy(mesh: Mesh, proxy: Proxy, *, xds_dir: str = "xds", stats: StatsFilter | None = None,
               hcm_extra: Json | None = None, inbound_tls: InboundTls | None = None,
-              gateway_tls: GatewayTls | None = None) -> list[Json]:
+              gateway_tls: GatewayTls | None = None, authn: Authn | None = None) -> list[Json]:
     """Every listener of the proxy. `stats` builds the `istio.stats` filter entry for a reporter
     (the telemetry module's); `hcm_extra` adds fields to every connection manager (tracing,
-    access_log), as Envoy spells them. `inbound_tls`, `gateway_tls`: the mTLS hooks (tls.py)."""
+    access_log), as Envoy spells them. `inbound_tls`, `gateway_tls`: the mTLS hooks (tls.py);
+    `authn`: the jwt_authn filter(s) placed between CUSTOM and RBAC (authn_jwt.py)."""
+    security = authz.http_filters(mesh, proxy, authn(mesh, proxy) if authn is not None else None)
     if proxy.kind == "router":
-        listeners = gateway_listeners(mesh, proxy, xds_dir, stats, hcm_extra or {})
+        listeners = gateway_listeners(mesh, proxy, xds_dir, stats, hcm_extra or {}, security)
         if gateway_tls is not None:   # security hook: HTTPS / TLS servers
-            listeners += gateway_tls(mesh, proxy, xds_dir, http_filters(stats, "source"), dict(hcm_extra or {}))
+            listeners += gateway_tls(mesh, proxy, xds_dir, [*copy.deepcopy(security), *http_filters(stats, "source")],
+                                     dict(hcm_extra or {}))
         return listeners
-    return [inbound_listener(mesh, proxy, stats, hcm_extra or {}, inbound_tls),
+    return [inbound_listener(mesh, proxy, stats, hcm_extra or {}, inbound_tls, security),
             *outbound_listeners(mesh, proxy, xds_dir, stats, hcm_extra or {}),
             *outbound_tcp_listeners(mesh, proxy)]
 
@@ -160,11 +165,14 @@ def inbound_ports(mesh: Mesh, proxy: Proxy) -> dict[int, tuple[Service, bool]]:
 
 
 def inbound_listener(mesh: Mesh, proxy: Proxy, stats: StatsFilter | None, extra: Json,
-                     inbound_tls: InboundTls | None = None) -> Json:
+                     inbound_tls: InboundTls | None = None, security: list[Json] | None = None) -> Json:
+    """`security`: the head of each HTTP chain: CUSTOM ext_authz, jwt_authn, RBAC (reference §11)."""
     ip = proxy.workload.ip
     ports = inbound_ports(mesh, proxy)
-    security = authz.http_filters(mesh, proxy)  # AUTHZ HOOK: CUSTOM ext_authz, (jwt_authn), RBAC (reference §11)
-    chains = [inbound_chain(port, service, http, stats, extra, security) for port, (service, http) in ports.items()]
+    if security is None:
+        security = authz.http_filters(mesh, proxy)
+    chains = [inbound_chain(port, service, http, stats, extra, copy.deepcopy(security))
+              for port, (service, http) in ports.items()]
     if inbound_tls is not None:   # security hook: each port's chains as its mTLS mode needs them
         chains = [c for (port, (_, http)), chain in zip(ports.items(), chains)
                   for c in inbound_tls(proxy, port, chain, http)]
@@ -205,13 +213,15 @@ def tcp_proxy(stat_prefix: str, cluster: str) -> Json:
 # --- gateway ---------------------------------------------------------------------------------------
 
 def gateway_listeners(mesh: Mesh, proxy: Proxy, xds_dir: str, stats: StatsFilter | None,
-                      extra: Json) -> list[Json]:
+                      extra: Json, security: list[Json] | None = None) -> list[Json]:
     out = []
+    if security is None:
+        security = authz.http_filters(mesh, proxy)  # AUTHZ HOOK (reference §11)
     for port in route.gateway_http_servers(mesh, proxy):
         name = f"0.0.0.0_{port}"
         # A gateway is the edge: it trusts the peer address it sees (use_remote_address), as Istio's do.
-        security = authz.http_filters(mesh, proxy)  # AUTHZ HOOK (reference §11)
-        hcm = rds_hcm(f"outbound_{name}", f"http.{port}", xds_dir, [*security, *http_filters(stats, "source")],
+        hcm = rds_hcm(f"outbound_{name}", f"http.{port}", xds_dir,
+                      [*copy.deepcopy(security), *http_filters(stats, "source")],
                       {"use_remote_address": True, **extra}, server_name="istio-envoy")
         out.append(xds.listener(name, (proxy.workload.ip, port),
                                 [xds.filter_chain([xds.network_filter(xds.HCM_NAME, hcm)])],
