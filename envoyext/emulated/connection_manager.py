@@ -20,6 +20,7 @@ from envoyext.emulated.codec import (
 )
 from envoyext.emulated.router import Router
 from envoyext.emulated.stream import CalloutResult, Clock, FilterHost, LocalReply, Stream
+from envoyext.envoy import peer_tls
 from envoyext.envoy.identity import TEST_PROXY, ProxyIdentity
 from envoyext.messages import Headers, Received, Request, Response, codec_bad_value, first, is_token, request_head
 from envoyext.scenario import Case, Scenario
@@ -57,15 +58,19 @@ class EmulatedEnvoy:
             return self._answer_without_filters(rq, *refused)
         # A CONNECT has no :path (Envoy 1.40, measured): its target is the authority.
         path = [] if rq.path is None else [(":path", rq.path)]
-        headers: Headers = [(":authority", rq.authority), *path, (":method", rq.method), (":scheme", "http")]
+        # Over TLS (a case's `connection: {mtls: ...}`) the codec's :scheme and the connection
+        # manager's x-forwarded-proto say https (issue 11 item 5).
+        scheme = "http" if case.mtls is None else "https"
+        headers: Headers = [(":authority", rq.authority), *path, (":method", rq.method), (":scheme", scheme)]
         # The codec drops a value's leading and trailing spaces and tabs (RFC 9110 OWS).
         headers += [(k, v.strip(" \t")) for k, v in [*rq.headers, *rq.framing()] if k != "host"]
         # The connection manager adds these before any filter runs (edge, use_remote_address false).
-        headers.append(("x-forwarded-proto", "http"))
+        headers.append(("x-forwarded-proto", scheme))
         if first(headers, "x-request-id") is None:
             headers.append(("x-request-id", str(uuid.uuid4())))
         trailers = [(k, v.strip(" \t")) for k, v in rq.trailers]
-        stream = Stream(headers, rq.body, trailers, self, start_ns=self.clock.ns)
+        stream = Stream(headers, rq.body, trailers, self, start_ns=self.clock.ns,
+                        tls=None if case.mtls is None else peer_tls.connection_facts(case.mtls))
         sf = host.new_stream(stream)
         refused_upgrade = self._refused_upgrade(stream)
         local = refused_upgrade if refused_upgrade is not None else sf.decode(stream)

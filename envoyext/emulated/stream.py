@@ -9,7 +9,7 @@ filter answers itself. Time is virtual (`Clock`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from envoyext.envoy.identity import ProxyIdentity
 from envoyext.messages import Headers, Response, first
@@ -95,6 +95,8 @@ class Stream:
     upstream_address: str | None = None
     cluster_name: str | None = None
     start_ns: int = 0
+    # Envoy's Ssl::ConnectionInfo of the downstream connection (envoyext.envoy.peer_tls), None without TLS.
+    tls: dict[str, Any] | None = None
 
     @property
     def route(self) -> Route | None:

@@ -8,6 +8,7 @@ config `local_route`, and one STATIC cluster per scenario cluster under the scen
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from envoyext.artifact import Artifact
@@ -50,10 +51,28 @@ def http_filters(artifact: Artifact | None, scenario: Scenario, native: Oracle |
     return filters + [xds.router_filter()]
 
 
+def _listener(name: str, listen: tuple[str, int], hcm: dict[str, Any], listener_tls: Any) -> dict[str, Any]:
+    if listener_tls is None:
+        return xds.http_listener(name, listen, hcm)
+    from envoyext.envoy import peer_tls
+    plain = xds.filter_chain([xds.network_filter(xds.HCM_NAME, hcm)],
+                             filter_chain_match={"transport_protocol": "raw_buffer"})
+    tls = xds.filter_chain([xds.network_filter(xds.HCM_NAME, copy.deepcopy(hcm))],
+                           filter_chain_match={"transport_protocol": "tls"},
+                           transport_socket=xds.transport_socket("envoy.transport_sockets.tls",
+                                                                 peer_tls.downstream_tls_context(listener_tls)))
+    return xds.listener(name, listen, [plain, tls], listener_filters=[{
+        "name": "envoy.filters.listener.tls_inspector",
+        "typed_config": {"@type": xds.T + "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}])
+
+
 def build(artifact: Artifact | None, scenario: Scenario, addresses: dict[str, tuple[str, int]],
           *, identity: ProxyIdentity = TEST_PROXY, listen: tuple[str, int] = ("127.0.0.1", 0),
-          oracle: bool = False) -> dict[str, Any]:
-    """The whole bootstrap. `oracle` swaps the filter under test for the scenario's native filters."""
+          oracle: bool = False, listener_tls: Any = None) -> dict[str, Any]:
+    """The whole bootstrap. `oracle` swaps the filter under test for the scenario's native filters.
+    `listener_tls` (peer_tls.ListenerTls, when a case arrives over mTLS): the listener also takes
+    TLS connections, told apart from plaintext by the TLS inspector, with a client certificate
+    required and verified; the same connection manager serves both."""
     native = scenario.oracle if oracle else None
     if oracle and native is None:
         raise UserError("the scenario has no native oracle", file=scenario.path, fix="add an `oracle:` block")
@@ -72,7 +91,7 @@ def build(artifact: Artifact | None, scenario: Scenario, addresses: dict[str, tu
         # Histograms reach /stats/prometheus only after a flush; let each admin scrape flush.
         stats_flush_on_admin=True,
         admin=("127.0.0.1", identity.admin_port),
-        listeners=[xds.http_listener(identity.listener, listen, hcm)],
+        listeners=[_listener(identity.listener, listen, hcm, listener_tls)],
         clusters=[xds.static_cluster(name, [addresses[name]]) for name in scenario.all_clusters()])
     if artifact is not None and artifact.stats_tags:
         config["stats_config"] = {"stats_tags": list(artifact.stats_tags), "use_all_default_tags": True}

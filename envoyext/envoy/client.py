@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import http.client
+import ssl
 
 from envoyext.messages import Request, Response
 
 
-def send(host: str, port: int, rq: Request) -> Response | None:
+def send(host: str, port: int, rq: Request, tls: ssl.SSLContext | None = None) -> Response | None:
     """One request exactly as given (repeated headers and all); None if the stream was reset.
-    Raises TimeoutError when no response comes within the case's `timeout_ms`."""
-    conn = http.client.HTTPConnection(host, port, timeout=rq.timeout_ms / 1000)
+    Raises TimeoutError when no response comes within the case's `timeout_ms`. With `tls`, over
+    TLS with that context (a case's mTLS peer certificate)."""
+    timeout = rq.timeout_ms / 1000
+    conn = (http.client.HTTPConnection(host, port, timeout=timeout) if tls is None
+            else http.client.HTTPSConnection(host, port, timeout=timeout, context=tls))
     try:
         conn.putrequest(rq.method, rq.target, skip_host=True, skip_accept_encoding=True)
         conn.putheader("host", rq.authority)

@@ -34,7 +34,7 @@ from envoyext.emulated.router import CONNECT_FAILURE_BODY, DEFAULT_ROUTE_TIMEOUT
 from envoyext.emulated.stream import Envoy, LocalReply, Stream
 from envoyext.envoy.facts import disabled_by_route
 from envoyext.errors import UserError
-from envoyext.lua.host import Callouts, LuaScript, StatsStore
+from envoyext.lua.host import Callouts, LuaScript, StatsStore, wire
 from envoyext.scenario import LUA_FILTER_NAMESPACE, LogLine, Response, first
 
 # What Envoy's async client hands a Lua httpCall when the cluster fails (observed on 1.40: these
@@ -75,6 +75,21 @@ def as_read(headers, body: bytes) -> bytes:
     if length is not None and length.isdigit() and len(body) > int(length):
         return body[:int(length)]
     return body
+
+
+def ssl_table(script: LuaScript, tls: dict[str, Any]):
+    """The SSL object's facts (envoyext.envoy.peer_tls.connection_facts) as the runtime's
+    SslConnection reads them: strings, numbers, booleans, plain arrays of strings, and the parsed
+    subject as a table of its own."""
+    def convert(v: Any):
+        if isinstance(v, str):
+            return wire(v)
+        if isinstance(v, dict):
+            return script.lua.table_from({wire(k): convert(x) for k, x in v.items()})
+        if isinstance(v, (list, tuple)):
+            return script.lua.table_from([convert(x) for x in v])
+        return v
+    return convert(tls)
 
 
 class LuaFilterHost:
@@ -225,7 +240,9 @@ class LuaStreamFilter:
         route = stream.route
         return ("HTTP/1.1", stream.downstream_local_address, stream.downstream_address, "",
                 route.name if route is not None else "", self.host.route_metadata(script, route),
-                script.to_lua(self.context) if self.context else None, None)
+                script.to_lua(self.context) if self.context else None,
+                # connection():ssl(): the downstream's Ssl::ConnectionInfo (envoyext.envoy.peer_tls), nil without TLS
+                ssl_table(script, stream.tls) if stream.tls is not None else None)
 
     def request_headers(self) -> list[tuple[str, str]]:
         """The request's headers as the router sent them (handle:requestHeaders() in the response

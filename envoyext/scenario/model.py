@@ -80,6 +80,34 @@ class Route:
         return True
 
 
+@dataclass(frozen=True)
+class MtlsPeer:
+    """The client certificate a case's connection presents over mTLS: its URI SAN (the SPIFFE ID),
+    optionally a subject (RFC 4514, e.g. `CN=productpage,O=bookinfo`; Istio's SVIDs have none)
+    and DNS SANs. The certificates themselves: envoyext.envoy.peer_tls."""
+    peer: str
+    subject: str = ""
+    dns: tuple[str, ...] = ()
+
+
+def _connection(block: Yaml | None, in_mesh: bool, path: Path, where: str) -> MtlsPeer | None:
+    mtls = (block or {}).get("mtls")
+    if mtls is None:
+        return None
+    if in_mesh:
+        raise UserError("a mesh case's connection is the mesh's: its sidecars' mTLS", file=path,
+                        field=f"{where}.connection", fix="remove it; the mesh's PeerAuthentication decides")
+    subject = mtls.get("subject", "")
+    if subject:
+        from cryptography.x509 import Name
+        try:
+            Name.from_rfc4514_string(subject)
+        except ValueError as e:
+            raise UserError(f"not an RFC 4514 name: {e}", file=path, field=f"{where}.connection.mtls.subject",
+                            fix="write it as CN=name,O=organization") from None
+    return MtlsPeer(peer=mtls["peer"], subject=subject, dns=tuple(mtls.get("dns") or ()))
+
+
 @dataclass
 class Case:
     name: str
@@ -96,6 +124,7 @@ class Case:
     apply: list[Path] = field(default_factory=list)
     behaviour: Yaml = field(default_factory=dict)
     concurrency: int = 1
+    mtls: MtlsPeer | None = None   # the request arrives over mTLS presenting this peer's certificate
 
 
 @dataclass
@@ -175,7 +204,8 @@ def from_dict(data: Yaml, path: Path, default_config: Any = None) -> Scenario:
             expect=c.get("expect") or {}, repeat=c.get("repeat", 1), wait_ms=c.get("wait_ms", 0),
             only=c.get("only"), source=c.get("from"), target=c.get("to"),
             apply=[_relative(path, f) for f in _listed(c.get("apply"))], behaviour=c.get("behaviour") or {},
-            concurrency=c.get("concurrency", 1)))
+            concurrency=c.get("concurrency", 1),
+            mtls=_connection(c.get("connection"), "mesh" in data, path, f"cases[{i}]")))
         _check_sendable(cases[-1].request, path, f"cases[{i}].request")
         _check_mesh_only(c, "mesh" in data, path, f"cases[{i}]")
         for j, f in enumerate(cases[-1].apply):

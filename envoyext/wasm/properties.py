@@ -129,6 +129,27 @@ class Lazy:
         return self.items() if self.items else None
 
 
+# The TLS fields of `connection` (CEL's extractSslInfo), each from one Ssl::ConnectionInfo value:
+# strings as they are; of the SAN lists only the first entry, absent when the list is empty.
+_TLS_STRINGS = {"tls_version": "tlsVersion", "subject_local_certificate": "subjectLocalCertificate",
+                "subject_peer_certificate": "subjectPeerCertificate",
+                "sha256_peer_certificate_digest": "sha256PeerCertificateDigest"}
+_TLS_FIRST = {"uri_san_local_certificate": "uriSanLocalCertificate",
+              "uri_san_peer_certificate": "uriSanPeerCertificate",
+              "dns_san_local_certificate": "dnsSansLocalCertificate",
+              "dns_san_peer_certificate": "dnsSansPeerCertificate"}
+
+
+def tls_attribute(tls: dict, key: str) -> str | None:
+    """`connection.<key>` of a TLS connection whose Ssl::ConnectionInfo is `tls`."""
+    if key in _TLS_STRINGS:
+        return str(tls.get(_TLS_STRINGS[key], ""))
+    if key in _TLS_FIRST:
+        values = tls.get(_TLS_FIRST[key]) or []
+        return values[0] if values else None
+    return None
+
+
 class PropertySource:
     """The attributes one context can see (a stream's only while it has one)."""
 
@@ -258,13 +279,16 @@ class PropertySource:
         return None
 
     def _connection(self, k: str):
-        if k == "mtls":
-            return False
+        tls = getattr(self.stream, "tls", None)   # Ssl::ConnectionInfo (envoyext.envoy.peer_tls)
+        if k == "mtls":   # TLS, and the peer presented a certificate
+            return tls is not None and bool(tls.get("peerCertificatePresented"))
         if k == "requested_server_name":
             return ""
         if k == "id":
             return ("u64", self.connection_id)
-        return None      # TLS fields exist only on TLS connections
+        if tls is None:
+            return None   # the TLS fields exist only on TLS connections
+        return tls_attribute(tls, k)
 
     def _upstream(self, k: str):
         addr = self.stream.upstream_address
