@@ -80,6 +80,7 @@ def serve(port, issuers, keys):
         for issuer in server.store.issuers():
             click.echo(f"{issuer}\t{server.url(issuer)}")
         try:
+            click.echo("Ctrl-C to stop")   # inside the try: the interrupt may come right after it
             while True:
                 time.sleep(1)
         except KeyboardInterrupt:

@@ -121,6 +121,8 @@ def _run_command(command: str, cwd: Path) -> str | None:
         return "SKIP"
     if argv[len(ENVOYEXT)] == "run":
         return _run_until_interrupted(argv, cwd)
+    if argv[len(ENVOYEXT):len(ENVOYEXT) + 2] == ["jwt", "serve"]:
+        return _run_until_interrupted(argv, cwd, serving="/jwks.json")
     proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=300, env=_env())
     if proc.returncode != 0 or "Traceback" in proc.stderr:
         return f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -135,8 +137,9 @@ def test_usage_command_runs_as_written(command, walkthrough):
     assert outcome is None, f"{command}: {outcome}"
 
 
-def _run_until_interrupted(argv: list[str], cwd: Path) -> str | None:
-    """`envoyext run` serves until Ctrl-C: wait for it to listen, then interrupt it."""
+def _run_until_interrupted(argv: list[str], cwd: Path, serving: str = "listening on") -> str | None:
+    """`envoyext run` (and `jwt serve`) serve until Ctrl-C: wait until the output says it serves
+    (`serving`), then interrupt it."""
     proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     try:
         seen = []
@@ -144,7 +147,7 @@ def _run_until_interrupted(argv: list[str], cwd: Path) -> str | None:
             seen.append(line)
             if line.startswith("Ctrl-C"):
                 break
-        if not any("listening on" in line for line in seen):
+        if not any(serving in line for line in seen):
             return "never listened: " + "".join(seen) + proc.stderr.read()
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)

@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from envoyext.errors import UserError
+from envoyext.mesh import pki
 from envoyext.mesh.model import Mesh, Service
 from envoyext.mesh.traffic import POD_HEADER
 from envoyext.messages import Request
@@ -79,10 +80,41 @@ def endpoints(mesh: Mesh, attach: dict[str, Any], source: str | None, target: st
     return source or INGRESS, target
 
 
+def peer_identity(mesh: Mesh, attach: dict[str, Any], source: str | None) -> str | None:
+    """The SPIFFE ID on the attached filter's downstream connection: inbound, the sender's proxy
+    (a sidecar, or the ingress gateway) over auto-mTLS; outbound, None (the app's own plaintext)."""
+    if attach["context"] != INBOUND or not mesh.config.enable_auto_mtls:
+        return None
+    sender = next((p for p in mesh.proxies if p.kind == "router" and p.labels.get("istio") == "ingressgateway"), None) \
+        if source in (None, INGRESS) else mesh.proxy(source) or next(
+            (p for p in mesh.proxies if p.workload.deployment == source), None)
+    if sender is None:
+        return None
+    w = sender.workload
+    return pki.spiffe_id(mesh.config.trust_domain, w.namespace, w.service_account)
+
+
+def _peer_not_run(sc: Scenario, case: Case) -> str | None:
+    """A case over mTLS (connection.mtls) runs in the mesh only when the mesh's real peer is its peer."""
+    if case.mtls is None:
+        return None
+    peer = sc.mesh.peer if sc.mesh else None
+    if peer is None:
+        return "the case arrives over mTLS; in the mesh the filter's downstream connection is plaintext"
+    if case.mtls.peer != peer:
+        return f"the case's peer is {case.mtls.peer}; in the mesh the filter's peer is the sender, {peer}"
+    if case.mtls.subject or case.mtls.dns:
+        return "the case's certificate has a subject or DNS names; Istio's SVIDs have neither"
+    return None
+
+
 def not_run(sc: Scenario, case: Case) -> str | None:
     """Why this case cannot be judged in the mesh, known before it runs (None: it can)."""
     if case.startup:
         return "a startup case has no request to send through the mesh"
+    peer = _peer_not_run(sc, case)
+    if peer:
+        return peer
     up = sc.upstream
     if up.reply is not None or up.rules or up.down or not up.echo:
         return "the scenario scripts its test upstream's answer; in the mesh a stand-in app answers as itself"

@@ -100,6 +100,7 @@ def _filter_endpoints(scenario: Scenario, mesh: Mesh) -> None:
         from envoyext.mesh import filtercase
         scenario.mesh.source, scenario.mesh.target = filtercase.endpoints(
             mesh, scenario.mesh.attach, scenario.mesh.source, scenario.mesh.target)
+        scenario.mesh.peer = filtercase.peer_identity(mesh, scenario.mesh.attach, scenario.mesh.source)
 
 
 def sender(case: Case, spec: MeshSpec) -> str:

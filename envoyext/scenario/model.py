@@ -144,6 +144,9 @@ class MeshSpec:
     attach: Any = None
     source: str | None = None
     target: str | None = None
+    # The SPIFFE ID the attached filter sees on its downstream connection (the sender's sidecar or
+    # gateway, over auto-mTLS into an inbound side); None when that connection is plaintext.
+    peer: str | None = None
 
 
 @dataclass
