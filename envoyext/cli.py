@@ -96,6 +96,43 @@ def build(path, force):
     click.echo(f"built {artifact.path} ({artifact.path.stat().st_size} bytes)")
 
 
+@main.command()
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+@click.option("--as", "form", type=click.Choice(["envoyfilter", "wasmplugin"]), default=None,
+              help="The resource kind (default: WasmPlugin for Wasm, EnvoyFilter for Lua).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Write the resource to this file (default: standard output).")
+@click.option("--namespace", default="default", show_default=True, help="The resource's namespace.")
+@click.option("--selector", "selectors", multiple=True, metavar="KEY=VALUE",
+              help="A workload label the resource selects (repeatable; none: every workload in the namespace).")
+@click.option("--context", type=click.Choice(["SIDECAR_INBOUND", "SIDECAR_OUTBOUND", "GATEWAY"]),
+              default="SIDECAR_INBOUND", show_default=True, help="Which side of the proxies.")
+@click.option("--phase", type=click.Choice(["AUTHN", "AUTHZ", "STATS"]), default=None,
+              help="WasmPlugin phase (default: just before the router).")
+@click.option("--priority", type=int, default=None, help="Order among resources of the same phase.")
+@user_errors
+def publish(path, form, output, namespace, selectors, context, phase, priority):
+    """Emit the EnvoyFilter or WasmPlugin a cluster applies for this filter, checked against
+    Istio's CRD schema first."""
+    from envoyext import project as proj
+    from envoyext.publish import emit, istio
+    labels = {}
+    for item in selectors:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"{item!r} is not KEY=VALUE", field="--selector", fix="write e.g. --selector app=reviews")
+        labels[key] = value
+    p = proj.load(path)
+    artifact = proj.build(p)
+    where = istio.Placement(namespace=namespace, selector=labels, context=context, phase=phase, priority=priority)
+    text = emit.validated(emit.resource(artifact, p.config, where, form))
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        emit.write(text, output)
+        click.echo(f"wrote {output}", err=True)
+
+
 class RunnerChoice(click.Choice):
     """A runner's registry name; the names older scripts pass (`unit`) are accepted, not shown."""
 

@@ -1,0 +1,73 @@
+"""`envoyext publish`: a project's built filter as the resource a cluster applies, validated
+against Istio's CRD schema of its kind and version before anything is written.
+
+Validation goes through envoyext.mesh.resources, the same loader (structural schema and the CEL
+rules a cluster enforces) that reads a user's files, so what is published is what `envoyext mesh`
+would accept. The output is written whole or not at all (a temporary file renamed into place).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from envoyext import tempfiles
+from envoyext.artifact import Artifact
+from envoyext.errors import UserError
+from envoyext.publish import istio
+
+Form = Literal["envoyfilter", "wasmplugin"]
+
+
+def resource(artifact: Artifact, config: Any, where: istio.Placement, form: Form | None = None) -> istio.Json:
+    """The resource for `artifact`: WasmPlugin for Wasm and EnvoyFilter for Lua unless `form` says."""
+    if form == "wasmplugin" and artifact.kind != "wasm":
+        raise UserError("a WasmPlugin carries a Wasm module; this filter is Lua", field="--as",
+                        fix="publish a Lua filter --as envoyfilter")
+    if form == "envoyfilter":
+        return istio.envoy_filter(artifact, config, where)
+    if form == "wasmplugin":
+        return istio.wasm_plugin(artifact, config, where)
+    return istio.for_artifact(artifact, config, where)
+
+
+def dump(doc: istio.Json) -> str:
+    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, width=120)
+
+
+def validated(doc: istio.Json) -> str:
+    """The resource as YAML, once Istio's CRD schema accepts it (else the loader's one-line error,
+    naming the field)."""
+    from envoyext.mesh import resources
+    text = dump(doc)
+    folder = Path(tempfiles.mkdtemp("publish"))
+    try:
+        path = folder / f"{doc['kind'].lower()}-{doc['metadata']['name']}.yaml"
+        path.write_text(text)
+        try:
+            resources.load([path])
+        except UserError as e:
+            raise UserError(f"the {doc['kind']} envoyext would publish is refused by Istio's schema: {e.message}",
+                            field=e.field, fix="report this as an envoyext bug, with the filter.yaml") from None
+    finally:
+        for p in folder.iterdir():
+            p.unlink()
+        folder.rmdir()
+    return text
+
+
+def write(text: str, out: Path) -> None:
+    """`text` to `out`, whole or not at all."""
+    if out.exists() and out.is_dir():
+        raise UserError("is a directory", file=out, fix="give a file name, e.g. -o filter.yaml")
+    if not out.parent.exists():
+        raise UserError("its directory does not exist", file=out, fix="create the directory first")
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
