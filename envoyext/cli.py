@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from envoyext import __version__, runners
-from envoyext.cli_support import _fail, user_errors
+from envoyext.cli_support import _fail, key_values, user_errors
 from envoyext.errors import UserError
 
 
@@ -116,12 +116,7 @@ def publish(path, form, output, namespace, selectors, context, phase, priority):
     Istio's CRD schema first."""
     from envoyext import project as proj
     from envoyext.publish import emit, istio
-    labels = {}
-    for item in selectors:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"{item!r} is not KEY=VALUE", field="--selector", fix="write e.g. --selector app=reviews")
-        labels[key] = value
+    labels = key_values(selectors, "--selector", "app=reviews")
     p = proj.load(path)
     artifact = proj.build(p)
     where = istio.Placement(namespace=namespace, selector=labels, context=context, phase=phase, priority=priority)

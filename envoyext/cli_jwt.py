@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from envoyext.cli_support import user_errors
+from envoyext.cli_support import key_values, user_errors
 from envoyext.errors import UserError
 
 DEFAULT_KEYS = Path(".envoyext") / "jwt"
@@ -34,11 +34,8 @@ def jwt() -> None:
 def mint(issuer, subject, audiences, claims, expires_in, expired, keys):
     """Print a signed RS256 token (the only output, for `$(envoyext jwt mint ...)`)."""
     from envoyext.mesh import tokens
-    extra = {}
-    for c in claims:
-        name, sep, value = c.partition("=")
-        if not sep or not name:
-            raise UserError(f"{c!r} is not NAME=VALUE", field="--claim", fix="write e.g. --claim group=admins")
+    extra: dict[str, object] = {}
+    for name, value in key_values(claims, "--claim", "group=admins").items():
         try:
             extra[name] = json.loads(value)
         except ValueError:

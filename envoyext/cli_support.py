@@ -31,3 +31,14 @@ def user_errors(fn):
 def _fail(e: UserError):
     click.secho(f"error: {e.one_line()}", fg="red", err=True)
     sys.exit(2)
+
+
+def key_values(items: tuple[str, ...], option: str, example: str) -> dict[str, str]:
+    """Repeated `KEY=VALUE` options as a dict; one line naming the option for anything else."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"{item!r} is not KEY=VALUE", field=option, fix=f"write e.g. {option} {example}")
+        out[key] = value
+    return out

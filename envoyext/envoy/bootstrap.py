@@ -59,11 +59,9 @@ def _listener(name: str, listen: tuple[str, int], hcm: dict[str, Any], listener_
                              filter_chain_match={"transport_protocol": "raw_buffer"})
     tls = xds.filter_chain([xds.network_filter(xds.HCM_NAME, copy.deepcopy(hcm))],
                            filter_chain_match={"transport_protocol": "tls"},
-                           transport_socket=xds.transport_socket("envoy.transport_sockets.tls",
+                           transport_socket=xds.transport_socket(xds.TLS_SOCKET,
                                                                  peer_tls.downstream_tls_context(listener_tls)))
-    return xds.listener(name, listen, [plain, tls], listener_filters=[{
-        "name": "envoy.filters.listener.tls_inspector",
-        "typed_config": {"@type": xds.T + "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}])
+    return xds.listener(name, listen, [plain, tls], listener_filters=[xds.tls_inspector()])
 
 
 def build(artifact: Artifact | None, scenario: Scenario, addresses: dict[str, tuple[str, int]],

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from envoyext.envoy import xds
 from envoyext.scenario.model import MtlsPeer
 
 # The listener's own identity (Ssl uriSanLocalCertificate), an Istio-shaped SPIFFE ID.
@@ -228,7 +229,7 @@ def downstream_tls_context(files: ListenerTls) -> dict[str, Any]:
     """The listener's DownstreamTlsContext: its certificate, client certificates required and
     verified against the test CA. Files by path only: no key material in the config."""
     return {
-        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        "@type": xds.DOWNSTREAM_TLS,
         "require_client_certificate": True,
         "common_tls_context": {
             "tls_certificates": [{"certificate_chain": {"filename": str(files.cert)},

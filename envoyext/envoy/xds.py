@@ -109,6 +109,16 @@ def filter_chain(filters: list[Json], *, transport_socket: Json | None = None,
                  filter_chain_match=filter_chain_match, name=name)
 
 
+def tls_inspector() -> Json:
+    """The listener filter that tells TLS from plaintext (and reads SNI and ALPN) for filter chain
+    matching; a new dict each call, so no two configs share one."""
+    return {"name": "envoy.filters.listener.tls_inspector",
+            "typed_config": {"@type": T + "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}
+
+
+TLS_SOCKET = "envoy.transport_sockets.tls"
+
+
 def listener(name: str, address: tuple[str, int], filter_chains: list[Json], **extra: Any) -> Json:
     return {"name": name, "address": socket_address(*address), "filter_chains": filter_chains, **extra}
 

@@ -85,9 +85,7 @@ def peer_identity(mesh: Mesh, attach: dict[str, Any], source: str | None) -> str
     (a sidecar, or the ingress gateway) over auto-mTLS; outbound, None (the app's own plaintext)."""
     if attach["context"] != INBOUND or not mesh.config.enable_auto_mtls:
         return None
-    sender = next((p for p in mesh.proxies if p.kind == "router" and p.labels.get("istio") == "ingressgateway"), None) \
-        if source in (None, INGRESS) else mesh.proxy(source) or next(
-            (p for p in mesh.proxies if p.workload.deployment == source), None)
+    sender = mesh.ingress_gateway() if source in (None, INGRESS) else mesh.proxy(source)
     if sender is None:
         return None
     w = sender.workload

@@ -244,6 +244,11 @@ class Mesh:
                 return s
         return None
 
+    def ingress_gateway(self) -> Proxy | None:
+        """The ingress gateway's proxy (label istio: ingressgateway), when the profile has one."""
+        return next((p for p in self.proxies if p.kind == "router" and p.labels.get("istio") == "ingressgateway"),
+                    None)
+
     def proxy(self, name: str) -> Proxy | None:
         """A proxy by pod name, or by deployment name when it has one replica (`reviews-v1`)."""
         exact = [p for p in self.proxies if p.name == name]

@@ -13,7 +13,6 @@ halves only.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import http.server
 import json
@@ -28,6 +27,8 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
+from jwt.utils import base64url_decode, base64url_encode
 
 from envoyext.errors import UserError
 from envoyext.mesh import pki
@@ -40,17 +41,12 @@ def _slug(issuer: str) -> str:
     return f"{readable}-{hashlib.sha256(issuer.encode()).hexdigest()[:8]}"
 
 
-def _b64(n: int) -> str:
-    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
 def public_jwk(key: rsa.RSAPrivateKey) -> dict[str, str]:
-    numbers = key.public_key().public_numbers()
-    e, n = _b64(numbers.e), _b64(numbers.n)
-    # RFC 7638: the thumbprint of the required members in lexicographic order, no whitespace.
+    jwk = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
+    e, n = jwk["e"], jwk["n"]
+    # The kid: RFC 7638's thumbprint, the required members in lexicographic order, no whitespace.
     canonical = json.dumps({"e": e, "kty": "RSA", "n": n}, separators=(",", ":"), sort_keys=True)
-    kid = base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode()
+    kid = base64url_encode(hashlib.sha256(canonical.encode()).digest()).decode()
     return {"kty": "RSA", "alg": "RS256", "use": "sig", "kid": kid, "e": e, "n": n}
 
 
@@ -104,10 +100,9 @@ def tampered(token: str, **changes: Any) -> str:
     """The token with claims changed (default: sub becomes admin) and the original signature kept,
     as an attacker would forge it: well-formed, but the signature no longer matches."""
     head, payload, signature = token.split(".")
-    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims = json.loads(base64url_decode(payload))
     claims.update(changes or {"sub": "admin"})
-    forged = base64.urlsafe_b64encode(json.dumps(claims, separators=(",", ":")).encode()).rstrip(b"=").decode()
-    return ".".join([head, forged, signature])
+    return ".".join([head, base64url_encode(json.dumps(claims, separators=(",", ":")).encode()).decode(), signature])
 
 
 def fetch_jwks(uri: str, issuer: str) -> str | None:

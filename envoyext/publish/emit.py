@@ -9,6 +9,7 @@ would accept. The output is written whole or not at all (a temporary file rename
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,19 +44,16 @@ def validated(doc: istio.Json) -> str:
     naming the field)."""
     from envoyext.mesh import resources
     text = dump(doc)
-    folder = Path(tempfiles.mkdtemp("publish"))
+    folder = tempfiles.mkdtemp("publish")   # the loader reads files (its errors carry line numbers)
     try:
         path = folder / f"{doc['kind'].lower()}-{doc['metadata']['name']}.yaml"
         path.write_text(text)
-        try:
-            resources.load([path])
-        except UserError as e:
-            raise UserError(f"the {doc['kind']} envoyext would publish is refused by Istio's schema: {e.message}",
-                            field=e.field, fix="report this as an envoyext bug, with the filter.yaml") from None
+        resources.load([path])
+    except UserError as e:
+        raise UserError(f"the {doc['kind']} envoyext would publish is refused by Istio's schema: {e.message}",
+                        field=e.field, fix="report this as an envoyext bug, with the filter.yaml") from None
     finally:
-        for p in folder.iterdir():
-            p.unlink()
-        folder.rmdir()
+        shutil.rmtree(folder, ignore_errors=True)
     return text
 
 
@@ -65,9 +63,9 @@ def write(text: str, out: Path) -> None:
         raise UserError("is a directory", file=out, fix="give a file name, e.g. -o filter.yaml")
     if not out.parent.exists():
         raise UserError("its directory does not exist", file=out, fix="create the directory first")
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    tmp = tempfiles.temp_beside(out)
     try:
         tmp.write_text(text)
-        tmp.replace(out)
+        os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

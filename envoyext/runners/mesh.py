@@ -123,7 +123,7 @@ def _check_names(scenario: Scenario, mesh: Mesh, behaviours: dict[str, Any], whe
 
 
 def ingress(mesh: Mesh) -> Proxy | None:
-    return next((p for p in mesh.proxies if p.kind == "router" and p.labels.get("istio") == "ingressgateway"), None)
+    return mesh.ingress_gateway()
 
 
 def _sidecar(mesh: Mesh, name: str) -> Proxy | None:

@@ -31,10 +31,14 @@ STRICT_FILES = [SUITE / f for f in ("platform.yaml", "gateway.yaml", "destinatio
 PRODUCTPAGE = "spiffe://cluster.local/ns/default/sa/bookinfo-productpage"
 
 
+def _loaded_and_run(name: str):
+    sc = scenario.load(SCENARIOS / name)
+    return sc, run(sc)
+
+
 @pytest.fixture(scope="module")
 def mtls():
-    sc = scenario.load(SCENARIOS / "mtls.yaml")
-    return sc, run(sc)
+    return _loaded_and_run("mtls.yaml")
 
 
 def test_strict_mtls_scenario_passes(mtls):
@@ -56,8 +60,7 @@ def test_strict_mtls_negative_controls(mtls):
 
 @pytest.fixture(scope="module")
 def rotation():
-    sc = scenario.load(SCENARIOS / "cert-rotation.yaml")
-    return sc, run(sc)
+    return _loaded_and_run("cert-rotation.yaml")
 
 
 def test_certificates_rotate_under_traffic_with_zero_failures(rotation):

@@ -128,7 +128,7 @@ def outbound_tcp_listeners(mesh: Mesh, proxy: Proxy) -> list[Json]:
             chains = [xds.filter_chain([tcp_proxy(c, c)], filter_chain_match={"server_names": sni_names(s)})
                       for s, _ in tls for c in [f"outbound|{port}||{s.hostname}"]]
             out.append(xds.listener(name, address, chains, traffic_direction="OUTBOUND",
-                                    listener_filters=[copy.deepcopy(TLS_INSPECTOR)]))
+                                    listener_filters=[xds.tls_inspector()]))
         else:
             cluster = f"outbound|{port}||{services[0][0].hostname}"
             out.append(xds.listener(name, address, [xds.filter_chain([tcp_proxy(cluster, cluster)])],
@@ -140,8 +140,6 @@ def sni_names(service: Service) -> list[str]:
     return [service.hostname]
 
 
-TLS_INSPECTOR = {"name": "envoy.filters.listener.tls_inspector", "typed_config": {
-    "@type": xds.T + "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}
 
 
 # --- sidecar inbound -------------------------------------------------------------------------------
@@ -165,12 +163,10 @@ def inbound_ports(mesh: Mesh, proxy: Proxy) -> dict[int, tuple[Service, bool]]:
 
 
 def inbound_listener(mesh: Mesh, proxy: Proxy, stats: StatsFilter | None, extra: Json,
-                     inbound_tls: InboundTls | None = None, security: list[Json] | None = None) -> Json:
+                     inbound_tls: InboundTls | None, security: list[Json]) -> Json:
     """`security`: the head of each HTTP chain: CUSTOM ext_authz, jwt_authn, RBAC (reference §11)."""
     ip = proxy.workload.ip
     ports = inbound_ports(mesh, proxy)
-    if security is None:
-        security = authz.http_filters(mesh, proxy)
     chains = [inbound_chain(port, service, http, stats, extra, copy.deepcopy(security))
               for port, (service, http) in ports.items()]
     if inbound_tls is not None:   # security hook: each port's chains as its mTLS mode needs them
@@ -184,7 +180,7 @@ def inbound_listener(mesh: Mesh, proxy: Proxy, stats: StatsFilter | None, extra:
     if ports:
         listener["additional_addresses"] = [{"address": xds.socket_address(ip, p)} for p in ports]
     if inbound_tls is not None:   # security hook: tells TLS from plaintext (transport_protocol, ALPN)
-        listener["listener_filters"] = [copy.deepcopy(TLS_INSPECTOR)]
+        listener["listener_filters"] = [xds.tls_inspector()]
         listener["continue_on_listener_filters_timeout"] = True   # server-first TCP still connects
     return listener
 
@@ -213,10 +209,8 @@ def tcp_proxy(stat_prefix: str, cluster: str) -> Json:
 # --- gateway ---------------------------------------------------------------------------------------
 
 def gateway_listeners(mesh: Mesh, proxy: Proxy, xds_dir: str, stats: StatsFilter | None,
-                      extra: Json, security: list[Json] | None = None) -> list[Json]:
+                      extra: Json, security: list[Json]) -> list[Json]:
     out = []
-    if security is None:
-        security = authz.http_filters(mesh, proxy)  # AUTHZ HOOK (reference §11)
     for port in route.gateway_http_servers(mesh, proxy):
         name = f"0.0.0.0_{port}"
         # A gateway is the edge: it trusts the peer address it sees (use_remote_address), as Istio's do.

@@ -29,11 +29,9 @@ from envoyext.mesh.model import ROOT_NAMESPACE, Json, Mesh, Proxy, Resource, Ser
 from envoyext.mesh.translate import peer_authn
 from envoyext.mesh.translate.cluster import UpstreamContext, UpstreamTls, destination_rule
 
-TLS_SOCKET = "envoy.transport_sockets.tls"
+TLS_SOCKET = xds.TLS_SOCKET
 RAW_BUFFER = {"name": "envoy.transport_sockets.raw_buffer", "typed_config": {
     "@type": xds.T + "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"}}
-TLS_INSPECTOR = {"name": "envoy.filters.listener.tls_inspector", "typed_config": {
-    "@type": xds.T + "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}
 SDS_DIR = "sds"
 CERT_SECRET = "default"      # Istio's SDS names (reference §13)
 ROOT_SECRET = "ROOTCA"
@@ -399,7 +397,7 @@ def gateway_listeners(mesh: Mesh, proxy: Proxy, xds_dir: str, filters: list[Json
                                            transport_socket=downstream_server_tls(mesh, gw, index, server)))
         if chains:
             out.append(xds.listener(f"0.0.0.0_{listen}", (proxy.workload.ip, listen), chains,
-                                    traffic_direction="OUTBOUND", listener_filters=[copy.deepcopy(TLS_INSPECTOR)]))
+                                    traffic_direction="OUTBOUND", listener_filters=[xds.tls_inspector()]))
     return out
 
 
