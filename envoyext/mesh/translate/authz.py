@@ -772,8 +772,10 @@ def after_custom(filters: list[Json]) -> int:
         return last + 1
     # A CUSTOM provider that failed leaves only its deny filter, recognisable by its policy names.
     for i, f in enumerate(filters):
+        if f.get("name") != RBAC_HTTP:   # only RBAC's `rules` is a map (jwt_authn's is a list)
+            continue
         policies = ((f.get("typed_config") or {}).get("rules") or {}).get("policies") or {}
-        if f.get("name") == RBAC_HTTP and policies and all(k.endswith(BAD_CUSTOM_SUFFIX) for k in policies):
+        if policies and all(k.endswith(BAD_CUSTOM_SUFFIX) for k in policies):
             last = i
     return last + 1
 

@@ -110,3 +110,33 @@ def test_bad_rules_are_one_user_error(rule, message):
 def test_envoy_accepts_the_filter():
     configs = translate(bookinfo(None, EVERY_FIELD), telemetry=False, jwks=fetched)
     validate(static_config(configs[REVIEWS]))
+
+
+AUTHN_LUA = yaml.safe_dump({
+    "apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter", "metadata": {"name": "authn-lua"},
+    "spec": {"workloadSelector": {"labels": {"app": "reviews"}}, "configPatches": [{
+        "applyTo": "HTTP_FILTER",
+        "match": {"context": "SIDECAR_INBOUND", "listener": {"filterChain": {"filter": {
+            "name": "envoy.filters.network.http_connection_manager"}}}},
+        "patch": {"operation": "ADD", "filterClass": "AUTHN", "value": {
+            "name": "my.authn", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                "default_source_code": {"inline_string": "function envoy_on_request(h) end"}}}}}]}})
+
+
+@pytest.mark.parametrize("phase, expected", [
+    ("AUTHN", ["my.authn", "envoy.filters.http.jwt_authn", "envoy.filters.http.rbac"]),
+    ("AUTHZ", ["envoy.filters.http.jwt_authn", "my.authn", "envoy.filters.http.rbac"]),
+])
+def test_an_authn_phase_extension_beside_jwt_authn(phase, expected):
+    """jwt_authn's `rules` is a list, not RBAC's map: placing an AUTHN/AUTHZ-phase extension on a
+    workload with a RequestAuthentication once raised a traceback here."""
+    deny = yaml.safe_dump({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                           "metadata": {"name": "p"}, "spec": {"action": "DENY", "rules": [{"to": [{"operation": {
+                               "methods": ["DELETE"]}}]}]}})
+    configs = translate(bookinfo(None, EVERY_FIELD, AUTHN_LUA.replace("AUTHN", phase), deny),
+                        telemetry=False, jwks=fetched)
+    inbound = [[h["name"] for h in f["typed_config"]["http_filters"]]
+               for lis in configs[REVIEWS].listeners if lis["name"] == "virtualInbound"
+               for c in lis["filter_chains"] for f in c["filters"] if "http_filters" in f.get("typed_config", {})]
+    assert inbound and all(n[:3] == expected for n in inbound)
