@@ -123,6 +123,10 @@ def test_key_files_are_private(tmp_path):
 @pytest.mark.parametrize("connection, mesh, where", [
     ({"mtls": {"peer": "not a uri"}}, False, "cases[0].connection.mtls.peer"),
     ({"mtls": {"peer": PRODUCTPAGE, "subject": "not=a=name=="}}, False, "cases[0].connection.mtls.subject"),
+    ({"mtls": {"peer": "spiffe://cluster.local/ns/default/sa/caf\u00e9"}}, False, "cases[0].connection.mtls.peer"),
+    ({"mtls": {"peer": PRODUCTPAGE, "subject": "1.2.840.113549.1.9.1=a@b"}}, False, "cases[0].connection.mtls.subject"),
+    ({"mtls": {"peer": PRODUCTPAGE, "subject": "CN=a\\01b"}}, False, "cases[0].connection.mtls.subject"),
+    ({"mtls": {"peer": PRODUCTPAGE, "dns": ["caf\u00e9.example"]}}, False, "cases[0].connection.mtls.dns[0]"),
     ({"mtls": {"peer": PRODUCTPAGE}}, True, "cases[0].connection"),
 ])
 def test_bad_connection_is_one_line(tmp_path, connection, mesh, where):
