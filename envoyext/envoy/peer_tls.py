@@ -15,7 +15,7 @@ bootstrap names only their paths.
 `connection_facts(spec)` is Envoy's Ssl::ConnectionInfo for such a connection, as a plain dict
 (`TlsFacts`) both emulators read: the Wasm `connection.*` attributes and the Lua SSL object.
 Negotiated values (TLS version, cipher suite) are those live Envoy 1.40 picks with the test
-client (Python's ssl, TLS 1.3); the session id is random live and fixed here.
+client (Python's ssl, TLS 1.3); so is the session id, empty on those connections.
 """
 
 from __future__ import annotations
@@ -110,8 +110,42 @@ def _client(ca: _Issued, spec: MtlsPeer) -> _Issued:
                   uris=(spec.peer,), dns=spec.dns, client=True)
 
 
+# OpenSSL's short names for the attribute types a case's subject may use (model.SUBJECT_KEYS).
+_SHORT_NAMES = {NameOID.COMMON_NAME: "CN", NameOID.ORGANIZATION_NAME: "O", NameOID.ORGANIZATIONAL_UNIT_NAME: "OU",
+                NameOID.LOCALITY_NAME: "L", NameOID.STATE_OR_PROVINCE_NAME: "ST", NameOID.COUNTRY_NAME: "C",
+                NameOID.STREET_ADDRESS: "street", NameOID.DOMAIN_COMPONENT: "DC", NameOID.USER_ID: "UID"}
+
+
+def _escape_2253(value: str) -> str:
+    """One attribute value as OpenSSL's ASN1_STRFLGS_RFC2253 prints it: ,+"\\<>; backslashed, a
+    leading # or space and a trailing space backslashed, control characters and every byte of a
+    non-ASCII character's UTF-8 as \\XX."""
+    out = []
+    data = value.encode()
+    for i, b in enumerate(data):
+        c = chr(b)
+        if b < 0x20 or b >= 0x7f:
+            out.append(f"\\{b:02X}")
+        elif c in ',+"\\<>;' or (c in "# " and i == 0) or (c == " " and i == len(data) - 1):
+            out.append("\\" + c)
+        else:
+            out.append(c)
+    return "".join(out)
+
+
 def _rfc2253(name: x509.Name) -> str:
-    return name.rfc4514_string()
+    """X509_NAME_print_ex(XN_FLAG_RFC2253), which Envoy's subject and issuer are: the name's
+    attributes in reverse of their encoded order, a multi-valued RDN's included, "+" within an
+    RDN and "," between them."""
+    flat = [(i, a) for i, rdn in enumerate(name.rdns) for a in rdn]
+    out, previous = "", None
+    for i, a in reversed(flat):
+        if previous is not None:
+            out += "+" if i == previous else ","
+        key = _SHORT_NAMES.get(a.oid, a.oid.dotted_string)
+        out += f"{key}={_escape_2253(str(a.value))}"
+        previous = i
+    return out
 
 
 def _pem(cert: x509.Certificate) -> str:
@@ -148,7 +182,8 @@ def _facts(spec: MtlsPeer) -> TlsFacts:
     ca = _ca()
     local = _server(ca).cert
     peer = _client(ca, spec).cert
-    subject = peer.subject
+    # the subject as encoded (a multi-valued RDN's attributes in DER's order), as Envoy reads it
+    subject = x509.load_der_x509_certificate(peer.public_bytes(serialization.Encoding.DER)).subject
     return {
         "peerCertificatePresented": True,
         "peerCertificateValidated": True,
@@ -165,12 +200,13 @@ def _facts(spec: MtlsPeer) -> TlsFacts:
             "commonName": next((str(a.value) for a in subject.get_attributes_for_oid(NameOID.COMMON_NAME)), ""),
             "organizationName": [str(a.value) for a in subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]},
         "urlEncodedPemEncodedPeerCertificate": _url_encoded(_pem(peer)),
-        "urlEncodedPemEncodedPeerCertificateChain": _url_encoded(_pem(peer)),
+        # the verified chain, trust anchor included (measured on 1.40: peer then test CA)
+        "urlEncodedPemEncodedPeerCertificateChain": _url_encoded(_pem(peer) + _pem(ca.cert)),
         "oidsPeerCertificate": [e.oid.dotted_string for e in peer.extensions],
         "oidsLocalCertificate": [e.oid.dotted_string for e in local.extensions],
         "validFromPeerCertificate": int(peer.not_valid_before_utc.timestamp()),
         "expirationPeerCertificate": int(peer.not_valid_after_utc.timestamp()),
-        "sessionId": "00" * 32,
+        "sessionId": "",   # measured on 1.40: empty on these TLS 1.3 connections
         "ciphersuiteId": CIPHERSUITE_ID,
         "ciphersuiteString": CIPHERSUITE,
         "tlsVersion": TLS_VERSION,

@@ -99,13 +99,35 @@ def _connection(block: Yaml | None, in_mesh: bool, path: Path, where: str) -> Mt
                         field=f"{where}.connection", fix="remove it; the mesh's PeerAuthentication decides")
     subject = mtls.get("subject", "")
     if subject:
-        from cryptography.x509 import Name
-        try:
-            Name.from_rfc4514_string(subject)
-        except ValueError as e:
-            raise UserError(f"not an RFC 4514 name: {e}", file=path, field=f"{where}.connection.mtls.subject",
-                            fix="write it as CN=name,O=organization") from None
+        _check_subject(subject, path, f"{where}.connection.mtls.subject")
     return MtlsPeer(peer=mtls["peer"], subject=subject, dns=tuple(mtls.get("dns") or ()))
+
+
+# The attribute types a case's subject may name, by their RFC 4514 keys: those whose printing by
+# Envoy (OpenSSL's RFC 2253; envoyext.envoy.peer_tls) was measured against live Envoy.
+SUBJECT_KEYS = ("CN", "O", "OU", "L", "ST", "C", "STREET", "DC", "UID")
+
+
+def _check_subject(subject: str, path: Path, field: str) -> None:
+    from cryptography.x509 import Name
+    from cryptography.x509.oid import NameOID
+    fix = f"write it as CN=name,O=organization (types: {', '.join(SUBJECT_KEYS)}; escape , + \" \\ < > ; with \\)"
+    try:
+        name = Name.from_rfc4514_string(subject)
+    except ValueError as e:
+        reason = str(e).strip() or "a type=value part does not parse"
+        raise UserError(f"not an RFC 4514 name: {subject!r}: {reason}", file=path, field=field, fix=fix) from None
+    known = {NameOID.COMMON_NAME, NameOID.ORGANIZATION_NAME, NameOID.ORGANIZATIONAL_UNIT_NAME, NameOID.LOCALITY_NAME,
+             NameOID.STATE_OR_PROVINCE_NAME, NameOID.COUNTRY_NAME, NameOID.STREET_ADDRESS,
+             NameOID.DOMAIN_COMPONENT, NameOID.USER_ID}   # SUBJECT_KEYS
+    for a in name:
+        if a.oid not in known:
+            raise UserError(f"attribute type {a.oid.dotted_string} is not one envoyext prints as Envoy does",
+                            file=path, field=field, fix=fix)
+        value = a.value if isinstance(a.value, str) else ""
+        if any(ord(c) < 0x20 or ord(c) == 0x7f for c in value):
+            raise UserError(f"a control character in {a.rfc4514_string()!r}", file=path, field=field,
+                            fix="remove it: a subject's characters must be printable")
 
 
 @dataclass

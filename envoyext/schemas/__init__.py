@@ -89,6 +89,8 @@ def _check_size(root: yaml.Node, path: Path) -> None:
 
 def _fix_for(err: jsonschema.ValidationError) -> str:
     v = err.validator
+    if isinstance(err.schema, dict) and isinstance(err.schema.get("x-fix"), str):  # the field's own advice
+        return str(err.schema["x-fix"])
     if v == "additionalProperties":
         allowed = sorted(err.schema.get("properties", {}))
         return "remove it" + (f"; allowed: {', '.join(allowed)}" if allowed else "")

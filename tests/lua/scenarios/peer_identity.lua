@@ -27,6 +27,16 @@ function envoy_on_request(handle)
   local parsed = ssl:parsedSubjectPeerCertificate()
   h:add("x-cn", parsed and parsed:commonName() or "")
   h:add("x-same", tostring(handle:streamInfo():downstreamSslConnection():uriSanPeerCertificate()[1] == peer))
+  h:add("x-pem", ssl:urlEncodedPemEncodedPeerCertificate())
+  h:add("x-chain", ssl:urlEncodedPemEncodedPeerCertificateChain())
+  h:add("x-oids", table.concat(ssl:oidsPeerCertificate(), ","))
+  h:add("x-local-oids", table.concat(ssl:oidsLocalCertificate(), ","))
+  h:add("x-local-dns", table.concat(ssl:dnsSansLocalCertificate(), ","))
+  h:add("x-local-subject", ssl:subjectLocalCertificate())
+  h:add("x-org", parsed and table.concat(parsed:organizationName(), ",") or "")
+  -- the session id is random live: only its shape can agree
+  local sid = ssl:sessionId()
+  h:add("x-session", #sid .. (sid:match("^%x*$") and " hex" or " not hex"))
   if peer ~= ALLOWED then
     handle:respond({[":status"] = "403"}, "peer " .. peer .. " is not allowed")
   end
