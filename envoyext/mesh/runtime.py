@@ -128,6 +128,13 @@ class MeshRuntime:
         # Every proxy's SVID, in its sds/ before its Envoy starts (the translated TLS contexts
         # name those files); renewed at half-life by the rotation thread, no restart.
         self.rotators = sds.provision(mesh, self.workdir, ttl=mesh.config.workload_cert_ttl)
+        # Renewal runs from here, not once the mesh is up: starting takes seconds (more on a busy
+        # machine), and a short-lived certificate issued above must not expire meanwhile. An Envoy
+        # that starts later reads whichever files are newest.
+        self._stopping.clear()
+        self._rotation = threading.Thread(target=self._rotate_certificates, name="envoyext-cert-rotation",
+                                          daemon=True)
+        self._rotation.start()
         if self._tracing if self._tracing is not None else mesh.config.tracing_sampling > 0:
             self.zipkin = zipkin.Zipkin(*zipkin.collector_address(mesh.plan)).start()
             self._progress(f"zipkin collector at {self.zipkin.url}")
@@ -148,10 +155,6 @@ class MeshRuntime:
             self._wait_app(name)
         for name in self.envoys:
             self._wait_warm(name)
-        self._stopping.clear()
-        self._rotation = threading.Thread(target=self._rotate_certificates, name="envoyext-cert-rotation",
-                                          daemon=True)
-        self._rotation.start()
         self._progress(f"mesh up: {len(self.envoys)} proxies, {len(self.apps)} apps")
 
     def _rotate_certificates(self) -> None:
