@@ -110,17 +110,20 @@ def build(path, force):
 @click.option("--phase", type=click.Choice(["AUTHN", "AUTHZ", "STATS"]), default=None,
               help="WasmPlugin phase (default: just before the router).")
 @click.option("--priority", type=int, default=None, help="Order among resources of the same phase.")
+@click.option("--scenario", "scenario_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Configure the filter as this scenario does (default: filter.yaml's config).")
 @user_errors
-def publish(path, form, output, namespace, selectors, context, phase, priority):
+def publish(path, form, output, namespace, selectors, context, phase, priority, scenario_file):
     """Emit the EnvoyFilter or WasmPlugin a cluster applies for this filter, checked against
     Istio's CRD schema first."""
     from envoyext import project as proj
     from envoyext.publish import emit, istio
     labels = key_values(selectors, "--selector", "app=reviews")
     p = proj.load(path)
+    config = proj.scenario_config(p, scenario_file) if scenario_file is not None else p.config
     artifact = proj.build(p)
     where = istio.Placement(namespace=namespace, selector=labels, context=context, phase=phase, priority=priority)
-    text = emit.validated(emit.resource(artifact, p.config, where, form))
+    text = emit.validated(emit.resource(artifact, config, where, form))
     if output is None:
         click.echo(text, nl=False)
     else:

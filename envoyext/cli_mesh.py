@@ -140,16 +140,21 @@ def graph(files, out):
 @click.option("-f", "--filename", "files", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="Resources to run the scenario in (default: the scenario's mesh.resources).")
 @click.option("--scenario", "scenario_file", required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--filter", "filter_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A published filter (the EnvoyFilter or WasmPlugin `envoyext publish` wrote): run the "
+                   "filter's own scenario through the workload it selects, the filter coming from this file.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 @user_errors
-def mesh_test(files, scenario_file, as_json):
+def mesh_test(files, scenario_file, filter_file, as_json):
     """Run a mesh scenario against live Envoys and judge every case."""
     from envoyext import report, scenario, testrun
     from envoyext.runners import MESH
     from envoyext.runners.mesh import validate
     from envoyext.scenario import MeshSpec
     sc = scenario.load(scenario_file)
-    if files:
+    if filter_file is not None:
+        sc = testrun.in_published_mesh(sc, list(files), filter_file)
+    elif files:
         sc.mesh = MeshSpec(resources=list(files), workloads=sc.mesh.workloads if sc.mesh else {})
     if sc.mesh is None:
         raise UserError("not a mesh scenario", file=scenario_file, field="mesh",

@@ -56,6 +56,15 @@ class Project:
         return self.name
 
 
+def scenario_config(project: Project, scenario_file: Path) -> Any:
+    """The filter configuration a scenario runs with (its `config:`, else filter.yaml's), checked
+    against the project's config schema: what `envoyext publish --scenario` carries."""
+    from envoyext import scenario
+    config = scenario.load(scenario_file, default_config=project.config).config
+    project.check_config(config, scenario_file)
+    return config
+
+
 def find_root(path: Path | str | None) -> Path:
     p = Path(path or ".").resolve()
     if p.is_file() and p.name == FILE:

@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 from envoyext import scenario as scenario_mod
 from envoyext.artifact import Artifact
@@ -179,6 +180,27 @@ def in_project_mesh(sc: Scenario, project: Project) -> Scenario:
                        attach={"workload": m["workload"], "context": m.get("context", "SIDECAR_INBOUND"),
                                "file": project.file},
                        source=m.get("from"), target=m.get("to"))
+    return sc
+
+
+def in_published_mesh(sc: Scenario, resources: list[Path], published_file: Path) -> Scenario:
+    """A filter's own scenario run in the mesh of `resources` with the filter the published file
+    carries (`envoyext mesh test --filter`): nothing is attached by envoyext, so what runs is what
+    a cluster would apply. Its cases go where envoyext.mesh.published reads the resource to sit."""
+    from envoyext.mesh import published
+    from envoyext.runners.mesh import build, load_resources
+    from envoyext.scenario import MeshSpec
+    if sc.mesh is not None:
+        raise UserError("a mesh scenario names its own resources; --filter runs a filter's own scenario",
+                        file=sc.path, field="mesh", fix="pass the published file with -f instead of --filter")
+    if not resources:
+        raise UserError("no mesh to run the published filter in", field="-f",
+                        fix="pass the mesh's resources, e.g. -f examples/bookinfo/platform.yaml")
+    res = published.the_filter(load_resources([published_file]), published_file)
+    published.check_config(res, sc.config, sc.path)
+    everything = [*resources, published_file]
+    sc.mesh = MeshSpec(resources=everything, workloads={},
+                       attach=published.attach(res, build(load_resources(everything)), published_file))
     return sc
 
 
