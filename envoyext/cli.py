@@ -112,21 +112,32 @@ def build(path, force):
 @click.option("--priority", type=int, default=None, help="Order among resources of the same phase.")
 @click.option("--scenario", "scenario_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Configure the filter as this scenario does (default: filter.yaml's config).")
+@click.option("--apply", "apply_", is_flag=True,
+              help="Server-side apply it to the kubeconfig's cluster (fieldManager envoyext) instead of printing it.")
+@click.option("--dry-run", is_flag=True, help="With --apply: print the diff the apply would make; change nothing.")
+@click.option("--kubeconfig", type=click.Path(path_type=Path), default=None,
+              help="With --apply (default: $KUBECONFIG, then ~/.kube/config).")
+@click.option("--kube-context", default=None, help="With --apply: the kubeconfig context (default: its current one).")
+@click.option("--force-conflicts", is_flag=True, help="With --apply: take over fields another field manager owns.")
 @user_errors
-def publish(path, form, output, namespace, selectors, context, phase, priority, scenario_file):
+def publish(path, form, output, namespace, selectors, context, phase, priority, scenario_file,
+            apply_, dry_run, kubeconfig, kube_context, force_conflicts):
     """Emit the EnvoyFilter or WasmPlugin a cluster applies for this filter, checked against
     Istio's CRD schema first."""
     from envoyext import project as proj
-    from envoyext.publish import emit, istio
+    from envoyext.publish import emit, istio, kube
     labels = key_values(selectors, "--selector", "app=reviews")
+    applying = kube.options(apply_, dry_run, kubeconfig, kube_context, force_conflicts)  # None without --apply
     p = proj.load(path)
     config = proj.scenario_config(p, scenario_file) if scenario_file is not None else p.config
     artifact = proj.build(p)
     where = istio.Placement(namespace=namespace, selector=labels, context=context, phase=phase, priority=priority)
     text = emit.validated(emit.resource(artifact, config, where, form))
-    if output is None:
+    if applying is not None:
+        applying.publish(text, click.echo)
+    if output is None and applying is None:
         click.echo(text, nl=False)
-    else:
+    elif output is not None:
         emit.write(text, output)
         click.echo(f"wrote {output}", err=True)
 
