@@ -110,17 +110,26 @@ def build(path, force):
 @click.option("--phase", type=click.Choice(["AUTHN", "AUTHZ", "STATS"]), default=None,
               help="WasmPlugin phase (default: just before the router).")
 @click.option("--priority", type=int, default=None, help="Order among resources of the same phase.")
+@click.option("--push", metavar="REF", default=None,
+              help="Push the module as an OCI image (REGISTRY/REPO:TAG); the WasmPlugin pins it by digest.")
+@click.option("--image-format", type=click.Choice(["oci", "compat"]), default="oci", show_default=True,
+              help="The image: Wasm artifact layers (oci) or a tar+gzip layer holding plugin.wasm (compat).")
+@click.option("--oci-layout", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Also write the image as an OCI image layout directory (alone: without pushing).")
 @user_errors
-def publish(path, form, output, namespace, selectors, context, phase, priority):
+def publish(path, form, output, namespace, selectors, context, phase, priority, push, image_format, oci_layout):
     """Emit the EnvoyFilter or WasmPlugin a cluster applies for this filter, checked against
     Istio's CRD schema first."""
     from envoyext import project as proj
-    from envoyext.publish import emit, istio
+    from envoyext.publish import emit, istio, registry
     labels = key_values(selectors, "--selector", "app=reviews")
     p = proj.load(path)
     artifact = proj.build(p)
     where = istio.Placement(namespace=namespace, selector=labels, context=context, phase=phase, priority=priority)
-    text = emit.validated(emit.resource(artifact, p.config, where, form))
+    url = registry.publish(artifact, form=form, fmt=image_format, push=push, layout=oci_layout)
+    if url:
+        click.echo(f"pushed {url}", err=True)
+    text = emit.validated(emit.resource(artifact, p.config, where, form, url=url))
     if output is None:
         click.echo(text, nl=False)
     else:
