@@ -9,10 +9,11 @@
 - `http(s)://`: downloaded (a gzip or tar around the module is unpacked, as Istio does); a given
   `sha256` is compared with the module's bytes.
 
-Modules are cached under `<cache>/wasm/` by digest (oci: the manifest digest, as Istio keys its cache;
-http: the module's sha256), written whole (a temporary file renamed into place). A url pinned by
-digest that is already cached is not fetched again; a tag is resolved on every translation. The cache
-is `$ENVOYEXT_CACHE_DIR`, else `$XDG_CACHE_HOME/envoyext`, else `~/.cache/envoyext`.
+Modules are cached under `<cache>/wasm/{oci,http}/` by digest (oci: the manifest digest, as Istio keys
+its cache; http: the module's sha256), written whole (a temporary file renamed into place). A url
+pinned by digest that is already cached is not fetched again; a tag is resolved on every translation.
+The cache is the one the istio_stats module is built into (telemetry.cache_dir: `$ENVOYEXT_CACHE_DIR`,
+else `$XDG_CACHE_HOME/envoyext`, else `~/.cache/envoyext`).
 """
 
 from __future__ import annotations
@@ -29,18 +30,11 @@ from pathlib import Path
 
 from envoyext import tempfiles
 from envoyext.errors import UserError
+from envoyext.mesh import telemetry
 from envoyext.publish import oci, registry
 
 SCHEMES = ("oci://", "http://", "https://")
 _HEX = re.compile(r"^[0-9a-f]{64}$")
-
-
-def cache_root() -> Path:
-    explicit = os.environ.get("ENVOYEXT_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "envoyext"
 
 
 def _expected(sha256: str | None) -> str | None:
@@ -58,7 +52,7 @@ class Fetcher:
     """`fetcher(url, sha256) -> Path`: the local module file for a WasmPlugin's url."""
 
     def __init__(self, cache: Path | None = None, *, timeout: float = 30):
-        self.cache = Path(cache) if cache is not None else cache_root() / "wasm"
+        self.cache = Path(cache) if cache is not None else telemetry.cache_dir() / "wasm"
         self.timeout = timeout
 
     def __call__(self, url: str, sha256: str | None) -> Path:
@@ -104,7 +98,7 @@ class Fetcher:
             if cached.is_file():
                 return cached
         try:
-            with urllib.request.urlopen(url, timeout=self.timeout) as response:  # noqa: S310 (the user's url)
+            with urllib.request.urlopen(url, timeout=self.timeout) as response:
                 data: bytes = response.read(oci.MAX_MODULE_BYTES + 1)
         except urllib.error.HTTPError as e:
             raise UserError(f"downloading {url}: HTTP {e.code} {e.reason}", field="spec.url",
