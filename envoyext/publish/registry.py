@@ -15,12 +15,18 @@ digest must be known before it is pushed, so the lower-level request call is use
 oras-py retries a failed request five times with sleeps of 3 s to 83 s; a registry that is down or
 a wrong port would hang a command for minutes, so requests here are made once, with a timeout.
 Plain http is used for loopback registries (127.0.0.0/8, localhost, ::1), https elsewhere.
+
+Authentication: the registry's /v2/ challenge picks oras-py's backend: Bearer (Docker Hub, ghcr.io,
+Harbor, a distribution registry behind a token server) its "token" backend, which sends the
+Basic credentials from Docker's config to the token realm; Basic (an htpasswd registry) its "basic"
+backend, which sends them to the registry itself.
 """
 
 from __future__ import annotations
 
 import functools
 import ipaddress
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -45,6 +51,9 @@ from envoyext.publish.oci import (
 )
 
 ACCEPT = ", ".join([OCI_MANIFEST, DOCKER_MANIFEST, OCI_INDEX, DOCKER_LIST])
+# oras-py logs what goes wrong itself (to stderr, through logging's last resort); envoyext says it
+# once, as the one-line UserError of the call that failed.
+logging.getLogger("oras.logger").setLevel(logging.CRITICAL)
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 
 
@@ -74,12 +83,32 @@ class Client:
         self.field = field
         self.insecure = is_loopback(host) if insecure is None else insecure
         self.scheme = "http" if self.insecure else "https"
-        self._registry = _Registry(hostname=host, insecure=self.insecure)
-        session = self._registry.session        # shared with its auth backend
-        session.request = functools.partial(session.request, timeout=timeout)
+        self.timeout = timeout
+        self._oras: Any = None
 
     # --- plumbing ------------------------------------------------------------------------------
-    def _container(self, ref: Reference) -> Any:
+    @property
+    def _registry(self) -> Any:
+        assert self._oras is not None, "_container() connects first"
+        return self._oras
+
+    def _connect(self, what: str) -> None:
+        """oras-py's client for this registry, with the auth backend its /v2/ challenge asks for:
+        a Basic challenge (an htpasswd registry) gets oras-py's basic backend, anything else (a
+        Bearer challenge, or none) its token backend."""
+        if self._oras is not None:
+            return
+        probe = self._call(what, requests.get, f"{self.scheme}://{self.host}/v2/", timeout=self.timeout)
+        basic = probe.status_code == 401 and probe.headers.get("WWW-Authenticate", "").lower().startswith("basic")
+        registry = _Registry(hostname=self.host, insecure=self.insecure, auth_backend="basic" if basic else "token")
+        if basic and not hasattr(registry.auth, "_basic_auth"):
+            registry.auth._basic_auth = None      # no credentials: answered 401, reported as denied
+        session = registry.session                # shared with its auth backend
+        session.request = functools.partial(session.request, timeout=self.timeout)
+        self._oras = registry
+
+    def _container(self, ref: Reference, what: str) -> Any:
+        self._connect(what)
         container = self._registry.get_container(f"{ref.host}/{ref.repository}")
         self._registry.auth.load_configs(container)
         return container
@@ -104,8 +133,10 @@ class Client:
         except requests.exceptions.RequestException as e:
             raise UserError(f"{what}: {_reason(e)}", field=self.field, fix="check the registry") from None
         except ValueError as e:   # oras-py: "Cannot respond to request for authentication.", no upload session
-            raise self._denied(what, str(e)) if "authentication" in str(e) else \
-                UserError(f"{what}: {e}", field=self.field, fix="check the registry") from None
+            text = str(e)
+            if any(word in text for word in ("authentication", "UNAUTHORIZED", "DENIED")):
+                raise self._denied(what, "authentication required") from None
+            raise UserError(f"{what}: {text[:200]}", field=self.field, fix="check the registry") from None
 
     def _denied(self, what: str, detail: str) -> UserError:
         return UserError(f"{what}: {self.host} refused access ({detail})", field=self.field,
@@ -121,7 +152,7 @@ class Client:
     def push(self, ref: Reference, image: Image) -> str:
         """Upload `image`'s blobs and then its manifest under `ref`'s tag (or by digest alone when
         `ref` has no tag); returns the manifest digest, which is the registry's own."""
-        container = self._container(ref)
+        container = self._container(ref, f"pushing to {ref.name}")
         folder = tempfiles.mkdtemp("oci")
         try:
             for blob in {b.digest: b for b in image.blobs}.values():
@@ -148,8 +179,8 @@ class Client:
     # --- pull ----------------------------------------------------------------------------------
     def manifest(self, ref: Reference) -> bytes:
         """The manifest's exact bytes; when `ref` names a digest, they are checked against it."""
-        container = self._container(ref)
         what = f"pulling {ref}"
+        container = self._container(ref, what)
         response = self._request(what, f"{self.scheme}://{container.manifest_url(ref.identifier)}",
                                  headers={"Accept": ACCEPT})
         if response.status_code == 404:
@@ -168,9 +199,9 @@ class Client:
 
     def blob(self, ref: Reference, desc: Json) -> bytes:
         """A blob the manifest names, checked against its descriptor's digest and size."""
-        container = self._container(ref)
         digest, size = str(desc["digest"]), int(desc["size"])
         what = f"pulling blob {digest[:19]} of {ref.name}"
+        container = self._container(ref, what)
         if size > MAX_MODULE_BYTES:
             raise UserError(f"{what}: {size} bytes, over Istio's limit of {MAX_MODULE_BYTES}", field=self.field,
                             fix="a Wasm module this large is refused by Istio too")

@@ -9,12 +9,18 @@ mesh scenario fails without the published WasmPlugin."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import gzip
 import hashlib
+import http.client
+import http.server
 import io
 import json
 import shutil
 import tarfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +241,99 @@ def test_an_unreachable_registry_is_one_line(tmp_path: Path) -> None:
         with pytest.raises(UserError) as e:
             Fetcher(tmp_path)(f"oci://127.0.0.1:{port}/x/y:v1", None)
     one_line(e, "cannot reach the registry", "Connection refused")
+
+
+# --- credentials from Docker's config ----------------------------------------------------------------
+TOKEN = "registry-token"
+
+
+@contextlib.contextmanager
+def auth_proxy(upstream: str, user: str, password: str, scheme: str) -> Iterator[str]:
+    """A registry front that asks for credentials, passing what it lets through to `upstream`.
+    scheme "bearer", as Docker Hub or ghcr.io: /v2/ answers 401 with a Bearer challenge and /token
+    hands out a token for the right Basic credentials; "basic", as an htpasswd registry: a Basic
+    challenge, and the Basic credentials on every request."""
+    basic = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    allowed = f"Bearer {TOKEN}" if scheme == "bearer" else basic
+    challenge = 'Basic realm="registry"' if scheme == "basic" else None
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _reply(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def handle_one(self) -> None:
+            port = self.server.server_address[1]
+            if self.path.startswith("/token"):
+                if self.headers.get("Authorization") != basic:
+                    self._reply(401, b'{"details":"bad credentials"}', {"Content-Type": "application/json"})
+                else:
+                    self._reply(200, json.dumps({"token": TOKEN}).encode(), {"Content-Type": "application/json"})
+                return
+            if self.headers.get("Authorization") != allowed:
+                self._reply(401, b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}',
+                            {"Content-Type": "application/json", "WWW-Authenticate": challenge or
+                             f'Bearer realm="http://127.0.0.1:{port}/token",service="test"'})
+                return
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            conn = http.client.HTTPConnection(upstream, timeout=30)
+            passed = {k: v for k, v in self.headers.items() if k.lower() not in ("authorization", "connection")}
+            conn.request(self.command, self.path, body=body or None, headers=passed)
+            resp = conn.getresponse()
+            data = resp.read()
+            conn.close()
+            self._reply(resp.status, data, {k: v for k, v in resp.getheaders()
+                                            if k.lower() not in ("content-length", "transfer-encoding", "connection")})
+
+        do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = handle_one
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def docker_config(home: Path, host: str, user: str, password: str) -> None:
+    (home / ".docker").mkdir(parents=True)
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    (home / ".docker" / "config.json").write_text(json.dumps({"auths": {host: {"auth": auth}}}))
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "basic"])
+def test_credentials_come_from_dockers_config(registry: str, scheme: str, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    image = oci.build(MODULE, "oci", f"auth-{scheme}")
+    with auth_proxy(registry, "alice", "s3cret", scheme) as host:
+        monkeypatch.setenv("HOME", str(tmp_path / "nobody"))            # no ~/.docker/config.json
+        with pytest.raises(UserError) as e:
+            push(host, "auth/filter", image)
+        one_line(e, "refused access", f"docker login {host}")
+        docker_config(tmp_path / "wrong", host, "alice", "guess")
+        monkeypatch.setenv("HOME", str(tmp_path / "wrong"))
+        with pytest.raises(UserError) as e:
+            push(host, "auth/filter", image)
+        one_line(e, "refused access")
+        docker_config(tmp_path / "alice", host, "alice", "s3cret")     # what `docker login` writes
+        monkeypatch.setenv("HOME", str(tmp_path / "alice"))
+        assert push(host, "auth/filter", image) == image.digest
+        assert Fetcher(tmp_path / "cache")(f"oci://{host}/auth/filter@{image.digest}", None).read_bytes() == MODULE
+        monkeypatch.setenv("HOME", str(tmp_path / "nobody"))
+        with pytest.raises(UserError) as e:                              # pulling needs them too
+            Fetcher(tmp_path / "cache2")(f"oci://{host}/auth/filter@{image.digest}", None)
+        one_line(e, "spec.url", "refused access")
 
 
 # --- a WasmPlugin pinned by digest, translated -------------------------------------------------------
