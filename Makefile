@@ -28,7 +28,10 @@ demo: $(STAMP)
 	$(ENVOYEXT) test demo/hello-c
 
 # The full suite; it includes tests/test_lint.py (ruff, mypy), so CI runs the lint too.
+# docker-registry (Debian, the CNCF distribution registry) is the loopback registry tests/publish
+# pushes Wasm images to; its fixture starts and stops it.
 test: $(STAMP)
+	@command -v docker-registry >/dev/null || (apt-get update -qq && apt-get install -y -qq docker-registry >/dev/null)
 	$(PY) -m pytest -q -ra
 
 # The fast loop: emulator, SDK, scenario-format and build tests, no Envoy (ENVOYEXT_ENVOY points

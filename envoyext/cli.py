@@ -112,6 +112,12 @@ def build(path, force):
 @click.option("--priority", type=int, default=None, help="Order among resources of the same phase.")
 @click.option("--scenario", "scenario_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Configure the filter as this scenario does (default: filter.yaml's config).")
+@click.option("--push", metavar="REF", default=None,
+              help="Push the module as an OCI image (REGISTRY/REPO:TAG); the WasmPlugin pins it by digest.")
+@click.option("--image-format", type=click.Choice(["oci", "compat"]), default="oci", show_default=True,
+              help="The image: Wasm artifact layers (oci) or a tar+gzip layer holding plugin.wasm (compat).")
+@click.option("--oci-layout", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Also write the image as an OCI image layout directory (alone: without pushing).")
 @click.option("--apply", "apply_", is_flag=True,
               help="Server-side apply it to the kubeconfig's cluster (fieldManager envoyext) instead of printing it.")
 @click.option("--dry-run", is_flag=True, help="With --apply: print the diff the apply would make; change nothing.")
@@ -121,18 +127,21 @@ def build(path, force):
 @click.option("--force-conflicts", is_flag=True, help="With --apply: take over fields another field manager owns.")
 @user_errors
 def publish(path, form, output, namespace, selectors, context, phase, priority, scenario_file,
-            apply_, dry_run, kubeconfig, kube_context, force_conflicts):
+            push, image_format, oci_layout, apply_, dry_run, kubeconfig, kube_context, force_conflicts):
     """Emit the EnvoyFilter or WasmPlugin a cluster applies for this filter, checked against
-    Istio's CRD schema first."""
+    Istio's CRD schema first (before any image is pushed or file written)."""
     from envoyext import project as proj
-    from envoyext.publish import emit, istio, kube
+    from envoyext.publish import emit, istio, kube, registry
     labels = key_values(selectors, "--selector", "app=reviews")
     applying = kube.options(apply_, dry_run, kubeconfig, kube_context, force_conflicts)  # None without --apply
     p = proj.load(path)
     config = proj.scenario_config(p, scenario_file) if scenario_file is not None else p.config
     artifact = proj.build(p)
     where = istio.Placement(namespace=namespace, selector=labels, context=context, phase=phase, priority=priority)
-    text = emit.validated(emit.resource(artifact, config, where, form))
+    image = registry.plan(artifact, form=form, fmt=image_format, push=push, layout=oci_layout)
+    text = emit.validated(emit.resource(artifact, config, where, form, url=image.url if image else None))
+    if image is not None and image.carry_out():
+        click.echo(f"pushed {image.url}", err=True)
     if applying is not None:
         applying.publish(text, click.echo)
     if output is None and applying is None:

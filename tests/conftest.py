@@ -14,9 +14,10 @@ REPO = Path(__file__).resolve().parent.parent
 ENVOYEXT = [sys.executable, "-m", "envoyext.cli"]
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*ENVOYEXT, *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout, env={**os.environ, "NO_COLOR": "1"})
+                          timeout=timeout, env={**os.environ, "NO_COLOR": "1", **(env or {})})
 
 
 # Make this test process a child subreaper (prctl PR_SET_CHILD_SUBREAPER = 36): an Envoy orphaned

@@ -95,12 +95,13 @@ def _action(r: Json) -> str:
 
 
 def show(mesh: Mesh, workload: str, console: Console | None = None) -> None:
+    from envoyext.mesh import fetch
     from envoyext.mesh.translate import translate
     proxy = mesh.proxy(workload)
     if proxy is None:
         names = sorted({p.workload.deployment for p in mesh.proxies})
         raise UserError(f"no workload '{workload}' in the mesh", field="WORKLOAD", fix=f"one of: {', '.join(names)}")
-    config = translate(mesh)[proxy.name]
+    config = translate(mesh, fetch=fetch.fetch)[proxy.name]
     console = console or Console()
     console.print(f"[bold]{proxy.name}[/bold] ({proxy.kind}, {proxy.node_id})")
     for t in tables(config):

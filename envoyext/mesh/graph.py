@@ -16,9 +16,10 @@ ROW, COL, BOX_W, BOX_H = 44, 300, 220, 28
 
 def _edges(mesh: Mesh) -> list[tuple[str, str, str]]:
     """(from, service host, label) for every weighted or single route destination."""
+    from envoyext.mesh import fetch
     from envoyext.mesh.translate import translate
     out: set[tuple[str, str, str]] = set()
-    for config in translate(mesh).values():
+    for config in translate(mesh, fetch=fetch.fetch).values():
         source = config.proxy.workload.deployment
         for rc in config.routes:
             for vh in rc.get("virtual_hosts", []):

@@ -59,11 +59,11 @@ def render(mesh: Mesh, out: Path, *, check: bool = True,
     config is first validated by Envoy. Nothing is left half-written: the tree is built beside
     `out` and moved into place whole."""
     from envoyext.envoy import process
-    from envoyext.mesh import delivery, sds, tokens
+    from envoyext.mesh import delivery, fetch, sds, tokens
     from envoyext.mesh.translate import bootstrap as bootstrap_mod
     from envoyext.mesh.translate import tls, translate
 
-    configs = translate(mesh, jwks=tokens.fetch_jwks)
+    configs = translate(mesh, jwks=tokens.fetch_jwks, fetch=fetch.fetch)
     staging = tempfiles.temp_dir_beside(out)
     written = []
     # The configs name each proxy's certificates by SDS file (sds/default.yaml, sds/ROOTCA.yaml);

@@ -63,9 +63,10 @@ _live_lock = threading.Lock()
 
 
 def _default_translate(mesh: Mesh) -> dict[str, ProxyConfig]:
-    from envoyext.mesh import tokens, translate
-    # A jwksUri is fetched while translating and its keys inlined, as istiod does by default.
-    result: dict[str, ProxyConfig] = translate.translate(mesh, jwks=tokens.fetch_jwks)
+    from envoyext.mesh import fetch, tokens, translate
+    # A jwksUri is fetched while translating and its keys inlined, as istiod does by default; a
+    # WasmPlugin's oci:// or http(s):// module is pulled to a local file, as istio-agent does.
+    result: dict[str, ProxyConfig] = translate.translate(mesh, jwks=tokens.fetch_jwks, fetch=fetch.fetch)
     return result
 
 

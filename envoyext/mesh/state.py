@@ -47,7 +47,7 @@ def load(workdir: Path) -> dict[str, Any]:
 def apply(workdir: Path, files: list[Path]) -> str:
     """Apply `files` to the mesh running in `workdir`; returns the config version delivered once
     every proxy reports it."""
-    from envoyext.mesh import delivery
+    from envoyext.mesh import delivery, fetch
     from envoyext.mesh.overlay import overlay, workload_changes
     from envoyext.mesh.translate import translate
     from envoyext.runners.mesh import build, load_resources
@@ -61,7 +61,7 @@ def apply(workdir: Path, files: list[Path]) -> str:
                         file=files[0], fix="stop the mesh and run 'envoyext mesh up' with the new files")
     mesh = build(after, int(doc["base"]))
     version = str(time.time_ns())
-    configs = translate(mesh)
+    configs = translate(mesh, fetch=fetch.fetch)
     for name, config in configs.items():
         delivery.write(config, workdir / name / XDS_DIR, version=version)
     doc["applied"] += [str(f.resolve()) for f in files]

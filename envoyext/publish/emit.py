@@ -23,15 +23,17 @@ from envoyext.publish import istio
 Form = Literal["envoyfilter", "wasmplugin"]
 
 
-def resource(artifact: Artifact, config: Any, where: istio.Placement, form: Form | None = None) -> istio.Json:
-    """The resource for `artifact`: WasmPlugin for Wasm and EnvoyFilter for Lua unless `form` says."""
+def resource(artifact: Artifact, config: Any, where: istio.Placement, form: Form | None = None,
+             url: str | None = None) -> istio.Json:
+    """The resource for `artifact`: WasmPlugin for Wasm and EnvoyFilter for Lua unless `form` says;
+    `url`: where the WasmPlugin loads the module from (default: the local file)."""
     if form == "wasmplugin" and artifact.kind != "wasm":
         raise UserError("a WasmPlugin carries a Wasm module; this filter is Lua", field="--as",
                         fix="publish a Lua filter --as envoyfilter")
     if form == "envoyfilter":
         return istio.envoy_filter(artifact, config, where)
-    if form == "wasmplugin":
-        return istio.wasm_plugin(artifact, config, where)
+    if form == "wasmplugin" or (url and artifact.kind == "wasm"):
+        return istio.wasm_plugin(artifact, config, where, url=url)
     return istio.for_artifact(artifact, config, where)
 
 

@@ -17,7 +17,8 @@ connection managers, as istiod does while building them (reference §11; `pilot/
   absent when empty), vm runtime v8, env INLINE → key_values, HOST → host_env_keys, failStrategy →
   failure_policy (FAIL_CLOSE → FAIL_CLOSED, the default, FAIL_OPEN, FAIL_RELOAD).
 - Code: `file://` is the local file; `oci://`, `http(s)://` and scheme-less (oci) URLs need a `fetch`
-  callback that returns a local path. A given sha256 is checked against the bytes.
+  callback that returns a local path (envoyext.mesh.fetch). A given sha256 is checked against the
+  module's bytes, except for an image: there Istio (and the fetcher) compare it with the manifest digest.
 """
 
 from __future__ import annotations
@@ -60,7 +61,12 @@ def module_path(res: Resource, fetch: Fetch | None) -> Path:
         if fetch is None:
             raise _error(res, f"cannot fetch {url!r} here (no fetcher given)", "spec.url",
                          "build or pull the module and point url at it with file://")
-        path = fetch(url, sha)
+        try:
+            path = fetch(url, sha)
+        except UserError as e:
+            raise _error(res, e.message, e.field or "spec.url", e.fix or "check the url") from None
+        if not url.startswith(("http://", "https://")):
+            return path   # oci: the fetcher compared sha256 with the image's manifest digest, as Istio does
     if sha:
         data = read_bytes(path, what="Wasm module")
         got = hashlib.sha256(data).hexdigest()
