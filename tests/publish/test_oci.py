@@ -483,3 +483,34 @@ def test_a_pushed_filter_runs_in_the_mesh(registry: str, cors_project: Path, tmp
     r = run_cli("mesh", "test", "-f", BOOKINFO / "platform.yaml", "--scenario", scenario, env=env_cache,
                 timeout=600)
     assert r.returncode == 1, r.stdout + r.stderr
+
+
+def test_a_pushed_filter_passes_its_own_scenario_pulled_by_digest(registry: str, cors_project: Path,
+                                                                  tmp_path: Path) -> None:
+    """What you test is what you publish, for an image: the filter's own scenario run with
+    `mesh test --filter` on the WasmPlugin that pins the pushed image, the module pulled from the
+    registry by that digest into an empty cache. Control: the image's digest changed to another
+    pushed image (the blank csrf filter's) fails the same cases."""
+    scenario = cors_project.parent / "scenarios" / "policy.yaml"
+    published = tmp_path / "cors.yaml"
+    r = run_cli("publish", cors_project, "-o", published, "--selector", "app=productpage", "--scenario", scenario,
+                "--push", f"{registry}/filters/cors-policy:v1")
+    assert r.returncode == 0, r.stderr
+    env_cache = {"ENVOYEXT_CACHE_DIR": str(tmp_path / "cache")}
+    r = run_cli("mesh", "test", "-f", BOOKINFO / "platform.yaml", "--filter", published, "--scenario", scenario,
+                env=env_cache, timeout=600)
+    assert r.returncode == 0 and "8 passed, 0 failed" in r.stdout, r.stdout + r.stderr
+    module = project_mod.build(project_mod.load(cors_project)).path.read_bytes()
+    pulled = [p.read_bytes() for p in (tmp_path / "cache" / "wasm" / "oci").glob("*.wasm")]
+    assert pulled == [module], "the pushed module, pulled into the empty cache"
+    # control: another module behind the url
+    other = shutil.copytree(REPO / "filters" / "csrf", tmp_path / "csrf", ignore=shutil.ignore_patterns("build"))
+    r = run_cli("publish", other / "c", "--push", f"{registry}/filters/other:v1")
+    assert r.returncode == 0, r.stderr
+    other_url = yaml.safe_load(r.stdout)["spec"]["url"]
+    doc = yaml.safe_load(published.read_text())
+    doc["spec"]["url"] = other_url
+    published.write_text(yaml.safe_dump(doc, sort_keys=False))
+    r = run_cli("mesh", "test", "-f", BOOKINFO / "platform.yaml", "--filter", published, "--scenario", scenario,
+                env=env_cache, timeout=600)
+    assert r.returncode == 1 and "FAIL" in r.stdout, r.stdout + r.stderr
