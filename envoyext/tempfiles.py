@@ -61,6 +61,21 @@ def temp_beside(out: Path) -> Path:
     return Path(name)
 
 
+def write_atomically(out: Path, data: bytes | str) -> None:
+    """`data` to `out`, whole or not at all: written beside it, then renamed over it (a reader, an
+    Envoy watching the file, sees the old content or the new, never a part). Nothing is left
+    behind when the write fails."""
+    tmp = temp_beside(out)
+    try:
+        if isinstance(data, str):
+            tmp.write_text(data)
+        else:
+            tmp.write_bytes(data)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def temp_dir_beside(out: Path) -> Path:
     """Like temp_beside, a directory (a project rendered before it is renamed into place)."""
     out = Path(out)

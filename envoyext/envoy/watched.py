@@ -93,13 +93,7 @@ def _delivered(lds_file: Path) -> list[dict[str, Any]]:
 
 def _deliver(path: Path, doc: dict[str, Any]) -> None:
     """Write to a temp name beside `path`, then rename over it (Envoy watches for the move)."""
-    tmp = tempfiles.temp_beside(path)
-    try:
-        tmp.write_text(json.dumps(doc, indent=1))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    tempfiles.write_atomically(path, json.dumps(doc, indent=1))
 
 
 def source_files(project: Project, scenario: Scenario) -> list[Path]:

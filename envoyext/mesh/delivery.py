@@ -19,7 +19,6 @@ old one), so the versions in the files are exactly what Envoy reports once it ha
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -101,9 +100,7 @@ def restore(xds_dir: Path, files: dict[str, bytes]) -> None:
         path = xds_dir / rel
         if not path.exists() or path.read_bytes() != files[rel]:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = tempfiles.temp_beside(path)
-            tmp.write_bytes(files[rel])
-            os.replace(tmp, path)
+            tempfiles.write_atomically(path, files[rel])
     for sub in (EDS_DIR, RDS_DIR):
         for f in (xds_dir / sub).glob("*.yaml"):
             if f"{sub}/{f.name}" not in files:
@@ -171,13 +168,7 @@ def _canonical(value: Any) -> str:
 
 
 def _write(path: Path, doc: Json) -> None:
-    tmp = tempfiles.temp_beside(path)
-    try:
-        tmp.write_text(yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    tempfiles.write_atomically(path, yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False))
 
 
 def _remove_others(directory: Path, keep: set[str]) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import os
 import re
 import tarfile
 import urllib.error
@@ -125,12 +124,7 @@ class Fetcher:
     def _store(self, path: Path, module: bytes) -> Path:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = tempfiles.temp_beside(path)
-            try:
-                tmp.write_bytes(module)
-                os.replace(tmp, path)
-            finally:
-                tmp.unlink(missing_ok=True)
+            tempfiles.write_atomically(path, module)
         except OSError as e:
             raise UserError(f"cannot write the Wasm module cache: {e.strerror or e}", file=path.parent,
                             fix="make it writable, or set ENVOYEXT_CACHE_DIR to a writable directory") from None

@@ -28,9 +28,7 @@ def save(workdir: Path, *, files: list[Path], base: int) -> None:
 
 def _write(workdir: Path, doc: dict[str, Any]) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
-    tmp = tempfiles.temp_beside(workdir / STATE)
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, workdir / STATE)
+    tempfiles.write_atomically(workdir / STATE, json.dumps(doc, indent=1))
 
 
 def load(workdir: Path) -> dict[str, Any]:

@@ -8,7 +8,6 @@ would accept. The output is written whole or not at all (a temporary file rename
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any, Literal
@@ -65,9 +64,4 @@ def write(text: str, out: Path) -> None:
         raise UserError("is a directory", file=out, fix="give a file name, e.g. -o filter.yaml")
     if not out.parent.exists():
         raise UserError("its directory does not exist", file=out, fix="create the directory first")
-    tmp = tempfiles.temp_beside(out)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    tempfiles.write_atomically(out, text)

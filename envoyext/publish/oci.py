@@ -343,12 +343,7 @@ def write_layout(image: Image, directory: Path, tag: str | None = None) -> Path:
         (directory / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
         for rel in sorted(files, key=lambda r: r == "index.json"):   # index.json last
             target = directory / rel
-            tmp = tempfiles.temp_beside(target)
-            try:
-                tmp.write_bytes(files[rel])
-                os.replace(tmp, target)
-            finally:
-                tmp.unlink(missing_ok=True)
+            tempfiles.write_atomically(target, files[rel])
     except OSError as e:
         raise UserError(f"cannot write the OCI layout: {e.strerror or e}", file=directory,
                         fix="choose a writable directory") from None
