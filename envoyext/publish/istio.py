@@ -8,7 +8,7 @@ without a priority (IST0151; see publish/analyze.py). A Wasm module is a local f
 fetched by Envoy itself (a `remote` code source over a cluster the same EnvoyFilter adds). Per-route
 configs become HTTP_ROUTE MERGE patches carrying typed_per_filter_config for the filter.
 WasmPlugin (extensions.istio.io/v1alpha1): the module by URL and sha256, pluginName (root_id),
-pluginConfig, phase/priority, failStrategy, imagePullPolicy, the traffic direction as match mode
+pluginConfig, phase/priority, failStrategy (reload: FAIL_RELOAD), imagePullPolicy, the traffic direction as match mode
 (with ports), and selector or targetRefs.
 """
 
@@ -37,6 +37,9 @@ DEFAULT_PRIORITY = 10
 # The CA bundle a proxy verifies a module server's certificate with (Istio's proxy images, Debian's path).
 SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
 GATEWAY_API = "gateway.networking.k8s.io"
+# filter.yaml's failure_policy as a WasmPlugin's failStrategy.
+FAIL_STRATEGY = {FailurePolicy.FAIL_CLOSED: "FAIL_CLOSE", FailurePolicy.FAIL_OPEN: "FAIL_OPEN",
+                 FailurePolicy.RELOAD: "FAIL_RELOAD"}
 # targetRefs kinds and their API groups, as Istio's WasmPlugin and EnvoyFilter take them.
 ISTIO_TARGET_KINDS = {"Gateway": GATEWAY_API, "GatewayClass": GATEWAY_API, "Service": ""}
 
@@ -192,7 +195,7 @@ def wasm_plugin(artifact: Artifact, config: Any, where: Placement, url: str | No
         spec["phase"] = where.phase
     if where.priority is not None:
         spec["priority"] = where.priority
-    spec["failStrategy"] = "FAIL_OPEN" if artifact.failure_policy == FailurePolicy.FAIL_OPEN else "FAIL_CLOSE"
+    spec["failStrategy"] = FAIL_STRATEGY[artifact.failure_policy]
     match: Json = {"mode": MODE[where.context]}
     if where.ports:
         match["ports"] = [{"number": p} for p in where.ports]

@@ -186,3 +186,12 @@ def test_the_mesh_translator_places_what_is_published(built) -> None:
     assert route["typed_per_filter_config"] == {"cors": routes[0].config}
     assert [c["name"] for c in out.clusters].count("envoyext_wasm_filters.example.com_443") == 1
     validate(_static(out))
+
+
+def test_failure_policy_maps_to_fail_strategy(built) -> None:
+    """reload was published as FAIL_CLOSE; Istio's WasmPlugin has FAIL_RELOAD (and the mesh translates it)."""
+    import dataclasses
+    _, artifact = built["cors-c"]
+    for policy, strategy in (("fail_closed", "FAIL_CLOSE"), ("fail_open", "FAIL_OPEN"), ("reload", "FAIL_RELOAD")):
+        doc = istio.wasm_plugin(dataclasses.replace(artifact, failure_policy=policy), None, istio.Placement())
+        assert doc["spec"]["failStrategy"] == strategy
