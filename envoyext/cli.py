@@ -145,7 +145,7 @@ def publish(path, form, output, namespace, selectors, target_refs, url, context,
     else:
         emit.write(text, output)
         click.echo(f"wrote {output}", err=True)
-    for note in emit.notes(artifact, doc, url):
+    for note in emit.notes(artifact, doc, url, where):
         click.echo(note, err=True)
 
 

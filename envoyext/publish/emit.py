@@ -78,18 +78,25 @@ def routes_from(scenario_file: Path, artifact: Artifact) -> list[istio.RouteConf
     return out
 
 
-def notes(artifact: Artifact, doc: istio.Json, url: str | None) -> list[str]:
+def notes(artifact: Artifact, doc: istio.Json, url: str | None, where: istio.Placement | None = None) -> list[str]:
     """What the user should know about an emitted resource that is valid but not usable everywhere:
-    a Wasm module published as this machine's file, a vm_id Envoy Gateway has no field for."""
-    if artifact.kind == "wasm" and artifact.vm_id and doc.get("kind") == "EnvoyExtensionPolicy":
-        return [f"note: Envoy Gateway chooses the Wasm vm_id itself; filter.yaml's vm_id {artifact.vm_id!r} is "
-                "left out (plugins that share data through it will not share a VM)"]
-    if artifact.kind != "wasm" or url or doc.get("kind") == "EnvoyExtensionPolicy":
-        return []
-    where = "its url is file://" if doc.get("kind") == "WasmPlugin" else "vm_config.code.local"
-    who = "an Envoy on another machine" if doc.get("kind") is None else "a cluster's proxies"
-    return [f"note: the Wasm module is this machine's file {artifact.path} ({where}); {who} "
-            "cannot read it: give --url where the module is served"]
+    a Wasm module published as this machine's file, a vm_id Envoy Gateway has no field for, Istio
+    targetRefs that a sidecar ignores."""
+    out = []
+    kind = doc.get("kind")
+    if artifact.kind == "wasm" and artifact.vm_id and kind == "EnvoyExtensionPolicy":
+        out.append(f"note: Envoy Gateway chooses the Wasm vm_id itself; filter.yaml's vm_id {artifact.vm_id!r} is "
+                   "left out (plugins that share data through it will not share a VM)")
+    if artifact.kind == "wasm" and not url and kind != "EnvoyExtensionPolicy":
+        at = "its url is file://" if kind == "WasmPlugin" else "vm_config.code.local"
+        who = "an Envoy on another machine" if kind is None else "a cluster's proxies"
+        out.append(f"note: the Wasm module is this machine's file {artifact.path} ({at}); {who} "
+                   "cannot read it: give --url where the module is served")
+    refs = where.target_refs if where is not None and kind in ("EnvoyFilter", "WasmPlugin") else ()
+    if refs and (where is not None and where.context != "GATEWAY" or any(r.kind == "Service" for r in refs)):
+        out.append("note: Istio attaches a resource with targetRefs only to Gateway API gateways (Gateway) and "
+                   "waypoints (Service, GatewayClass); sidecars ignore it: select sidecars with --selector")
+    return out
 
 
 def dump(doc: istio.Json) -> str:
