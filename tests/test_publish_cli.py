@@ -173,6 +173,8 @@ def test_per_route_configs_become_http_route_patches(project, tmp_path):
     (["--as", "envoy-gateway", "--target-ref", "Service/x"], "--target-ref"),
     (["--url", "https://example.com/x.wasm"], "--url"),  # a Lua filter has no module
     (["--as", "envoy", "--routes-from", "ROUTES"], "--routes-from"),   # per-route configs: EnvoyFilter only
+    (["--as", "envoy-gateway", "--selector", "app=x"], "--selector"),
+    (["--as", "envoy", "--target-ref", "eg"], "--target-ref"),
     (["--routes-from", "scenarios/policy.yaml"], "routes"),   # no route with a per_filter_config
 ])
 def test_bad_input_is_one_line_and_writes_nothing(project, tmp_path, args, where):

@@ -48,6 +48,11 @@ def resource(artifact: Artifact, config: Any, where: istio.Placement, form: Form
     if url and form in ("envoyfilter", "envoy") and not url.startswith(("https://", "http://")):
         raise UserError(f"Envoy fetches a module over http(s) itself; {url.split(':')[0]} is for a WasmPlugin",
                         field="--url", fix="give an https:// URL, or publish --as wasmplugin")
+    if form in ("envoy-gateway", "envoy") and where.selector:
+        raise UserError(f"--as {form} selects no workloads by labels", field="--selector",
+                        fix="drop --selector" + (" (attach with --target-ref)" if form == "envoy-gateway" else ""))
+    if form == "envoy" and where.target_refs:
+        raise UserError("a plain Envoy entry attaches to nothing", field="--target-ref", fix="drop --target-ref")
     if url and form == "wasmplugin" and not url.startswith(URL_SCHEMES):
         raise UserError(f"{url!r} is not a WasmPlugin url", field="--url",
                         fix="give an oci://, https:// or http:// URL of the module")
