@@ -98,18 +98,32 @@ def build(path, force):
 
 @main.command()
 @click.argument("path", required=False, type=click.Path(path_type=Path))
-@click.option("--as", "form", type=click.Choice(["envoyfilter", "wasmplugin"]), default=None,
-              help="The resource kind (default: WasmPlugin for Wasm, EnvoyFilter for Lua).")
+@click.option("--as", "form", type=click.Choice(["envoyfilter", "wasmplugin", "envoy-gateway", "envoy"]),
+              default=None, help="What to emit (default: WasmPlugin for Wasm, EnvoyFilter for Lua): Istio's "
+              "envoyfilter or wasmplugin, Envoy Gateway's EnvoyExtensionPolicy, or a plain envoy filter entry.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Write the resource to this file (default: standard output).")
 @click.option("--namespace", default="default", show_default=True, help="The resource's namespace.")
 @click.option("--selector", "selectors", multiple=True, metavar="KEY=VALUE",
               help="A workload label the resource selects (repeatable; none: every workload in the namespace).")
+@click.option("--target-ref", "target_refs", multiple=True, metavar="KIND/NAME",
+              help="Attach to a Gateway or Service instead of labels (repeatable; NAME alone: a Gateway). "
+                   "Required for --as envoy-gateway.")
+@click.option("--url", default=None, help="Where a cluster fetches the Wasm module (https://..., or oci://... for "
+              "a WasmPlugin or Envoy Gateway). Default: this machine's file.")
 @click.option("--context", type=click.Choice(["SIDECAR_INBOUND", "SIDECAR_OUTBOUND", "GATEWAY"]),
               default="SIDECAR_INBOUND", show_default=True, help="Which side of the proxies.")
+@click.option("--port", "ports", multiple=True, type=click.IntRange(1, 65535),
+              help="Only traffic on this port (repeatable; WasmPlugin match ports, EnvoyFilter listener port).")
 @click.option("--phase", type=click.Choice(["AUTHN", "AUTHZ", "STATS"]), default=None,
               help="WasmPlugin phase (default: just before the router).")
-@click.option("--priority", type=int, default=None, help="Order among resources of the same phase.")
+@click.option("--priority", type=int, default=None,
+              help="Order among resources (EnvoyFilter default 10: non-zero, as Istio's analyzer asks).")
+@click.option("--image-pull-policy", type=click.Choice(["IfNotPresent", "Always"]), default=None,
+              help="When the module is fetched again (WasmPlugin, Envoy Gateway).")
+@click.option("--routes-from", "routes_from", type=click.Path(path_type=Path), default=None, metavar="SCENARIO",
+              help="Per-route configs: each route of this scenario with a per_filter_config, by its name "
+                   "(EnvoyFilter HTTP_ROUTE patches).")
 @click.option("--scenario", "scenario_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Configure the filter as this scenario does (default: filter.yaml's config).")
 @click.option("--push", metavar="REF", default=None,
@@ -126,20 +140,30 @@ def build(path, force):
 @click.option("--kube-context", default=None, help="With --apply: the kubeconfig context (default: its current one).")
 @click.option("--force-conflicts", is_flag=True, help="With --apply: take over fields another field manager owns.")
 @user_errors
-def publish(path, form, output, namespace, selectors, context, phase, priority, scenario_file,
-            push, image_format, oci_layout, apply_, dry_run, kubeconfig, kube_context, force_conflicts):
-    """Emit the EnvoyFilter or WasmPlugin a cluster applies for this filter, checked against
-    Istio's CRD schema first (before any image is pushed or file written)."""
+def publish(path, form, output, namespace, selectors, target_refs, url, context, ports, phase, priority,
+            image_pull_policy, routes_from, scenario_file, push, image_format, oci_layout,
+            apply_, dry_run, kubeconfig, kube_context, force_conflicts):
+    """Emit what a cluster applies for this filter (Istio EnvoyFilter or WasmPlugin, Envoy Gateway
+    EnvoyExtensionPolicy, or a plain Envoy filter entry), checked as the cluster would first, before
+    any image is pushed, file written or resource applied."""
     from envoyext import project as proj
     from envoyext.publish import emit, istio, kube, registry
     labels = key_values(selectors, "--selector", "app=reviews")
     applying = kube.options(apply_, dry_run, kubeconfig, kube_context, force_conflicts)  # None without --apply
+    refs = tuple(istio.TargetRef.parse(r) for r in target_refs)
+    if url and push:
+        raise UserError("--url says where the module is served, --push puts it in a registry: give one",
+                        field="--url", fix="drop --url (the pushed image's url is pinned by digest) or --push")
     p = proj.load(path)
     config = proj.scenario_config(p, scenario_file) if scenario_file is not None else p.config
     artifact = proj.build(p)
-    where = istio.Placement(namespace=namespace, selector=labels, context=context, phase=phase, priority=priority)
+    where = istio.Placement(namespace=namespace, selector=labels, context=context, phase=phase, priority=priority,
+                            target_refs=refs, ports=tuple(ports), image_pull_policy=image_pull_policy)
+    routes = emit.routes_from(routes_from, artifact) if routes_from else ()
     image = registry.plan(artifact, form=form, fmt=image_format, push=push, layout=oci_layout)
-    text = emit.validated(emit.resource(artifact, config, where, form, url=image.url if image else None))
+    url = image.url if image is not None and image.url else url
+    doc = emit.resource(artifact, config, where, form, url=url, routes=routes)
+    text = emit.validated(doc)
     if image is not None and image.carry_out():
         click.echo(f"pushed {image.url}", err=True)
     if applying is not None:
@@ -149,6 +173,8 @@ def publish(path, form, output, namespace, selectors, context, phase, priority, 
     elif output is not None:
         emit.write(text, output)
         click.echo(f"wrote {output}", err=True)
+    for note in emit.notes(artifact, doc, url, where):
+        click.echo(note, err=True)
 
 
 class RunnerChoice(click.Choice):

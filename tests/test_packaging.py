@@ -15,6 +15,6 @@ def test_wheel_carries_templates_filters_sdk_and_schemas(tmp_path):
     for required in ("envoyext/templates/blank/c/filter.c.j2", "envoyext/templates/blank/lua/filter.lua.j2",
                      "envoyext/filters/README.md", "envoyext/sdk/proxy_wasm.h", "envoyext/sdk/proxy_wasm.c",
                      "envoyext/schemas/scenario.yaml", "envoyext/schemas/filter.yaml",
-                     "envoyext/schemas/istio/crd-all.gen.yaml"):
+                     "envoyext/schemas/istio/crd-all.gen.yaml", "envoyext/publish/schemas/envoyextensionpolicy.json"):
         assert required in names, required
     assert not any("/build/" in n and n.endswith(".wasm") for n in names)

@@ -47,16 +47,23 @@ def lua_filter(name: str, *, default_source: str | None = None, source_codes: di
     return http_filter(name, typed)
 
 
+def remote_code(url: str, sha256: str, cluster: str, timeout: str = "30s") -> Json:
+    """A Wasm VM's code fetched by Envoy (config.core.v3.AsyncDataSource `remote`, a RemoteDataSource):
+    `url` over the named `cluster`, checked against `sha256` (required by Envoy for a remote source)."""
+    return {"remote": {"http_uri": {"uri": url, "cluster": cluster, "timeout": timeout}, "sha256": sha256}}
+
+
 def wasm_filter(name: str, module: Path | str, *, plugin_name: str | None = None, root_id: str | None = None,
                 vm_id: str | None = None, failure_policy: FailurePolicy | str | None = None,
-                config: Any = None) -> Json:
-    """A Wasm filter entry running the local `module` in V8; `failure_policy` as filter.yaml spells
-    it (fail_closed, fail_open, reload), `config` the plugin configuration (see above)."""
+                config: Any = None, code: Json | None = None) -> Json:
+    """A Wasm filter entry running the local `module` in V8 (or `code`, e.g. `remote_code(...)`);
+    `failure_policy` as filter.yaml spells it (fail_closed, fail_open, reload), `config` the plugin
+    configuration (see above)."""
     plugin: Json = {"name": plugin_name if plugin_name is not None else name}
     if root_id is not None:
         plugin["root_id"] = root_id
     vm_config: Json = {} if vm_id is None else {"vm_id": vm_id}
-    vm_config.update(runtime=WASM_RUNTIME, code={"local": {"filename": str(module)}})
+    vm_config.update(runtime=WASM_RUNTIME, code=code or {"local": {"filename": str(module)}})
     plugin["vm_config"] = vm_config
     if failure_policy is not None:
         plugin["failure_policy"] = FailurePolicy(failure_policy).envoy
@@ -66,9 +73,10 @@ def wasm_filter(name: str, module: Path | str, *, plugin_name: str | None = None
     return http_filter(name, {"@type": WASM, "config": plugin})
 
 
-def for_artifact(artifact: Artifact, config: Any, lua_source: str | None = None) -> Json:
+def for_artifact(artifact: Artifact, config: Any, lua_source: str | None = None, wasm_code: Json | None = None) -> Json:
     """The built filter as an entry of HttpConnectionManager.http_filters, configured with `config`
-    (`lua_source` stands in for the script file's text)."""
+    (`lua_source` stands in for the script file's text; `wasm_code` for the local module, e.g. a
+    `remote_code`)."""
     if artifact.kind == "lua":
         options = dict(artifact.lua_options or {})
         named = options.pop("source_codes", None) or {}
@@ -82,7 +90,8 @@ def for_artifact(artifact: Artifact, config: Any, lua_source: str | None = None)
                    for key, ds in named.items()}
         return lua_filter(artifact.filter_name, default_source=default, source_codes=scripts, **options)
     return wasm_filter(artifact.filter_name, artifact.path, plugin_name=artifact.name, root_id=artifact.root_id,
-                       vm_id=artifact.vm_id, failure_policy=artifact.failure_policy, config=config)
+                       vm_id=artifact.vm_id, failure_policy=artifact.failure_policy, config=config,
+                       code=wasm_code)
 
 
 def per_route(artifact: Artifact, value: Any, field: str) -> Json:

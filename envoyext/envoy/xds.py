@@ -55,6 +55,23 @@ def static_cluster(name: str, endpoints: list[tuple[str, int]], *, connect_timeo
                  transport_socket=transport_socket, **extra)
 
 
+def dns_cluster(name: str, host: str, port: int, *, connect_timeout: str = "5s",
+                transport_socket: Json | None = None) -> Json:
+    """A STRICT_DNS cluster of one host name and port (e.g. the server a remote Wasm module is fetched from)."""
+    lb_endpoints = [{"endpoint": {"address": socket_address(host, port)}}]
+    return _with({"name": name, "type": "STRICT_DNS", "connect_timeout": connect_timeout,
+                  "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": lb_endpoints}]}},
+                 transport_socket=transport_socket)
+
+
+def upstream_tls(sni: str, trusted_ca: str) -> Json:
+    """TLS to the upstream host `sni`: its certificate must chain to the CA bundle file `trusted_ca`
+    and name `sni` (Envoy checks no host name unless told to)."""
+    return transport_socket(TLS_SOCKET, {"@type": UPSTREAM_TLS, "sni": sni, "common_tls_context": {
+        "validation_context": {"trusted_ca": {"filename": trusted_ca}, "match_typed_subject_alt_names": [
+            {"san_type": "DNS", "matcher": {"exact": sni}}]}}})
+
+
 def http_filter(name: str, typed_config: Json) -> Json:
     """An entry of HttpConnectionManager.http_filters."""
     return {"name": name, "typed_config": typed_config}
