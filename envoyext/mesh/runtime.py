@@ -254,6 +254,19 @@ class MeshRuntime:
             raise UserError(f"proxy {proxy_name} is not running")
         return envoy.admin
 
+    def kill_app(self, pod: str) -> None:
+        """A pod's stand-in app killed (SIGKILL), its sidecar left running: the workload fails as a
+        crashed container does, and its proxy answers for it (503) until outlier detection ejects it."""
+        proc = self.apps.get(self._workload(pod).pod)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        self._progress(f"app {pod} killed")
+
+    def app_alive(self, pod: str) -> bool:
+        proc = self.apps.get(pod)
+        return proc is not None and proc.poll() is None
+
     def app_control(self, pod: str) -> str:
         """The stand-in app's control endpoint, e.g. http://127.65.0.3:15999."""
         w = self._workload(pod)

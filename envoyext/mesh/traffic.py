@@ -8,6 +8,7 @@ way an application's would: Host `reviews:9080` to the sidecar's outbound listen
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.request
@@ -37,6 +38,25 @@ def to_gateway(address: str, port: int, rq: Request) -> Sent:
         return Sent(None, (time.monotonic() - start) * 1000, f"no response within {rq.timeout_ms} ms")
     except OSError as e:
         return Sent(None, (time.monotonic() - start) * 1000, f"cannot reach the gateway at {address}:{port}: {e}")
+    return Sent(response, (time.monotonic() - start) * 1000)
+
+
+def to_pod(address: str, port: int, rq: Request) -> Sent:
+    """One plaintext request straight to a pod, as a client outside the mesh (no sidecar) sends
+    it. A connection accepted, then reset or closed without an HTTP response is a reset (None, no
+    error): what a STRICT sidecar does to plaintext. Nothing listening is an error, never a reset:
+    a refusal must come from the sidecar, not from a wrong address."""
+    start = time.monotonic()
+    try:
+        response = send(address, port, rq)
+    except TimeoutError:
+        return Sent(None, (time.monotonic() - start) * 1000, f"no response within {rq.timeout_ms} ms")
+    except ConnectionRefusedError:
+        return Sent(None, (time.monotonic() - start) * 1000, f"nothing listens at {address}:{port}")
+    except (ConnectionError, http.client.BadStatusLine):
+        return Sent(None, (time.monotonic() - start) * 1000)
+    except OSError as e:
+        return Sent(None, (time.monotonic() - start) * 1000, f"cannot reach {address}:{port}: {e}")
     return Sent(response, (time.monotonic() - start) * 1000)
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from envoyext import prometheus
 from envoyext.errors import UserError
 from envoyext.mesh import traffic
-from envoyext.mesh.model import Mesh, Proxy, Resource
+from envoyext.mesh.model import Mesh, Proxy, Resource, Workload
 from envoyext.mesh.overlay import overlay, workload_changes
 from envoyext.messages import Received, Request, Response
 from envoyext.runners.names import MESH
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 
 RUNNER = MESH
 INGRESS = "ingress"
+# A client outside the mesh (no sidecar, plaintext) sending straight to a pod of the target service.
+OUTSIDE = "outside"
 # Mirrored copies and the apps' own calls finish after the client's response: how long to wait for
 # the apps' received lists to stop growing.
 SETTLE_S = 0.3
@@ -79,8 +82,23 @@ def validate(scenario: Scenario) -> None:
                                 fix="change routing here; put workload changes in mesh.resources")
             mesh = build(current)
         _check_names(scenario, mesh, case.behaviour, f"cases[{i}].behaviour")
+        for j, (_, action, value) in enumerate(case.during):
+            where = f"cases[{i}].during[{j}].{action}"
+            if action == "apply":
+                current = overlay(current, load_resources(value))
+                changed = workload_changes(load_resources(scenario.mesh.resources), current)
+                if changed:
+                    raise UserError(f"applying this changes workloads ({', '.join(changed)}), which a running mesh "
+                                    "cannot take without new processes", file=scenario.path, field=where,
+                                    fix="change routing here; put workload changes in mesh.resources")
+            elif action == "behaviour":
+                _check_names(scenario, mesh, value, where)
+            else:
+                _check_names(scenario, mesh, {value: None}, where)
         source = sender(case, scenario.mesh)
-        if source == INGRESS:
+        if source == OUTSIDE:
+            _outside_pod(mesh, target(case, scenario.mesh), scenario.path, f"cases[{i}].to")
+        elif source == INGRESS:
             if ingress(mesh) is None:
                 raise UserError(f"the mesh has no ingress gateway (profile {mesh.config.profile})",
                                 file=scenario.path, field=f"cases[{i}].from",
@@ -101,6 +119,24 @@ def _filter_endpoints(scenario: Scenario, mesh: Mesh) -> None:
         scenario.mesh.source, scenario.mesh.target = filtercase.endpoints(
             mesh, scenario.mesh.attach, scenario.mesh.source, scenario.mesh.target)
         scenario.mesh.peer = filtercase.peer_identity(mesh, scenario.mesh.attach, scenario.mesh.source)
+
+
+def _outside_pod(mesh: Mesh, to: str | None, file: Path, field: str) -> tuple[Workload, int]:
+    """The pod and port a client outside the mesh reaches for `to` (a service's host:port): the
+    service's first pod at its target port, where the pod's sidecar takes inbound traffic. A
+    ServiceEntry's hosts have no pod to connect to."""
+    host, _, port = (to or "").partition(":")
+    service = mesh.service(host) if host else None
+    if service is None or service.from_service_entry or not port.isdigit():
+        raise UserError(f"a request from outside the mesh goes to a mesh service's port, not {to!r}", file=file,
+                        field=field, fix="add to: <service>:<port>, e.g. reviews:9080")
+    sp = next((p for p in service.ports if p.port == int(port)), None)
+    ends = sorted((e for e in mesh.endpoints(service, sp) if e.workload), key=lambda e: str(e.workload)) if sp else []
+    if not ends:
+        raise UserError(f"service {service.name} has no pod on port {port}", file=file, field=field,
+                        fix="name a port of the service that a Deployment serves")
+    w = next(w for w in mesh.workloads if w.pod == ends[0].workload)
+    return w, ends[0].port
 
 
 def sender(case: Case, spec: MeshSpec) -> str:
@@ -166,7 +202,18 @@ def run_scenario(artifact: Artifact | None, scenario: Scenario) -> list[Observat
                 rt.apply(build(current, running(rt).plan.base))
             if case.behaviour:
                 behave(rt, running(rt), case.behaviour)
-            seen = observe(rt, case, scenario.mesh)
+
+            def act(action: str, value: Any) -> None:   # a `during:` action, while the requests fly
+                nonlocal current
+                if action == "apply":
+                    current = overlay(current, load_resources(value))
+                    rt.apply(build(current, running(rt).plan.base))
+                elif action == "behaviour":
+                    behave(rt, running(rt), value)
+                else:
+                    for pod in _pods(running(rt), value):
+                        rt.kill_app(pod)
+            seen = observe(rt, case, scenario.mesh, act)
             out.append(filtercase.as_filter_sees(seen, running(rt), attach) if attach is not None else seen)
     return out
 
@@ -174,7 +221,44 @@ def run_scenario(artifact: Artifact | None, scenario: Scenario) -> list[Observat
 def behave(rt: MeshRuntime, mesh: Mesh, behaviours: dict[str, Any]) -> None:
     for name, behaviour in behaviours.items():
         for pod in _pods(mesh, name):
-            traffic.control(rt.app_control(pod), "/behaviour", behaviour)
+            if rt.app_alive(pod):   # a killed app stays down (`during: kill`)
+                traffic.control(rt.app_control(pod), "/behaviour", behaviour)
+
+
+class During:
+    """A case's `during:` actions, each run `after_ms` after the first request is sent, on a thread
+    of its own while the requests are in flight. An action whose time comes after the last response
+    did not happen under load: that is reported, not skipped silently."""
+
+    def __init__(self, actions: list[tuple[int, str, Any]], act: Callable[[str, Any], None] | None):
+        self.actions, self.act = actions, act
+        self.done = threading.Event()
+        self.errors: list[str] = []
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.actions and self.act is not None:
+            self.thread = threading.Thread(target=self._run, name="envoyext-during", daemon=True)
+            self.thread.start()
+
+    def _run(self) -> None:
+        assert self.act is not None
+        start = time.monotonic()
+        for i, (after_ms, action, value) in enumerate(self.actions):
+            if self.done.wait(max(0.0, start + after_ms / 1000 - time.monotonic())):
+                self.errors.append(f"during[{i}] ({action} after {after_ms} ms) came after the last response: "
+                                   "lower after_ms or send more requests (repeat)")
+                return
+            try:
+                self.act(action, value)
+            except Exception as e:  # the case reports it; the mesh runs on
+                self.errors.append(f"during[{i}] ({action}) failed: {e}")
+
+    def finish(self) -> list[str]:
+        self.done.set()
+        if self.thread is not None:
+            self.thread.join(60)
+        return self.errors
 
 
 def _gateway_port(rt: MeshRuntime, to: str | None) -> int:
@@ -190,15 +274,19 @@ def running(rt: MeshRuntime) -> Mesh:
     return rt.mesh
 
 
-def observe(rt: MeshRuntime, case: Case, spec: MeshSpec) -> Observation:
+def observe(rt: MeshRuntime, case: Case, spec: MeshSpec,
+            act: Callable[[str, Any], None] | None = None) -> Observation:
+    """`act` runs the case's `during:` actions (see run_scenario)."""
     mesh = running(rt)
     source, to = sender(case, spec), target(case, spec)
-    proxy = ingress(mesh) if source == INGRESS else _sidecar(mesh, source)
+    outside = _outside_pod(mesh, to, Path("scenario"), "to") if source == OUTSIDE else None
+    # From outside there is no sending proxy: `stats` are then the receiving pod's sidecar's.
+    proxy = ingress(mesh) if source == INGRESS else _sidecar(mesh, outside[0].pod if outside else source)
     assert proxy is not None
     obs = Observation(case=case.name, runner=RUNNER, proxy=proxy.name)
     if case.wait_ms:
         time.sleep(case.wait_ms / 1000)
-    apps = {w.pod: rt.app_control(w.pod) for w in mesh.workloads if not w.gateway}
+    apps = {w.pod: rt.app_control(w.pod) for w in mesh.workloads if not w.gateway and rt.app_alive(w.pod)}
     for url in apps.values():
         traffic.forget_received(url)
     stats_before = {p.name: rt.admin(p.name).stats() for p in mesh.proxies}
@@ -206,12 +294,18 @@ def observe(rt: MeshRuntime, case: Case, spec: MeshSpec) -> Observation:
     rq = _request(case, source, to)
 
     def one(_: int) -> traffic.Sent:
+        if outside is not None:
+            return traffic.to_pod(outside[0].ip, outside[1], rq)
         if source == INGRESS:
             return traffic.to_gateway(proxy.workload.ip, _gateway_port(rt, to), rq)
         return traffic.from_workload(rt.app_control(proxy.workload.pod), str(to), rq)
 
+    during = During(case.during, act)
     with concurrent.futures.ThreadPoolExecutor(max_workers=case.concurrency) as pool:
+        during.start()
         sent = list(pool.map(one, range(case.repeat)))
+    failed_actions = during.finish()
+    apps = {pod: url for pod, url in apps.items() if rt.app_alive(pod)}   # killed meanwhile: nothing to ask
     deployments = {w.pod: w.deployment for w in mesh.workloads}
     for s in sent:
         obs.durations_ms.append(s.duration_ms)
@@ -221,6 +315,10 @@ def observe(rt: MeshRuntime, case: Case, spec: MeshSpec) -> Observation:
             obs.responses.append(s.response)
             pod = next((v for k, v in s.response.headers if k == traffic.POD_HEADER), None)
             obs.answered_by.append(deployments.get(pod) if pod else None)
+        elif not s.error:
+            obs.resets += 1
+    if failed_actions:
+        obs.error = "; ".join(failed_actions)
     obs.response = sent[-1].response if sent else None
     obs.workloads = _received(apps, deployments)
     # A filter's scenario speaks of "the upstream": here, every app but the sender's.

@@ -128,9 +128,12 @@ def check(case: Case, obs: Observation) -> list[Mismatch]:
     for sample, wanted in (e.get("prometheus") or {}).items():
         for want in wanted:
             value = prometheus.matching(obs.prometheus or {}, sample, want.get("labels") or {})
-            if value != want["value"]:
+            w = want["value"]
+            ok = (w.get("min", value) <= value <= w.get("max", value)) if isinstance(w, dict) else value == w
+            if not ok:
                 labels = ",".join(f'{k}="{v}"' for k, v in (want.get("labels") or {}).items())
-                out.append(Mismatch(f"prometheus.{sample}{{{labels}}}", want["value"], value))
+                wanted_text: Any = f"{w.get('min', '')}..{w.get('max', '')}" if isinstance(w, dict) else w
+                out.append(Mismatch(f"prometheus.{sample}{{{labels}}}", wanted_text, value))
     return out
 
 
@@ -147,7 +150,7 @@ def _check_mesh(e: Expectation, obs: Observation) -> list[Mismatch]:
             if abs(share - want) > tolerance + 1e-9:
                 out.append(Mismatch(f"answered_by.{workload}", f"{want} ± {tolerance}", shares))
     if "statuses" in e:
-        got: dict[str, int] = {}
+        got: dict[str, int] = {"reset": obs.resets} if obs.resets else {}
         for r in obs.responses:
             got[str(r.status)] = got.get(str(r.status), 0) + 1
         for status, n in e["statuses"].items():

@@ -146,6 +146,9 @@ class Case:
     apply: list[Path] = field(default_factory=list)
     behaviour: Yaml = field(default_factory=dict)
     concurrency: int = 1
+    # What happens while the requests are in flight: (after_ms, action, value), action one of
+    # apply (files), behaviour (by workload), kill (a Deployment or pod).
+    during: list[tuple[int, str, Any]] = field(default_factory=list)
     mtls: MtlsPeer | None = None   # the request arrives over mTLS presenting this peer's certificate
 
 
@@ -229,7 +232,7 @@ def from_dict(data: Yaml, path: Path, default_config: Any = None) -> Scenario:
             expect=c.get("expect") or {}, repeat=c.get("repeat", 1), wait_ms=c.get("wait_ms", 0),
             only=c.get("only"), source=c.get("from"), target=c.get("to"),
             apply=[_relative(path, f) for f in _listed(c.get("apply"))], behaviour=c.get("behaviour") or {},
-            concurrency=c.get("concurrency", 1),
+            concurrency=c.get("concurrency", 1), during=_during(c.get("during") or [], path, f"cases[{i}]"),
             mtls=_connection(c.get("connection"), "mesh" in data, path, f"cases[{i}]")))
         _check_sendable(cases[-1].request, path, f"cases[{i}].request")
         _check_mesh_only(c, "mesh" in data, path, f"cases[{i}]")
@@ -247,8 +250,24 @@ def from_dict(data: Yaml, path: Path, default_config: Any = None) -> Scenario:
                     workers=data.get("workers"), mesh=_mesh(data.get("mesh"), path))
 
 
+def _during(items: list[Yaml], path: Path, where: str) -> list[tuple[int, str, Any]]:
+    """A case's `during:` list as (after_ms, action, value), files resolved and checked."""
+    out: list[tuple[int, str, Any]] = []
+    for j, item in enumerate(items):
+        action = next(k for k in item if k != "after_ms")
+        value = item[action]
+        if action == "apply":
+            value = [_relative(path, f) for f in _listed(value)]
+            for f in value:
+                if not f.exists():
+                    raise UserError(f"no such file or directory: {f}", file=path, field=f"{where}.during[{j}].apply",
+                                    fix="give a path relative to the scenario file")
+        out.append((item["after_ms"], action, value))
+    return sorted(out, key=lambda a: a[0])
+
+
 # What only a mesh scenario can say: a case field, or an expectation, outside one has nothing to act on.
-_MESH_CASE_FIELDS = ("from", "to", "apply", "behaviour", "concurrency")
+_MESH_CASE_FIELDS = ("from", "to", "apply", "behaviour", "concurrency", "during")
 _MESH_EXPECTATIONS = ("answered_by", "tolerance", "statuses", "workloads", "retries", "min_duration_ms", "trace")
 
 

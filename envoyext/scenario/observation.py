@@ -57,6 +57,7 @@ class Observation:
     workloads: dict[str, list[Received]] = field(default_factory=dict)
     durations_ms: list[float] = field(default_factory=list)
     spans: list[dict[str, Any]] | None = None
+    resets: int = 0   # mesh: requests that got no response (connection or stream refused or reset)
 
     def stats_by_proxy(self) -> dict[str, dict[str, int]]:
         """Every proxy's stat deltas, by proxy name, the client's proxy first."""
@@ -89,6 +90,7 @@ class Observation:
             "answered_by": self.answered_by,
             "workloads": {k: [rx(r) for r in v] for k, v in self.workloads.items()},
             "durations_ms": [round(d, 1) for d in self.durations_ms],
+            "resets": self.resets,
             "spans": self.spans,
             "prometheus": None if self.prometheus is None else [
                 {"sample": name, "labels": dict(sorted(labels)), "delta": v}

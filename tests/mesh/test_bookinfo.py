@@ -106,6 +106,10 @@ def test_circuit_breaker_overflows_with_envoys_503():
     assert any(k.endswith("upstream_rq_pending_overflow") and v == len(overflowed) for k, v in obs.stats.items())
     assert len(obs.workloads["ratings-v1"]) == len(obs.responses) - len(overflowed)
     assert _judge_again(sc, results, "ten at once overflow the pool", {"statuses": {200: 10}})
+    # the 503s carry Envoy's UO flag in Istio's metric, not another flag (control)
+    uf = {"prometheus": {"istio_requests_total": [{"labels": {"reporter": "source", "response_code": "503",
+                                                              "response_flags": "UF"}, "value": {"min": 1}}]}}
+    assert _judge_again(sc, results, "ten at once overflow the pool", uf)
 
 
 def test_telemetry_metrics_and_trace_across_gateway_and_sidecars():
