@@ -25,7 +25,7 @@ import inspect
 import struct
 import types
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import wasmtime
 
@@ -152,7 +152,7 @@ def wat(imports: list[Import]) -> str:
     return "\n".join(lines)
 
 
-@lru_cache(maxsize=None)
+@cache
 def module_bytes() -> bytes:
     return wasmtime.wat2wasm(wat(registered_imports()))
 
