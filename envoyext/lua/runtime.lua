@@ -100,7 +100,15 @@ local function arg_string(n, i, v, fname)
   error(argerr(i, "string", fname, n, v, 3), 3)
 end
 
-local function toint(v) v = tonumber(v); return v >= 0 and floor(v) or -floor(-v) end
+-- lua_tointeger as Envoy's LuaJIT (x86-64) does it: a C cast of the double to int64, so a NaN, an
+-- infinity or anything outside int64 comes out as INT64_MIN (cvttsd2si's "integer indefinite"),
+-- which every caller then refuses as negative; never a non-finite value handed on to the host.
+local INT64_MIN = -9223372036854775808
+local function toint(v)
+  v = tonumber(v)
+  if v ~= v or v >= -INT64_MIN or v < INT64_MIN then return INT64_MIN end
+  return v >= 0 and floor(v) or -floor(-v)
+end
 
 local function arg_integer(n, i, v, fname)
   if tonumber(v) == nil then error(argerr(i, "number", fname, n, v, 3), 3) end

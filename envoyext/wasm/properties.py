@@ -99,6 +99,24 @@ def _split_host_port(address: str) -> tuple[str, int]:
     return host, int(port or 0)
 
 
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+_ASCII_SPACE = " \t\n\v\f\r"
+
+
+def simple_atoi(text: str | None) -> int | None:
+    """absl::SimpleAtoi into an int64, as Envoy's attributes parse a header: ASCII whitespace
+    around an optional sign and ASCII digits; anything else, or a value outside int64, is None
+    (the attribute is then absent, never an error)."""
+    if text is None:
+        return None
+    t = text.strip(_ASCII_SPACE)
+    digits = t[1:] if t[:1] in ("+", "-") else t
+    if not digits or not all("0" <= c <= "9" for c in digits):
+        return None
+    value = int(t)
+    return value if INT64_MIN <= value <= INT64_MAX else None
+
+
 def encode(value: Any) -> bytes:
     if isinstance(value, bytes):
         return value
@@ -218,9 +236,11 @@ class PropertySource:
         if k == "protocol":
             return "HTTP/1.1"
         if k == "size":
+            # Envoy: the content-length header when it parses, no value when it does not
+            # (a guest may have set it to anything), the bytes received without one.
             cl = hdr("content-length")
             if cl is not None:
-                return int(cl) if cl.isdigit() else None
+                return simple_atoi(cl)
             return len(s.request_body)
         if k == "total_size":
             return len(s.request_body) + H.byte_size(rh)
@@ -256,8 +276,8 @@ class PropertySource:
         if k == "trailers":
             return self._headers_map(s.response_trailers)
         if k == "code":
-            st = H.get(rh, ":status")
-            return int(st) if st else None
+            # Unparseable (a guest may set :status to anything): no value, never a host error.
+            return simple_atoi(H.get(rh, ":status"))
         if k == "size":
             return len(s.response_body)
         if k == "total_size":

@@ -229,3 +229,16 @@ def test_the_python_api_takes_lua_libraries():
         assert f.request(path="/x").status == 404
     with pytest.raises(UserError, match=r"libraries\[0\]: unknown Lua library 'nope'"):
         LuaFilter(code=code, libraries=["nope"])
+
+
+@pytest.mark.parametrize("timeout", ["0/0", "math.huge", "2^63", "{timeout_ms = 0/0}", "{timeout_ms = math.huge}"])
+def test_http_call_with_a_non_finite_timeout_is_a_script_error_not_a_host_error(timeout):
+    # Found by tests/lua/test_fuzz_lua.py (shrunk: httpCall's timeout = math.huge): the NaN or
+    # infinity went on to Python's int() and the Lua side saw "unspecified lua error". LuaJIT's
+    # lua_tointeger casts it to INT64_MIN, a negative timeout, which httpCall refuses.
+    code = ('function envoy_on_request(h)\n  h:httpCall("auth", {[":path"] = "/x", [":method"] = "GET", '
+            f'[":authority"] = "h"}}, "b", {timeout})\nend')
+    with LuaFilter(code=code, clusters={"auth": {"status": 200}}) as f:
+        r = f.request()
+    assert r.status == 200 and r.clusters == {}
+    assert [(l.level, l.message.split(": ", 1)[-1]) for l in r.logs] == [("error", "http call timeout must be >= 0")]
