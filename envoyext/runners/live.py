@@ -6,12 +6,13 @@ The parts are envoy/'s: the bootstrap, the runtime, the test client (client.py),
 from __future__ import annotations
 
 import re
-import tempfile
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from envoyext import tempfiles
 from envoyext.artifact import Artifact
 from envoyext.envoy import bootstrap, logs, peer_tls, process
 from envoyext.envoy.client import send
@@ -46,13 +47,17 @@ def validate(artifact: Artifact | None, scenario: Scenario, *, oracle: bool = Fa
 @contextmanager
 def listener_tls(scenario: Scenario) -> Iterator[peer_tls.ListenerTls | None]:
     """The test certificates (envoyext.envoy.peer_tls) while the block runs, when a case arrives
-    over mTLS; None otherwise. Their directory, keys included, is removed afterwards."""
+    over mTLS; None otherwise. Their directory, keys included, is removed afterwards; it is named
+    for this process (tempfiles), so a killed run's keys are removed by the next run."""
     peers = [c.mtls for c in scenario.cases if c.mtls is not None]
     if not peers:
         yield None
         return
-    with tempfile.TemporaryDirectory(prefix="envoyext-tls-") as d:
-        yield peer_tls.write_files(Path(d), peers)
+    d = tempfiles.mkdtemp("tls")
+    try:
+        yield peer_tls.write_files(d, peers)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _validate(artifact: Artifact | None, scenario: Scenario, config: dict, *, oracle: bool,
