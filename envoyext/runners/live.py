@@ -60,6 +60,25 @@ def listener_tls(scenario: Scenario) -> Iterator[peer_tls.ListenerTls | None]:
         shutil.rmtree(d, ignore_errors=True)
 
 
+def _died(envoy: EnvoyRuntime) -> str | None:
+    """How Envoy ended, once it has (giving it a moment to be reaped after a broken connection)."""
+    for _ in range(20):
+        reason = envoy.exit_reason()
+        if reason is not None or getattr(envoy, "proc", None) is None:
+            return reason
+        if not _admin_refused(envoy):
+            return None
+        time.sleep(0.05)
+    return envoy.exit_reason()
+
+
+def _admin_refused(envoy: EnvoyRuntime) -> bool:
+    try:
+        return envoy.admin is None or not envoy.admin.ready()
+    except Exception:
+        return True
+
+
 def _validate(artifact: Artifact | None, scenario: Scenario, config: dict, *, oracle: bool,
               project_file: Path | None) -> None:
     try:
@@ -148,21 +167,35 @@ def run_scenario(artifact: Artifact | None, scenario: Scenario, *, oracle: bool 
             responses = []
             last = None
             error = None
-            for _ in range(case.repeat):
-                try:
-                    r = send(host, port, case.request,
-                             tls.client_context(case.mtls) if tls is not None and case.mtls is not None else None)
-                except TimeoutError:
-                    error = no_response(case.request.timeout_ms)
-                    break
-                except OSError as e:
-                    error = f"request failed: {e}"
-                    break
-                last = r
-                if r is not None:
-                    responses.append(r)
-                probe.settle()
-            effects = probe.close()
+            try:
+                for _ in range(case.repeat):
+                    try:
+                        r = send(host, port, case.request,
+                                 tls.client_context(case.mtls) if tls is not None and case.mtls is not None else None)
+                    except TimeoutError:
+                        error = no_response(case.request.timeout_ms)
+                        break
+                    except OSError as e:
+                        error = f"request failed: {e}"
+                        break
+                    last = r
+                    if r is not None:
+                        responses.append(r)
+                    probe.settle()
+                effects = probe.close()
+            except Exception:   # the admin API gone: Envoy died under this case (else a real bug)
+                if _died(envoy) is None:
+                    raise
+            if cause := _died(envoy):
+                # Envoy ended while this case ran (a crash, a kill): the case fails with the cause and
+                # the tail of Envoy's log; the next case runs on a fresh Envoy.
+                observations.append(Observation(
+                    case=case.name, runner=ORACLE if oracle else RUNNER, proxy=identity.name,
+                    response=last, responses=responses, upstream=ups.take().pop(UPSTREAM, []),
+                    error=f"{cause} during this case; its log ends: {envoy.log_tail()}"))
+                running.close()
+                envoy, ups, host, port = start()
+                continue
             received = ups.take()
             observations.append(Observation(
                 case=case.name, runner=ORACLE if oracle else RUNNER, proxy=identity.name,
