@@ -91,6 +91,21 @@ def validate(scenario: Scenario) -> None:
         elif not target(case, scenario.mesh):
             raise UserError("a request from a workload needs a target host:port", file=scenario.path,
                             field=f"cases[{i}].to", fix="add to: <service>:<port>, e.g. reviews:9080")
+        else:
+            # A short name resolves only to a Service of the sender's namespace (as cluster DNS does);
+            # one that names none is a typo, not a request (a host with a dot may be external).
+            host = str(target(case, scenario.mesh)).rsplit(":", 1)[0]
+            sidecar = _sidecar(mesh, source)
+            namespace = sidecar.workload.namespace if sidecar is not None else "default"
+            if "." not in host and mesh.service(host, namespace) is None:
+                services = sorted({s.name for s in mesh.services
+                                   if s.namespace == namespace and not s.from_service_entry})
+                raise UserError(f"no service '{host}' in namespace {namespace} of the mesh", file=scenario.path,
+                                field=f"cases[{i}].to", fix="one of: " + ", ".join(services))
+        expect = case.expect if isinstance(case.expect, dict) else {}
+        for key in ("workloads", "answered_by"):
+            if isinstance(expect.get(key), dict):
+                _check_names(scenario, mesh, expect[key], f"cases[{i}].expect.{key}")
 
 
 def _filter_endpoints(scenario: Scenario, mesh: Mesh) -> None:
