@@ -251,3 +251,18 @@ def test_sigkill_of_jwt_serve_leaves_no_server(tmp_path):
             proc.wait()
     assert started == {}      # the server is a thread of the command, nothing else to outlive it
     assert _refused(host, int(port))
+
+
+def test_envoyext_tests_envoy_takes_no_fixed_port(tmp_path):
+    """`envoyext test` leaves no port to collide on: its Envoy's admin and listener bind port 0 (the
+    kernel picks, read back from --admin-address-path and the admin API) and its upstreams are
+    servers this process has already bound. The mesh's fixed ports (15000, 15021, ...) sit on
+    per-mesh loopback blocks, retried on another block when taken (tests/mesh/test_runtime.py
+    test_a_mesh_on_taken_addresses_moves_to_a_free_block)."""
+    project = scaffold(tmp_path, "lua")
+    r = run_cli("config", project)
+    assert r.returncode == 0, r.stderr
+    import yaml
+    config = yaml.safe_load(r.stdout)
+    assert config["admin"]["address"]["socket_address"]["port_value"] == 0
+    assert [x["address"]["socket_address"]["port_value"] for x in config["static_resources"]["listeners"]] == [0]
