@@ -230,6 +230,8 @@ class Run:
     env: dict[str, str]
     stores: list[re.Pattern[str]]
     statuses: dict[str, list[int]] = field(default_factory=dict)
+    left_in_tmp: dict[str, list[str]] = field(default_factory=dict)   # command: key files left in TMPDIR
+    tmp: str = ""
 
 
 def _cli(run: Run, what: str, *args: str | Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -238,7 +240,21 @@ def _cli(run: Run, what: str, *args: str | Path, timeout: float = 600) -> subpro
                            env=run.env, timeout=timeout)
     run.capture.output(what, r)
     assert r.returncode == 0, (what, r.stdout[-3000:], r.stderr[-3000:])
+    run.left_in_tmp[what] = _keys_under(Path(run.tmp))
     return r
+
+
+def _keys_under(root: Path) -> list[str]:
+    """Files under `root` holding a PEM private key, now (the next command would remove a dead
+    command's temp dirs, so this is read as each command ends)."""
+    out = []
+    for p in root.rglob("*"):
+        try:
+            if p.is_file() and PEM_BLOCK.search(p.read_bytes()):
+                out.append(str(p))
+        except OSError:
+            pass
+    return sorted(out)
 
 
 def _get(url: str, headers: dict[str, str] | None = None) -> int:
@@ -285,7 +301,7 @@ def everything(tmp_path_factory) -> Run:
     env = {**os.environ, "NO_COLOR": "1", "TMPDIR": str(tmp), "ENVOYEXT_CACHE_DIR": str(cache)}
     stores = [re.compile(p) for p in (r"/ca/[^/]+/ca-key\.pem$", r"/sds/key-[^/]+\.pem$",
                                       r"/\.envoyext/jwt/[^/]+\.pem$")]
-    run = Run(Capture([home, tmp, cache]), home, env, stores)
+    run = Run(Capture([home, tmp, cache]), home, env, stores, tmp=str(tmp) + "/")
     mesh_files = [BOOKINFO / "platform.yaml", BOOKINFO / "gateway.yaml", BOOKINFO / "destination-rules.yaml",
                   BOOKINFO / "routing" / "all-v1.yaml", BOOKINFO / "security" / "strict-mtls.yaml",
                   home / "operator.yaml", home / "request-authn.yaml"]
@@ -328,6 +344,10 @@ def everything(tmp_path_factory) -> Run:
     finally:
         _interrupt(run, "jwt serve", serve, serve_lines)
 
+    # A mesh scenario (STRICT mTLS, an identity-based policy): its mesh runs in a temporary work dir.
+    r = _cli(run, "mesh test", "mesh", "test", "--scenario", BOOKINFO / "scenarios" / "mtls.yaml")
+    assert "0 failed" in r.stdout, r.stdout
+
     # A library filter with mTLS cases, tested (emulator and live Envoy) and published.
     _cli(run, "new", "new", "cors", "mycors", "--lang", "lua", "--dir", home / "mycors")
     for extra in (home / "mycors" / "scenarios").glob("*.yaml"):
@@ -359,6 +379,16 @@ def test_no_key_anywhere_but_its_0600_key_file(everything):
     keys = {**stored_keys(everything.capture, everything.stores), **tls_test_keys()}
     assert len(keys) > 100
     assert leaks(everything.capture, keys) == []
+
+
+def test_no_key_outlives_the_command_that_used_a_temporary_dir(everything):
+    """Temporary work dirs that held keys (the mTLS cases', `mesh test`'s mesh, `mesh render`'s
+    validation CA) are gone once their command ends: nothing with a key is left in TMPDIR."""
+    tmp_keys = [s.where for s in everything.capture.seen.values()
+                if s.mode is not None and s.where.startswith(everything.tmp) and PEM_BLOCK.search(s.data)]
+    assert any("envoyext-mesh-" in w for w in tmp_keys) and any("envoyext-tls-" in w for w in tmp_keys), tmp_keys
+    assert {"mesh test", "test", "mesh render"} <= set(everything.left_in_tmp)
+    assert {what: left for what, left in everything.left_in_tmp.items() if left} == {}
 
 
 def test_every_key_file_is_0600_and_its_directory_not_writable_by_others(everything):

@@ -154,11 +154,20 @@ def _pods(mesh: Mesh, name: str) -> list[str]:
 
 @contextmanager
 def started(mesh: Mesh, workdir: Path | None = None) -> Iterator[MeshRuntime]:
+    """The mesh running in `workdir`, or in a temporary work dir (named for this process) that is
+    removed once it stops: it holds the mesh CA's key and every proxy's, which must not outlive the
+    run (a killed run's is removed by the next, tempfiles)."""
+    import shutil
+
     from envoyext import tempfiles
     from envoyext.mesh.runtime import MeshRuntime
-    rt = MeshRuntime(mesh, workdir or tempfiles.mkdtemp("mesh"))
-    with rt:
-        yield rt
+    own = tempfiles.mkdtemp("mesh") if workdir is None else None
+    try:
+        with MeshRuntime(mesh, workdir or own) as rt:
+            yield rt
+    finally:
+        if own is not None:
+            shutil.rmtree(own, ignore_errors=True)
 
 
 def run_scenario(artifact: Artifact | None, scenario: Scenario) -> list[Observation]:
