@@ -266,3 +266,20 @@ def test_envoyext_tests_envoy_takes_no_fixed_port(tmp_path):
     config = yaml.safe_load(r.stdout)
     assert config["admin"]["address"]["socket_address"]["port_value"] == 0
     assert [x["address"]["socket_address"]["port_value"] for x in config["static_resources"]["listeners"]] == [0]
+
+
+def test_envoy_hanging_at_start_is_stopped_and_reported_with_its_log_tail(tmp_path, monkeypatch):
+    """An Envoy that never becomes ready (here a stand-in that logs one line and sleeps): stopped
+    after the timeout, and the error quotes the end of its log (its work dir is gone by then)."""
+    from envoyext.envoy.process import EnvoyProcess
+    from envoyext.errors import UserError
+    fake = tmp_path / "envoy"
+    fake.write_text("#!/bin/sh\necho '[2026-01-01 00:00:00.000][1][info][main] stuck initializing'\nexec sleep 600\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("ENVOYEXT_ENVOY", str(fake))
+    envoy = EnvoyProcess({"admin": {}}, check_config=False)
+    with pytest.raises(UserError) as e:
+        envoy.start(timeout=2)
+    line = e.value.one_line()
+    assert "did not become ready within 2s" in line and "stuck initializing" in line, line
+    assert envoy.proc.poll() is not None and not envoy.workdir.exists()

@@ -59,7 +59,10 @@ class EnvoyRuntime:
                 self.listener = self.admin.listener_address(self.identity.listener)
                 return
             time.sleep(0.02)
-        raise UserError(f"Envoy did not become ready within {timeout:.0f}s; log: {self.log_path}")
+        # The log is quoted: a work dir of our own (and the log in it) is removed as Envoy stops.
+        raise UserError(f"Envoy did not become ready within {timeout:.0f}s; its log ends: {self.log_tail(5)}",
+                        file=self.log_path if self._own_tmp is None else None,
+                        fix="see why in its log; a slow machine may need a longer start")
 
     def stop(self) -> None:
         raise NotImplementedError
