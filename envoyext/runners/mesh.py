@@ -161,9 +161,11 @@ def started(mesh: Mesh, workdir: Path | None = None) -> Iterator[MeshRuntime]:
 
     from envoyext import tempfiles
     from envoyext.mesh.runtime import MeshRuntime
-    own = tempfiles.mkdtemp("mesh") if workdir is None else None
+    own: Path | None = None
+    if workdir is None:
+        workdir = own = tempfiles.mkdtemp("mesh")
     try:
-        with MeshRuntime(mesh, workdir or own) as rt:
+        with MeshRuntime(mesh, workdir) as rt:
             yield rt
     finally:
         if own is not None:
