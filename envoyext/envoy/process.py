@@ -196,11 +196,26 @@ class EnvoyProcess(EnvoyRuntime):
 
     def _check_alive(self) -> None:
         if self.proc.poll() is not None:
-            reason = logs.first_error(self.log_text())
-            if "address already in use" in reason.lower():  # not the config's fault: someone has the port
-                raise EnvoyRejected(f"Envoy could not bind: {reason}", file=self.log_path,
+            text = self.log_text()
+            reason = logs.first_error(text)
+            bind = re.search(r"cannot bind '[^']*': [^`'\n]*[^`'\n\s]", text)
+            if bind or "address already in use" in reason.lower():  # not the config's fault: someone has the port
+                # The log is quoted, not named, when it lives in a work dir removed as Envoy stops.
+                raise EnvoyRejected(f"Envoy could not bind: {bind[0] if bind else reason}; its log ends: "
+                                    f"{self.log_tail(5)}", file=self.log_path if self._own_tmp is None else None,
                                     fix="another process holds the address; stop it, or run again")
             raise EnvoyRejected(reason, file="envoy config", fix="correct the filter or its configuration")
+
+    def exit_reason(self) -> str | None:
+        code = self.proc.poll() if self.proc is not None else None
+        if code is None:
+            return None
+        if code < 0:
+            try:
+                return f"Envoy exited (killed by {signal.Signals(-code).name})"
+            except ValueError:
+                return f"Envoy exited (killed by signal {-code})"
+        return f"Envoy exited with code {code}"
 
     def stop(self, grace: float = 5.0) -> None:
         proc = self.proc

@@ -37,6 +37,16 @@ class EnvoyRuntime:
     def _check_alive(self) -> None:
         """Raise if Envoy has already exited (while waiting for it to become ready)."""
 
+    def exit_reason(self) -> str | None:
+        """How Envoy ended, if it has ended on its own ("Envoy exited (killed by SIGKILL)"); None
+        while it runs, and where the runtime cannot tell."""
+        return None
+
+    def log_tail(self, lines: int = 10) -> str:
+        """The last lines of Envoy's log, joined with " | " (one line, for a case's error)."""
+        tail = [line.strip() for line in self.log_text().splitlines() if line.strip()][-lines:]
+        return " | ".join(tail) if tail else "(nothing logged)"
+
     def _wait_ready(self, admin_path: Path, timeout: float) -> None:
         """Envoy writes its admin address (--admin-address-path) early and answers /ready with
         LIVE once every listener is up; then the listener's real port can be asked for."""
@@ -49,7 +59,10 @@ class EnvoyRuntime:
                 self.listener = self.admin.listener_address(self.identity.listener)
                 return
             time.sleep(0.02)
-        raise UserError(f"Envoy did not become ready within {timeout:.0f}s; log: {self.log_path}")
+        # The log is quoted: a work dir of our own (and the log in it) is removed as Envoy stops.
+        raise UserError(f"Envoy did not become ready within {timeout:.0f}s; its log ends: {self.log_tail(5)}",
+                        file=self.log_path if self._own_tmp is None else None,
+                        fix="see why in its log; a slow machine may need a longer start")
 
     def stop(self) -> None:
         raise NotImplementedError

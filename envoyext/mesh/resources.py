@@ -142,6 +142,8 @@ def _resource(data: Any, file: Path, index: int, node: yaml.Node) -> Resource:
     if kind == "Deployment":
         _check_deployment(data["spec"], file, index, node, what)
     spec = data.get("spec")
+    if kind in istio and isinstance(spec, dict):
+        _check_istio(kind, spec, file, index, node, what)
     return Resource(kind, api, meta["name"], namespace, meta, spec if isinstance(spec, dict) else {},
                     str(file), index)
 
@@ -165,6 +167,33 @@ def _check_deployment(spec: Json, file: Path, index: int, node: yaml.Node, what:
         if labels.get(k) != v:
             raise _fail(f"selector {k}={v} does not match the pod template's labels", file, index, node,
                         ["spec", "selector", "matchLabels", k], "make spec.template.metadata.labels include it", what)
+
+
+def _check_istio(kind: str, spec: Json, file: Path, index: int, node: yaml.Node, what: str) -> None:
+    """What istiod's validation webhook refuses beyond the CRD schema (pilot/pkg/config/validation):
+    a destination port outside 1..65535 (ValidatePort; the CRD allows any uint32), a JWT rule
+    without an issuer (validateJwtRule: "issuer must be set")."""
+    def walk(x: Any, path: list[Any]) -> Iterator[tuple[list[Any], Any]]:
+        yield path, x
+        items = x.items() if isinstance(x, dict) else enumerate(x) if isinstance(x, list) else ()
+        for k, v in items:
+            yield from walk(v, [*path, k])
+
+    for path, x in walk(spec, ["spec"]):
+        port: Any = None
+        if path[-1] == "destination" and isinstance(x, dict):     # route, mirror, mirrors[]
+            port, at = x.get("port"), [*path, "port", "number"]
+        elif len(path) > 2 and path[-1] == "port" and path[-3] == "portLevelSettings":
+            port, at = x, [*path, "number"]
+        number = port.get("number") if isinstance(port, dict) else None
+        if isinstance(number, int) and not 0 < number <= 65535:
+            raise _fail(f"port number {number} must be in the range 1..65535", file, index, node, at,
+                        "use a port from 1 to 65535", what)
+    if kind == "RequestAuthentication":
+        for i, rule in enumerate(spec.get("jwtRules") or []):
+            if isinstance(rule, dict) and not rule.get("issuer"):
+                raise _fail("issuer must be set", file, index, node, ["spec", "jwtRules", i, "issuer"],
+                            "give the issuer the tokens carry (their iss claim)", what)
 
 
 @functools.cache

@@ -6,12 +6,13 @@ The parts are envoy/'s: the bootstrap, the runtime, the test client (client.py),
 from __future__ import annotations
 
 import re
-import tempfile
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from envoyext import tempfiles
 from envoyext.artifact import Artifact
 from envoyext.envoy import bootstrap, logs, peer_tls, process
 from envoyext.envoy.client import send
@@ -46,13 +47,36 @@ def validate(artifact: Artifact | None, scenario: Scenario, *, oracle: bool = Fa
 @contextmanager
 def listener_tls(scenario: Scenario) -> Iterator[peer_tls.ListenerTls | None]:
     """The test certificates (envoyext.envoy.peer_tls) while the block runs, when a case arrives
-    over mTLS; None otherwise. Their directory, keys included, is removed afterwards."""
+    over mTLS; None otherwise. Their directory, keys included, is removed afterwards; it is named
+    for this process (tempfiles), so a killed run's keys are removed by the next run."""
     peers = [c.mtls for c in scenario.cases if c.mtls is not None]
     if not peers:
         yield None
         return
-    with tempfile.TemporaryDirectory(prefix="envoyext-tls-") as d:
-        yield peer_tls.write_files(Path(d), peers)
+    d = tempfiles.mkdtemp("tls")
+    try:
+        yield peer_tls.write_files(d, peers)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _died(envoy: EnvoyRuntime) -> str | None:
+    """How Envoy ended, once it has (giving it a moment to be reaped after a broken connection)."""
+    for _ in range(20):
+        reason = envoy.exit_reason()
+        if reason is not None or getattr(envoy, "proc", None) is None:
+            return reason
+        if not _admin_refused(envoy):
+            return None
+        time.sleep(0.05)
+    return envoy.exit_reason()
+
+
+def _admin_refused(envoy: EnvoyRuntime) -> bool:
+    try:
+        return envoy.admin is None or not envoy.admin.ready()
+    except Exception:
+        return True
 
 
 def _validate(artifact: Artifact | None, scenario: Scenario, config: dict, *, oracle: bool,
@@ -143,21 +167,35 @@ def run_scenario(artifact: Artifact | None, scenario: Scenario, *, oracle: bool 
             responses = []
             last = None
             error = None
-            for _ in range(case.repeat):
-                try:
-                    r = send(host, port, case.request,
-                             tls.client_context(case.mtls) if tls is not None and case.mtls is not None else None)
-                except TimeoutError:
-                    error = no_response(case.request.timeout_ms)
-                    break
-                except OSError as e:
-                    error = f"request failed: {e}"
-                    break
-                last = r
-                if r is not None:
-                    responses.append(r)
-                probe.settle()
-            effects = probe.close()
+            try:
+                for _ in range(case.repeat):
+                    try:
+                        r = send(host, port, case.request,
+                                 tls.client_context(case.mtls) if tls is not None and case.mtls is not None else None)
+                    except TimeoutError:
+                        error = no_response(case.request.timeout_ms)
+                        break
+                    except OSError as e:
+                        error = f"request failed: {e}"
+                        break
+                    last = r
+                    if r is not None:
+                        responses.append(r)
+                    probe.settle()
+                effects = probe.close()
+            except Exception:   # the admin API gone: Envoy died under this case (else a real bug)
+                if _died(envoy) is None:
+                    raise
+            if cause := _died(envoy):
+                # Envoy ended while this case ran (a crash, a kill): the case fails with the cause and
+                # the tail of Envoy's log; the next case runs on a fresh Envoy.
+                observations.append(Observation(
+                    case=case.name, runner=ORACLE if oracle else RUNNER, proxy=identity.name,
+                    response=last, responses=responses, upstream=ups.take().pop(UPSTREAM, []),
+                    error=f"{cause} during this case; its log ends: {envoy.log_tail()}"))
+                running.close()
+                envoy, ups, host, port = start()
+                continue
             received = ups.take()
             observations.append(Observation(
                 case=case.name, runner=ORACLE if oracle else RUNNER, proxy=identity.name,

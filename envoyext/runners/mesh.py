@@ -109,6 +109,21 @@ def validate(scenario: Scenario) -> None:
         elif not target(case, scenario.mesh):
             raise UserError("a request from a workload needs a target host:port", file=scenario.path,
                             field=f"cases[{i}].to", fix="add to: <service>:<port>, e.g. reviews:9080")
+        else:
+            # A short name resolves only to a Service of the sender's namespace (as cluster DNS does);
+            # one that names none is a typo, not a request (a host with a dot may be external).
+            host = str(target(case, scenario.mesh)).rsplit(":", 1)[0]
+            sidecar = _sidecar(mesh, source)
+            namespace = sidecar.workload.namespace if sidecar is not None else "default"
+            if "." not in host and mesh.service(host, namespace) is None:
+                services = sorted({s.name for s in mesh.services
+                                   if s.namespace == namespace and not s.from_service_entry})
+                raise UserError(f"no service '{host}' in namespace {namespace} of the mesh", file=scenario.path,
+                                field=f"cases[{i}].to", fix="one of: " + ", ".join(services))
+        expect = case.expect if isinstance(case.expect, dict) else {}
+        for key in ("workloads", "answered_by"):
+            if isinstance(expect.get(key), dict):
+                _check_names(scenario, mesh, expect[key], f"cases[{i}].expect.{key}")
 
 
 def _filter_endpoints(scenario: Scenario, mesh: Mesh) -> None:
@@ -175,11 +190,22 @@ def _pods(mesh: Mesh, name: str) -> list[str]:
 
 @contextmanager
 def started(mesh: Mesh, workdir: Path | None = None) -> Iterator[MeshRuntime]:
+    """The mesh running in `workdir`, or in a temporary work dir (named for this process) that is
+    removed once it stops: it holds the mesh CA's key and every proxy's, which must not outlive the
+    run (a killed run's is removed by the next, tempfiles)."""
+    import shutil
+
     from envoyext import tempfiles
     from envoyext.mesh.runtime import MeshRuntime
-    rt = MeshRuntime(mesh, workdir or tempfiles.mkdtemp("mesh"))
-    with rt:
-        yield rt
+    own: Path | None = None
+    if workdir is None:
+        workdir = own = tempfiles.mkdtemp("mesh")
+    try:
+        with MeshRuntime(mesh, workdir) as rt:
+            yield rt
+    finally:
+        if own is not None:
+            shutil.rmtree(own, ignore_errors=True)
 
 
 def run_scenario(artifact: Artifact | None, scenario: Scenario) -> list[Observation]:
