@@ -40,6 +40,18 @@ TIMEOUT_S = 600
 
 _DIAG = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?:(?P<col>\d+):)? (?:fatal )?error: (?P<msg>.+)$")
 _UNDEFINED = re.compile(r"undefined symbol: (?P<sym>[A-Za-z_][A-Za-z0-9_]*)")
+_DUPLICATE = re.compile(r"duplicate symbol: (?P<sym>pw_on_[a-z_]+)")
+
+# Hooks whose proxy_on_* export the SDK runtime leaves out when the filter does not define them
+# (proxy_wasm.c, "Default hooks"): a host then skips the call into the VM (one per request or
+# per body chunk each) with the effect the default would have had.
+OMITTABLE_HOOKS = (
+    "pw_on_root_done", "pw_on_done", "pw_on_log",
+    "pw_on_request_headers", "pw_on_request_body", "pw_on_request_trailers",
+    "pw_on_response_headers", "pw_on_response_body", "pw_on_response_trailers",
+    "pw_on_new_connection", "pw_on_downstream_data", "pw_on_upstream_data",
+    "pw_on_downstream_connection_close", "pw_on_upstream_connection_close",
+)
 
 
 def sdk_include_dir() -> Path:
@@ -82,16 +94,23 @@ def compile_wasm(sources: Sequence[Path | str], out: Path | str, *, include_dirs
            f"-Wl,-z,stack-size={STACK_SIZE}"]
     if strip:
         cmd.append("-s")
-    cmd += [*cflags, *map(str, srcs), *map(str, runtime)]
+    absent = _absent_hooks(srcs) if SDK_RUNTIME in runtime else set()
 
     tmp = tempfiles.temp_beside(out)  # named for this process: a killed build's is removed by the next
     try:
-        try:
-            proc = subprocess.run([*cmd, "-o", str(tmp)], capture_output=True, text=True,
-                                  errors="replace", timeout=TIMEOUT_S, stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            raise BuildError(f"the C compiler did not finish in {TIMEOUT_S} s", file=srcs[0]) from None
-        output = (proc.stderr or "") + (proc.stdout or "")
+        while True:
+            defines = [f"-DPW_ABSENT_{h}" for h in sorted(absent)]
+            try:
+                proc = subprocess.run([*cmd, *defines, *cflags, *map(str, srcs), *map(str, runtime), "-o", str(tmp)],
+                                      capture_output=True, text=True, errors="replace", timeout=TIMEOUT_S,
+                                      stdin=subprocess.DEVNULL)
+            except subprocess.TimeoutExpired:
+                raise BuildError(f"the C compiler did not finish in {TIMEOUT_S} s", file=srcs[0]) from None
+            output = (proc.stderr or "") + (proc.stdout or "")
+            defined = {m["sym"] for m in _DUPLICATE.finditer(output)} & absent if proc.returncode else set()
+            if not defined:
+                break
+            absent -= defined  # defined after all (a name the scan cannot see): keep their exports
         if proc.returncode != 0:
             raise _error_from_output(output, srcs)
         if output.strip():
@@ -102,6 +121,20 @@ def compile_wasm(sources: Sequence[Path | str], out: Path | str, *, include_dirs
     finally:
         tmp.unlink(missing_ok=True)
     return out
+
+
+def _absent_hooks(sources: Sequence[Path]) -> set[str]:
+    """The omittable hooks no source mentions: the SDK leaves their exports out. A mention in a
+    comment keeps one (harmless); a definition the scan misses fails the link, and compile_wasm
+    links again with that export kept."""
+    text = ""
+    for s in sources:
+        try:
+            text += s.read_text(errors="replace")
+        except OSError:
+            return set()
+    mentioned = set(re.findall(r"\bpw_on_[a-z_]+", text))
+    return {h for h in OMITTABLE_HOOKS if h not in mentioned}
 
 
 def _error_from_output(output: str, sources: Sequence[Path]) -> BuildError:

@@ -9,7 +9,7 @@ and node properties, log parsing) takes these from here instead.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,12 @@ class ProxyIdentity:
     admin_port: int = 0                   # 0: the kernel picks one (read back from --admin-address-path)
     log_level: str = "info"               # Envoy's -l
     component_log_level: str = "wasm:trace,lua:trace"   # Envoy's --component-log-level
+
+    def at_log_level(self, level: str) -> ProxyIdentity:
+        """This proxy with Envoy and its wasm and lua components logging at `level` (e.g.
+        "warning", what production runs): for measuring a filter's cost, which the tests'
+        trace-level component logging (formatting every guest log line) would swamp."""
+        return replace(self, log_level=level, component_log_level=f"wasm:{level},lua:{level}")
 
     @property
     def hcm_stats(self) -> str:

@@ -203,7 +203,8 @@ static pw_root *pw__root(uint32_t id) {
     return &c->u.root;
 }
 
-static pw_ctx *pw__enter_stream(uint32_t id) {
+/* unused when the build left out every stream export (see "Default hooks") */
+__attribute__((unused)) static pw_ctx *pw__enter_stream(uint32_t id) {
     pw__current_id = id;
     return pw_find_ctx(id);
 }
@@ -216,6 +217,14 @@ static pw_root *pw__enter_root(uint32_t id) {
 /* ======================================================================== */
 /* Default hooks: weak, so a filter's own definition wins at link time.     */
 /* ======================================================================== */
+
+/* Per-stream callbacks cost a call into the VM each (in Envoy, a V8 entry: most of a small
+ * filter's cost per request). A host skips a callback the module does not export, with the same
+ * effect as these defaults (cpp-host: continue, done, nothing), so `envoyext build` leaves out the
+ * export of every hook below that the filter's sources never mention, by defining
+ * PW_ABSENT_<hook>. The default is then a strong definition: a filter that defines the hook after
+ * all (a macro-made name) fails to link with "duplicate symbol", and the build links again with
+ * the export kept. A hook is never silently dead. */
 
 PW_WEAK bool pw_on_vm_start(pw_root *root, const char *vm_config, size_t len) {
     (void)root, (void)vm_config, (void)len;
@@ -231,59 +240,101 @@ PW_WEAK void pw_on_queue_ready(pw_root *root, uint32_t queue_id) { (void)root, (
 PW_WEAK void pw_on_foreign_function(pw_root *root, uint32_t function_id, const char *args, size_t len) {
     (void)root, (void)function_id, (void)args, (void)len;
 }
-PW_WEAK bool pw_on_root_done(pw_root *root) {
+#ifndef PW_ABSENT_pw_on_root_done
+PW_WEAK
+#endif
+bool pw_on_root_done(pw_root *root) {
     (void)root;
     return true;
 }
 PW_WEAK void pw_on_root_delete(pw_root *root) { (void)root; }
 
 PW_WEAK void pw_on_create(pw_ctx *ctx) { (void)ctx; }
-PW_WEAK bool pw_on_done(pw_ctx *ctx) {
+#ifndef PW_ABSENT_pw_on_done
+PW_WEAK
+#endif
+bool pw_on_done(pw_ctx *ctx) {
     (void)ctx;
     return true;
 }
-PW_WEAK void pw_on_log(pw_ctx *ctx) { (void)ctx; }
+#ifndef PW_ABSENT_pw_on_log
+PW_WEAK
+#endif
+void pw_on_log(pw_ctx *ctx) { (void)ctx; }
 PW_WEAK void pw_on_delete(pw_ctx *ctx) { (void)ctx; }
 
-PW_WEAK pw_action pw_on_request_headers(pw_ctx *ctx, uint32_t n, bool eos) {
+#ifndef PW_ABSENT_pw_on_request_headers
+PW_WEAK
+#endif
+pw_action pw_on_request_headers(pw_ctx *ctx, uint32_t n, bool eos) {
     (void)ctx, (void)n, (void)eos;
     return PW_CONTINUE;
 }
-PW_WEAK pw_action pw_on_request_body(pw_ctx *ctx, size_t size, bool eos) {
+#ifndef PW_ABSENT_pw_on_request_body
+PW_WEAK
+#endif
+pw_action pw_on_request_body(pw_ctx *ctx, size_t size, bool eos) {
     (void)ctx, (void)size, (void)eos;
     return PW_CONTINUE;
 }
-PW_WEAK pw_action pw_on_request_trailers(pw_ctx *ctx, uint32_t n) {
+#ifndef PW_ABSENT_pw_on_request_trailers
+PW_WEAK
+#endif
+pw_action pw_on_request_trailers(pw_ctx *ctx, uint32_t n) {
     (void)ctx, (void)n;
     return PW_CONTINUE;
 }
-PW_WEAK pw_action pw_on_response_headers(pw_ctx *ctx, uint32_t n, bool eos) {
+#ifndef PW_ABSENT_pw_on_response_headers
+PW_WEAK
+#endif
+pw_action pw_on_response_headers(pw_ctx *ctx, uint32_t n, bool eos) {
     (void)ctx, (void)n, (void)eos;
     return PW_CONTINUE;
 }
-PW_WEAK pw_action pw_on_response_body(pw_ctx *ctx, size_t size, bool eos) {
+#ifndef PW_ABSENT_pw_on_response_body
+PW_WEAK
+#endif
+pw_action pw_on_response_body(pw_ctx *ctx, size_t size, bool eos) {
     (void)ctx, (void)size, (void)eos;
     return PW_CONTINUE;
 }
-PW_WEAK pw_action pw_on_response_trailers(pw_ctx *ctx, uint32_t n) {
+#ifndef PW_ABSENT_pw_on_response_trailers
+PW_WEAK
+#endif
+pw_action pw_on_response_trailers(pw_ctx *ctx, uint32_t n) {
     (void)ctx, (void)n;
     return PW_CONTINUE;
 }
 
-PW_WEAK pw_action pw_on_new_connection(pw_ctx *ctx) {
+#ifndef PW_ABSENT_pw_on_new_connection
+PW_WEAK
+#endif
+pw_action pw_on_new_connection(pw_ctx *ctx) {
     (void)ctx;
     return PW_CONTINUE;
 }
-PW_WEAK pw_action pw_on_downstream_data(pw_ctx *ctx, size_t size, bool eos) {
+#ifndef PW_ABSENT_pw_on_downstream_data
+PW_WEAK
+#endif
+pw_action pw_on_downstream_data(pw_ctx *ctx, size_t size, bool eos) {
     (void)ctx, (void)size, (void)eos;
     return PW_CONTINUE;
 }
-PW_WEAK pw_action pw_on_upstream_data(pw_ctx *ctx, size_t size, bool eos) {
+#ifndef PW_ABSENT_pw_on_upstream_data
+PW_WEAK
+#endif
+pw_action pw_on_upstream_data(pw_ctx *ctx, size_t size, bool eos) {
     (void)ctx, (void)size, (void)eos;
     return PW_CONTINUE;
 }
-PW_WEAK void pw_on_downstream_connection_close(pw_ctx *ctx, pw_peer_type peer) { (void)ctx, (void)peer; }
-PW_WEAK void pw_on_upstream_connection_close(pw_ctx *ctx, pw_peer_type peer) { (void)ctx, (void)peer; }
+#ifndef PW_ABSENT_pw_on_downstream_connection_close
+PW_WEAK
+#endif
+void pw_on_downstream_connection_close(pw_ctx *ctx, pw_peer_type peer) { (void)ctx, (void)peer; }
+#ifndef PW_ABSENT_pw_on_upstream_connection_close
+PW_WEAK
+#endif
+void pw_on_upstream_connection_close(pw_ctx *ctx, pw_peer_type peer) { (void)ctx, (void)peer; }
 
 PW_WEAK void pw_on_http_call_response(pw_root *root, pw_ctx *ctx, uint32_t token, uint32_t num_headers,
                                       size_t body_size, uint32_t num_trailers) {
@@ -326,17 +377,21 @@ PW_EXPORT(proxy_on_context_create) void proxy_on_context_create(uint32_t id, uin
     pw_on_create(&c->u.stream);
 }
 
+#if !(defined(PW_ABSENT_pw_on_done) && defined(PW_ABSENT_pw_on_root_done))
 PW_EXPORT(proxy_on_done) uint32_t proxy_on_done(uint32_t id) {
     pw__current_id = id;
     pw__context *c = pw__lookup(id);
     if (!c) return 1;
     return c->is_root ? pw_on_root_done(&c->u.root) : pw_on_done(&c->u.stream);
 }
+#endif
 
+#if !(defined(PW_ABSENT_pw_on_log))
 PW_EXPORT(proxy_on_log) void proxy_on_log(uint32_t id) {
     pw_ctx *ctx = pw__enter_stream(id);
     if (ctx) pw_on_log(ctx);
 }
+#endif
 
 PW_EXPORT(proxy_on_delete) void proxy_on_delete(uint32_t id) {
     pw__current_id = id;
@@ -416,44 +471,66 @@ void proxy_on_foreign_function(uint32_t root_id, uint32_t function_id, size_t si
     pw_ctx *ctx = pw__enter_stream(id);      \
     return ctx ? (uint32_t)(call) : PW_CONTINUE
 
+#if !(defined(PW_ABSENT_pw_on_request_headers))
 PW_EXPORT(proxy_on_request_headers) uint32_t proxy_on_request_headers(uint32_t id, size_t n, uint32_t eos) {
     PW__STREAM_ACTION(pw_on_request_headers(ctx, (uint32_t)n, eos != 0));
 }
+#endif
+#if !(defined(PW_ABSENT_pw_on_request_body))
 PW_EXPORT(proxy_on_request_body) uint32_t proxy_on_request_body(uint32_t id, size_t size, uint32_t eos) {
     PW__STREAM_ACTION(pw_on_request_body(ctx, size, eos != 0));
 }
+#endif
+#if !(defined(PW_ABSENT_pw_on_request_trailers))
 PW_EXPORT(proxy_on_request_trailers) uint32_t proxy_on_request_trailers(uint32_t id, size_t n) {
     PW__STREAM_ACTION(pw_on_request_trailers(ctx, (uint32_t)n));
 }
+#endif
+#if !(defined(PW_ABSENT_pw_on_response_headers))
 PW_EXPORT(proxy_on_response_headers) uint32_t proxy_on_response_headers(uint32_t id, size_t n, uint32_t eos) {
     PW__STREAM_ACTION(pw_on_response_headers(ctx, (uint32_t)n, eos != 0));
 }
+#endif
+#if !(defined(PW_ABSENT_pw_on_response_body))
 PW_EXPORT(proxy_on_response_body) uint32_t proxy_on_response_body(uint32_t id, size_t size, uint32_t eos) {
     PW__STREAM_ACTION(pw_on_response_body(ctx, size, eos != 0));
 }
+#endif
+#if !(defined(PW_ABSENT_pw_on_response_trailers))
 PW_EXPORT(proxy_on_response_trailers) uint32_t proxy_on_response_trailers(uint32_t id, size_t n) {
     PW__STREAM_ACTION(pw_on_response_trailers(ctx, (uint32_t)n));
 }
+#endif
 
+#if !(defined(PW_ABSENT_pw_on_new_connection))
 PW_EXPORT(proxy_on_new_connection) uint32_t proxy_on_new_connection(uint32_t id) {
     PW__STREAM_ACTION(pw_on_new_connection(ctx));
 }
+#endif
+#if !(defined(PW_ABSENT_pw_on_downstream_data))
 PW_EXPORT(proxy_on_downstream_data) uint32_t proxy_on_downstream_data(uint32_t id, size_t size, uint32_t eos) {
     PW__STREAM_ACTION(pw_on_downstream_data(ctx, size, eos != 0));
 }
+#endif
+#if !(defined(PW_ABSENT_pw_on_upstream_data))
 PW_EXPORT(proxy_on_upstream_data) uint32_t proxy_on_upstream_data(uint32_t id, size_t size, uint32_t eos) {
     PW__STREAM_ACTION(pw_on_upstream_data(ctx, size, eos != 0));
 }
+#endif
+#if !(defined(PW_ABSENT_pw_on_downstream_connection_close))
 PW_EXPORT(proxy_on_downstream_connection_close)
 void proxy_on_downstream_connection_close(uint32_t id, uint32_t peer) {
     pw_ctx *ctx = pw__enter_stream(id);
     if (ctx) pw_on_downstream_connection_close(ctx, (pw_peer_type)peer);
 }
+#endif
+#if !(defined(PW_ABSENT_pw_on_upstream_connection_close))
 PW_EXPORT(proxy_on_upstream_connection_close)
 void proxy_on_upstream_connection_close(uint32_t id, uint32_t peer) {
     pw_ctx *ctx = pw__enter_stream(id);
     if (ctx) pw_on_upstream_connection_close(ctx, (pw_peer_type)peer);
 }
+#endif
 
 /* ======================================================================== */
 /* Exports: call responses. The host delivers them to the plugin context;   */

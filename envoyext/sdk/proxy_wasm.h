@@ -21,6 +21,10 @@
  * connection, and calls the pw_on_* hooks below. Every hook is optional: the
  * SDK has a weak default for each (continue, succeed, do nothing), so you
  * define only the ones you need, with exactly the signatures declared here.
+ * `envoyext build` leaves out the proxy_on_* export of each stream hook your
+ * sources never mention (request/response headers, body, trailers, log, done,
+ * TCP data and close), so the host does not call into the VM for it at all:
+ * each such call costs about as much as a small hook's work.
  * Do not define proxy_on_* functions yourself; names starting with pw__ are
  * the SDK's own.
  *

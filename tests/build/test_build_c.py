@@ -48,6 +48,13 @@ CALLBACKS = {
     "proxy_on_grpc_receive_trailing_metadata", "proxy_on_grpc_close", "proxy_on_queue_ready",
     "proxy_on_foreign_function",
 }
+# Exported only when the filter defines the hook they dispatch to (c.OMITTABLE_HOOKS).
+OMITTABLE = {
+    "proxy_on_done", "proxy_on_log", "proxy_on_request_headers", "proxy_on_request_body",
+    "proxy_on_request_trailers", "proxy_on_response_headers", "proxy_on_response_body",
+    "proxy_on_response_trailers", "proxy_on_new_connection", "proxy_on_downstream_data",
+    "proxy_on_upstream_data", "proxy_on_downstream_connection_close", "proxy_on_upstream_connection_close",
+}
 BLANK_MAX_BYTES = 16 * 1024
 
 
@@ -62,7 +69,8 @@ def check_abi_surface(path):
         assert (module == "env" and name in PROXY_HOST_FUNCTIONS) or \
                (module == "wasi_snapshot_preview1" and name in WASI_FUNCTIONS), f"foreign import {module}.{name}"
     assert REQUIRED_EXPORTS <= exports
-    assert CALLBACKS <= exports
+    assert CALLBACKS - OMITTABLE <= exports
+    assert {e for e in exports if e.startswith("proxy_on_")} <= CALLBACKS | {"proxy_on_memory_allocate"}
     assert "main" not in exports and "_start" not in exports  # a reactor, not a command
 
 
@@ -74,6 +82,30 @@ def test_blank_filter_is_small_strict_clean_and_complete(tmp_path):
     size = out.stat().st_size
     print(f"blank filter: {size} bytes")
     assert size < BLANK_MAX_BYTES
+
+
+def test_only_the_stream_hooks_a_filter_defines_are_exported(tmp_path):
+    """A host skips a callback the module does not export (the default's effect), so each
+    undefined stream hook costs no call into the VM per request."""
+    src = tmp_path / "f.c"
+    src.write_text('#include "proxy_wasm.h"\n'
+                   'pw_action pw_on_request_headers(pw_ctx *c, uint32_t n, bool e) { return PW_CONTINUE; }\n')
+    _, exports = surface(compile_wasm([src], tmp_path / "f.wasm"))
+    assert exports & OMITTABLE == {"proxy_on_request_headers"}
+    # pw_on_root_done alone keeps proxy_on_done: the host calls it for the plugin context too.
+    src.write_text('#include "proxy_wasm.h"\nbool pw_on_root_done(pw_root *r) { return true; }\n')
+    _, exports = surface(compile_wasm([src], tmp_path / "f.wasm"))
+    assert exports & OMITTABLE == {"proxy_on_done"}
+
+
+def test_a_hook_defined_through_a_macro_keeps_its_export(tmp_path):
+    """The build finds hooks by name in the sources; one it cannot see collides with the SDK's
+    strong default at link time, and the build links again with the export kept: never dead."""
+    src = tmp_path / "f.c"
+    src.write_text('#include "proxy_wasm.h"\n#define HOOK(x) pw_on_##x\n'
+                   'void HOOK(log)(pw_ctx *c) { pw_log(PW_LOG_INFO, "logged"); }\n')
+    _, exports = surface(compile_wasm([src], tmp_path / "f.wasm"))
+    assert exports & OMITTABLE == {"proxy_on_log"}
 
 
 def test_smoke_filter_abi_surface(smoke_wasm):

@@ -36,3 +36,17 @@ def test_the_running_envoy_is_the_node_the_identity_names(tmp_path):
         node = json.loads(envoy.admin.get("/server_info"))["node"]
         assert (node["id"], node["cluster"]) == (GATEWAY.node_id, GATEWAY.node_cluster)
         assert envoy.listener == envoy.admin.listener_address("edge_http_8080")
+
+
+def test_at_log_level_runs_envoy_and_its_filters_at_that_level(tmp_path):
+    """What a measurement runs: production's log level, not the tests' trace-level components."""
+    from envoyext.envoy.identity import TEST_PROXY
+    quiet = TEST_PROXY.at_log_level("warning")
+    assert (quiet.log_level, quiet.component_log_level) == ("warning", "wasm:warning,lua:warning")
+    assert quiet.listener == TEST_PROXY.listener and quiet.stat_prefix == TEST_PROXY.stat_prefix
+    script = tmp_path / "f.lua"
+    script.write_text("function envoy_on_request(h) h:logInfo('chatty') h:logWarn('kept') end\n")
+    sc = from_dict({"cases": [{"name": "info dropped, warning kept", "expect": {
+        "status": 200, "logs_contain": "kept", "logs_absent": "chatty"}}]}, Path("q.yaml"))
+    [obs] = live.run_scenario(Artifact("lua", script, "t-lua"), sc, identity=quiet)
+    assert check(sc.cases[0], obs) == []

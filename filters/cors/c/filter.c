@@ -160,9 +160,11 @@ pw_action pw_on_request_headers(pw_ctx *ctx, uint32_t num_headers, bool end_of_s
     bool allowed = origin_allowed(c, origin);
     pw_increment_metric(allowed ? c->origin_valid : c->origin_invalid, 1);
 
-    method = pw_get_header(PW_MAP_HTTP_REQUEST_HEADERS, "access-control-request-method");
+    /* Access-Control-Request-Method matters only to a preflight: not read for other requests. */
     verb = pw_get_header(PW_MAP_HTTP_REQUEST_HEADERS, ":method");
-    bool preflight = verb && strcmp(verb, "OPTIONS") == 0 && method && *method;
+    if (verb && strcmp(verb, "OPTIONS") == 0)
+        method = pw_get_header(PW_MAP_HTTP_REQUEST_HEADERS, "access-control-request-method");
+    bool preflight = method && *method;
     if (allowed) {
         ctx->data = origin; /* echoed on the response, freed in pw_on_delete */
         origin = NULL;
