@@ -23,6 +23,12 @@ class ProxyIdentity:
     log_level: str = "info"               # Envoy's -l
     component_log_level: str = "wasm:trace,lua:trace"   # Envoy's --component-log-level
 
+    def at_log_level(self, level: str) -> "ProxyIdentity":
+        """This proxy with Envoy and every component (wasm, lua) at `level`: what production runs
+        (`warning`) for benchmarks, where the tests' trace logging would be what is measured."""
+        from dataclasses import replace
+        return replace(self, log_level=level, component_log_level=f"wasm:{level},lua:{level}")
+
     @property
     def hcm_stats(self) -> str:
         """The prefix of the connection manager's stats at admin /stats: `http.<stat_prefix>.`."""
