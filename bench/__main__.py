@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"\n=== {name} ===", flush=True)
         t0 = time.monotonic()
+        load = list(os.getloadavg())
         try:
             figures = jobs[name]()
         except Exception as e:  # one broken benchmark does not lose the others' figures
@@ -77,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         failed.pop(name, None)
         figures["elapsed_s"] = round(time.monotonic() - t0, 1)
+        figures["machine"] = {**machine, "loadavg_at_start": load}
         (RESULTS / f"{name}.json").write_text(json.dumps(figures, indent=1))
         print(f"{name}: {figures['elapsed_s']} s", flush=True)
     command = "make bench" if not argv else "python -m bench " + " ".join(shlex.quote(a) for a in argv)

@@ -120,7 +120,11 @@ def datapath_section(dp: dict, plot: str | None) -> str:
            "upstream in both modes. *CPU/req* is the CPU time the Envoy under test spent per request "
            "(from /proc): a busy neighbour disturbs it far less than requests/s. *busy* is that Envoy's CPU "
            "share of its core during the run (below ~0.9, something else — wrk, the upstream, a neighbour — "
-           "was the limit).", ""]
+           "was the limit). A request with a body (cors, csrf: POST) goes through a buffer filter before the "
+           "router in `direct` (every subject alike) and at the upstream: Envoy otherwise answers before "
+           "reading the body and closes the connection, and every request would pay for a new one. "
+           "*errors*: answers other than 2xx/3xx and socket errors per run (median); each "
+           "chosen request is one the filter lets through, so anything but 0 is a fault of the set-up.", ""]
     if plot:
         out += [f"![throughput relative to no filter]({plot})", ""]
     for mode in MODES:
@@ -131,6 +135,7 @@ def datapath_section(dp: dict, plot: str | None) -> str:
                 continue
             p50, p99 = spreads(row, mode, "p50_ms"), spreads(row, mode, "p99_ms")
             cpu, busy = spreads(row, mode, "cpu_us_per_request"), spreads(row, mode, "proxy_busy")
+            errors = spreads(row, mode, "errors")
             for subj in SUBJECTS:
                 if subj not in rps:
                     continue
@@ -140,9 +145,10 @@ def datapath_section(dp: dict, plot: str | None) -> str:
                              "" if subj == "none" else spread_text(vs_none, "{:.2f}"),
                              "" if vs_native is None else spread_text(vs_native, "{:.2f}"),
                              f"{p50[subj].median:.2f}", f"{p99[subj].median:.2f}",
-                             f"{cpu[subj].median:.1f}", f"{busy[subj].median:.2f}"])
+                             f"{cpu[subj].median:.1f}", f"{busy[subj].median:.2f}",
+                             f"**{errors[subj].median:,.0f}**" if errors[subj].high else "0"])
         out += [f"### {mode}", "", table(["filter", "subject", "requests/s", "÷ none", "÷ native", "p50 ms",
-                                          "p99 ms", "CPU µs/req", "busy"], rows), ""]
+                                          "p99 ms", "CPU µs/req", "busy", "errors"], rows), ""]
     out += ["Requests (one per kind, from its scenarios: the request a filter sees most in production, one it "
             "lets through after doing its whole check):", ""]
     for row in dp["rows"]:
@@ -318,7 +324,7 @@ def plots(r: dict[str, Any], outdir: Path) -> dict[str, str]:
             ax.set_xticks(range(len(kinds)), [row["kind"] for row in kinds], rotation=30, ha="right")
             ax.set_title(f"{mode}: requests/s ÷ no filter")
         axes[0].legend(loc="lower left")
-        fig.text(0.01, -0.08, f"{dp.get('command', '')} — {machine_line(r)}", fontsize=7)
+        fig.text(0.01, -0.08, f"{dp.get('command', '')} — {machine_line(r, 'datapath')}", fontsize=7)
         save(fig, "datapath")
     sc = r.get("scale")
     if sc:
@@ -333,7 +339,7 @@ def plots(r: dict[str, Any], outdir: Path) -> dict[str, str]:
         ax.set_ylabel("seconds")
         ax.legend()
         ax.set_title("translator scale")
-        fig.text(0.01, -0.06, f"{sc['command']} — {machine_line(r)}", fontsize=7)
+        fig.text(0.01, -0.06, f"{sc['command']} — {machine_line(r, 'scale')}", fontsize=7)
         save(fig, "scale")
     ms = r.get("size")
     if ms:
@@ -344,14 +350,18 @@ def plots(r: dict[str, Any], outdir: Path) -> dict[str, str]:
         ax.set_xscale("log")
         ax.set_xlabel("KiB (log); SDKs: published figure, upper end")
         ax.invert_yaxis()
-        fig.text(0.01, -0.08, f"{ms['command']} — {machine_line(r)}", fontsize=7)
+        fig.text(0.01, -0.08, f"{ms['command']} — {machine_line(r, 'size')}", fontsize=7)
         save(fig, "module_size")
     return made
 
 
-def machine_line(r: dict) -> str:
-    m = r.get("machine") or {}
-    return f"{m.get('nproc')} cores, {m.get('cpu_model')}, Envoy {m.get('envoy')}, {m.get('date_utc')}"
+def machine_line(r: dict, key: str | None = None) -> str:
+    """The machine facts of section `key` (recorded with its figures), else of the last run."""
+    m = (r.get(key) or {}).get("machine") if key else None
+    m = m or r.get("machine") or {}
+    load = m.get("loadavg_at_start") or [float("nan")]
+    return (f"{m.get('nproc')} cores, {m.get('cpu_model')}, Envoy {m.get('envoy')}, {m.get('date_utc')}, "
+            f"load average {load[0]:.1f} at the start")
 
 
 # ---------------------------------------------------------------- the document
@@ -370,16 +380,21 @@ def render(r: dict[str, Any], plot_paths: dict[str, str] | None = None) -> str:
         out += [f"**The `{name}` benchmark failed in the last run** ({error}); its section is missing.", ""]
     out += ["## Targets (issue 13)", "",
             table(["target", "measured", ""], [[t, m, verdict(ok)] for t, m, ok in met]), ""]
+    sections = []
     if r.get("datapath"):
-        out.append(datapath_section(r["datapath"], plot_paths.get("datapath")))
+        sections.append(("datapath", datapath_section(r["datapath"], plot_paths.get("datapath"))))
     if r.get("emulator"):
-        out.append(emulator_section(r["emulator"]))
+        sections.append(("emulator", emulator_section(r["emulator"])))
     if r.get("loop"):
-        out.append(loop_section(r["loop"], r.get("mesh_up")))
+        sections.append(("loop", loop_section(r["loop"], r.get("mesh_up"))))
     if r.get("scale"):
-        out.append(scale_section(r["scale"], plot_paths.get("scale")))
+        sections.append(("scale", scale_section(r["scale"], plot_paths.get("scale"))))
     if r.get("size"):
-        out.append(size_section(r["size"], plot_paths.get("module_size")))
+        sections.append(("size", size_section(r["size"], plot_paths.get("module_size"))))
+    for key, text in sections:   # every figure with the machine it ran on, under its heading
+        m = r[key].get("machine") or r.get("machine")
+        head, _, rest = text.partition("\n")
+        out.append(f"{head}\n\n*Machine: {machine_line({'machine': m})}.*\n{rest}" if m else text)
     out.append(misses_section(r, [t for t in met if not t[2]]))
     return "\n".join(out).rstrip() + "\n"
 

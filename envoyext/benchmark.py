@@ -118,8 +118,9 @@ def _lua_string(s: str) -> str:
 def wrk_command(url: str, request: Request, *, duration: float, script: Path,
                 connections: int = WRK_CONNECTIONS, threads: int = WRK_THREADS) -> tuple[list[str], str]:
     """wrk's argv and its Lua script (method and body) for one scenario request."""
+    # "Host" spelled so: wrk adds its own Host header (the URL's) unless one is named exactly so.
     args = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
-            "-H", f"host: {request.authority}"]
+            "-H", f"Host: {request.authority}"]
     for k, v in request.headers:
         if k.lower() not in ("host", "content-length"):
             args += ["-H", f"{k}: {v}"]
@@ -173,6 +174,24 @@ def _reply_of(spec: UpstreamSpec) -> tuple[int, list[tuple[str, str]], bytes]:
     return r.status, list(r.headers), r.body
 
 
+BUFFER = xds.http_filter("envoy.filters.http.buffer", {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer", "max_request_bytes": 1 << 20})
+
+
+def buffered(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` with a buffer filter before each router: a direct response then comes after the whole
+    request. Without it Envoy answers a request with a body before reading the body, and closes the
+    connection (`connection: close`), so every request would pay for a new connection."""
+    for listener in config["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for f in chain["filters"]:
+                filters = f["typed_config"].get("http_filters")
+                if filters is not None:
+                    i = next(i for i, h in enumerate(filters) if h["name"] == xds.ROUTER_NAME)
+                    filters.insert(i, dict(BUFFER))
+    return config
+
+
 def fast_upstream_config(clusters: dict[str, UpstreamSpec]) -> dict[str, Any]:
     listeners = []
     for name, spec in clusters.items():
@@ -184,8 +203,8 @@ def fast_upstream_config(clusters: dict[str, UpstreamSpec]) -> dict[str, Any]:
         routes = xds.route_config("r", [xds.virtual_host("any", ["*"], [route])])
         hcm = xds.http_connection_manager(f"up_{name}", routes, [xds.router_filter()], codec_type="AUTO")
         listeners.append(xds.http_listener(name, ("127.0.0.1", 0), hcm))
-    return xds.bootstrap(node=xds.node("bench-upstream", "bench-upstream"), admin=("127.0.0.1", 0),
-                         listeners=listeners, clusters=[])
+    return buffered(xds.bootstrap(node=xds.node("bench-upstream", "bench-upstream"), admin=("127.0.0.1", 0),
+                                  listeners=listeners, clusters=[]))
 
 
 @contextlib.contextmanager
@@ -238,9 +257,10 @@ def scenario_for(scenario: Scenario, mode: str) -> Scenario:
 
 
 def _config(subject: Subject, scenario: Scenario, addresses: dict[str, tuple[str, int]],
-            identity: ProxyIdentity) -> dict[str, Any]:
+            identity: ProxyIdentity, *, buffer: bool) -> dict[str, Any]:
     sc = dataclasses.replace(scenario, oracle=subject.oracle) if subject.oracle is not None else scenario
-    return bootstrap.build(subject.artifact, sc, addresses, identity=identity, oracle=subject.oracle is not None)
+    config = bootstrap.build(subject.artifact, sc, addresses, identity=identity, oracle=subject.oracle is not None)
+    return buffered(config) if buffer else config
 
 
 def run_wrk(url: str, request: Request, *, duration: float, cpus: set[int] | None, workdir: Path) -> str:
@@ -268,8 +288,9 @@ def measure(subjects: Sequence[Subject], scenario: Scenario, request: Request, *
         workdir = Path(tmp)
         envoys = {}
         for s in subjects:
-            envoy = stack.enter_context(EnvoyProcess(_config(s, sc, addresses, identity), identity=identity,
-                                                     concurrency=1, check_config=False))
+            # A request with a body, answered by a direct response: buffered, every subject alike.
+            config = _config(s, sc, addresses, identity, buffer=mode == "direct" and bool(request.body))
+            envoy = stack.enter_context(EnvoyProcess(config, identity=identity, concurrency=1, check_config=False))
             pin(envoy.proc.pid, proxy_cpus)
             envoys[s.label] = envoy
         path = request.path or "/"

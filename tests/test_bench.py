@@ -75,7 +75,7 @@ def test_the_wrk_command_carries_the_cases_request(tmp_path):
                   headers=[("origin", "https://shop.example.com"), ("content-length", "3")], body=b'q="1"')
     args, lua = b.wrk_command("http://127.0.0.1:1/form", req, duration=2, script=tmp_path / "r.lua")
     assert args[:6] == ["wrk", "-t1", "-c16", "-d2s", "--latency", "-H"]
-    assert "host: shop.example.com" in args and "origin: https://shop.example.com" in args
+    assert "Host: shop.example.com" in args and "origin: https://shop.example.com" in args
     assert not any(a.startswith("content-length") for a in args)   # wrk frames the body itself
     assert 'wrk.method = "POST"' in lua and 'wrk.body = "q=\\0341\\034"' in lua
 
@@ -86,6 +86,13 @@ def test_production_log_level_leaves_the_tests_identity_alone():
     assert (quiet.log_level, quiet.component_log_level) == ("warning", "wasm:warning,lua:warning")
     assert TEST_PROXY.component_log_level == "wasm:trace,lua:trace"
     assert quiet.listener == TEST_PROXY.listener and quiet.node_id == TEST_PROXY.node_id
+
+
+def test_a_buffer_goes_before_every_router():
+    hcm = {"http_filters": [{"name": "f"}, {"name": "envoy.filters.http.router"}]}
+    config = {"static_resources": {"listeners": [{"filter_chains": [{"filters": [{"typed_config": hcm}]}]}]}}
+    b.buffered(config)
+    assert [f["name"] for f in hcm["http_filters"]] == ["f", "envoy.filters.http.buffer", "envoy.filters.http.router"]
 
 
 def test_the_rate_limit_bench_raises_every_bucket_filter_and_native_alike():
