@@ -357,7 +357,8 @@ def summary_rows(m: Measured) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"mode": m.mode, "subject": label, "rps": dataclasses.asdict(s),
                                "p50_ms": m.spread(label, "p50_ms").median, "p99_ms": m.spread(label, "p99_ms").median,
                                "cpu_us_per_request": m.spread(label, "cpu_us_per_request").median,
-                               "proxy_busy": m.spread(label, "proxy_busy").median}
+                               "proxy_busy": m.spread(label, "proxy_busy").median,
+                               "errors": m.spread(label, "errors").median}
         if label != "none":
             row["vs_none"] = dataclasses.asdict(s.ratio(rps["none"]))
         if label == "filter" and "native" in rps:
@@ -372,9 +373,12 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
             return "-"
         return f"{fmt.format(d['median'])} ({fmt.format(d['low'])}-{fmt.format(d['high'])})"
     lines = [f"{'route':<9}{'subject':<8}{'requests/s (range)':>26}{'/ none':>20}{'/ native':>20}"
-             f"{'p50 ms':>8}{'p99 ms':>8}{'CPU us/req':>11}"]
+             f"{'p50 ms':>8}{'p99 ms':>8}{'CPU us/req':>11}{'errors':>9}"]
     for r in rows:
         lines.append(f"{r['mode']:<9}{r['subject']:<8}{rng(r['rps'], '{:,.0f}'):>26}"
                      f"{rng(r.get('vs_none'), '{:.2f}'):>20}{rng(r.get('vs_native'), '{:.2f}'):>20}"
-                     f"{r['p50_ms']:>8.2f}{r['p99_ms']:>8.2f}{r['cpu_us_per_request']:>11.1f}")
+                     f"{r['p50_ms']:>8.2f}{r['p99_ms']:>8.2f}{r['cpu_us_per_request']:>11.1f}{r['errors']:>9,.0f}")
+    if any(r["errors"] for r in rows):
+        lines.append("errors: answers other than 2xx/3xx (and socket errors) per run: that subject answers this "
+                     "request otherwise (a refusal, a limit), so its figures are of that path (--case picks another)")
     return "\n".join(lines)
