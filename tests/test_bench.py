@@ -146,8 +146,8 @@ def results() -> dict:
 def test_the_targets_are_judged_from_the_results():
     met = {t: (m, ok) for t, m, ok in report.targets(results())}
     blank = met["blank C/Wasm keeps ≥ 90% of no-filter throughput (direct)"]
-    assert blank == ("95% (86%–105%)", True)
-    assert met["cors C/Wasm within 1.25× of native (direct)"] == ("1.12× (1.02–1.24)", True)
+    assert blank == ("95% (86%–105%); by CPU/req 95%", True)
+    assert met["cors C/Wasm within 1.25× of native (direct)"] == ("1.12× (1.02–1.24); by CPU/req 1.12×", True)
     assert met["cors Lua within 1.25× of native (upstream)"][1] is False      # 900 / 600 = 1.5x
     assert met["translating 1,000 services takes less time than Envoy takes to load the result"][1] is True
     linear = next(v for k, v in met.items() if k.startswith("translation grows linearly"))
@@ -182,3 +182,18 @@ def test_rendering_from_result_files(tmp_path):
     loaded = report.load(tmp_path)
     loaded.update(loaded.pop("run"))
     assert report.render(loaded) == report.render(results())
+
+
+def test_envoyext_bench_summarises_each_subject_against_none_and_native():
+    m = b.Measured("direct", {label: [b.Sample(**sample(v * f)) for f in (0.9, 1.0, 1.1)]
+                              for label, v in (("none", 1000), ("native", 800), ("filter", 600))})
+    m.samples["filter"][0].errors = 5
+    rows = {r["subject"]: r for r in b.summary_rows(m)}
+    assert "vs_none" not in rows["none"] and "vs_native" not in rows["native"]
+    assert rows["filter"]["vs_none"]["median"] == pytest.approx(0.6)
+    assert rows["filter"]["vs_native"]["median"] == pytest.approx(0.75)
+    text = b.format_rows(list(rows.values()))
+    assert "600 (540-660)" in text and "0.75 (0.61-0.92)" in text
+    assert "errors:" not in text      # the median run had none
+    m.samples["filter"][1].errors = m.samples["filter"][2].errors = 7
+    assert "errors:" in b.format_rows(b.summary_rows(m))
