@@ -186,7 +186,7 @@ def module_sizes() -> dict:
         d = scaffold.render("blank", "blank-c", "c", Path(t) / "blank-c")
         rows.append({"filter": "blank", "bytes": proj.build(proj.load(d)).path.stat().st_size})
     return {"rows": rows, "sdk": [{"sdk": s, "low": lo, "high": hi} for s, lo, hi in SDK_FIGURES],
-            "command": "envoyext build filters/<kind>/c (and a blank `envoyext new blank x --lang c`)"}
+            "command": "envoyext build filters/<kind>/c; envoyext new blank blank-c --lang c; envoyext build blank-c"}
 
 
 def peak_rss_mb() -> float:

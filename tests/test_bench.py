@@ -157,7 +157,7 @@ def test_the_targets_are_judged_from_the_results():
 
 def test_the_report_states_the_command_machine_targets_and_misses():
     text = report.render(results(), {"datapath": "bench/results/datapath.svg"})
-    assert "**`make bench`**" in text
+    assert "Made by **`make bench`**" in text
     assert "2 cores (Test CPU), Envoy 1.40.0" in text
     assert "| cors | C/Wasm | 800 (760–840) | 0.80 (0.72–0.88) | 0.89 (0.80–0.98) |" in text
     assert "![throughput relative to no filter](bench/results/datapath.svg)" in text
@@ -197,3 +197,11 @@ def test_envoyext_bench_summarises_each_subject_against_none_and_native():
     assert "errors:" not in text      # the median run had none
     m.samples["filter"][1].errors = m.samples["filter"][2].errors = 7
     assert "errors:" in b.format_rows(b.summary_rows(m))
+
+
+def test_linear_growth_is_not_judged_without_a_mesh_above_1000():
+    r = results()
+    r["scale"]["rows"] = r["scale"]["rows"][:2]
+    met = {t: (m, ok) for t, m, ok in report.targets(r)}
+    assert met["translation grows linearly"][1] is None
+    assert "| translation grows linearly | not measured" in report.render(r)
