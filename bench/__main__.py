@@ -1,7 +1,7 @@
 """`python -m bench` (`make bench`): every benchmark, each writing bench/results/<name>.json, then
 BENCHMARKS.md and the plots (bench/report.py).
 
-    python -m bench                  the full run (~15 min on 2 cores)
+    python -m bench                  the full run (about 10 minutes on 2 cores: 7 interleaved 1 s runs per subject)
     python -m bench --quick          short runs, for development (a few minutes)
     python -m bench --only datapath,scale --runs 7 --duration 2
     python -m bench --report         re-render BENCHMARKS.md from the last results only
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench")
     ap.add_argument("--quick", action="store_true", help="short runs for development")
     ap.add_argument("--only", default="", help=f"comma-separated sections: {', '.join(SECTIONS)}")
-    ap.add_argument("--runs", type=int, default=None, help="data path: interleaved runs per subject (default 5)")
+    ap.add_argument("--runs", type=int, default=None, help="data path: runs per subject (default 7; quick 3)")
     ap.add_argument("--duration", type=float, default=None, help="data path: seconds per wrk run (default 1)")
     ap.add_argument("--report", action="store_true", help="only re-render BENCHMARKS.md from bench/results/")
     args = ap.parse_args(argv)
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(only) - set(SECTIONS)
     if unknown:
         ap.error(f"unknown section(s): {', '.join(sorted(unknown))}")
-    runs = args.runs or (3 if args.quick else 5)
+    runs = args.runs or (3 if args.quick else 7)
     duration = args.duration or 1.0
     seconds = 0.5 if args.quick else 2.0
     sizes = [10, 100, 1000] if args.quick else [10, 100, 1000, 2000, 5000]
