@@ -39,7 +39,7 @@ UNIT := tests/wasm/test_host.py tests/wasm/test_abi.py tests/lua/test_emulator.p
 unit: $(STAMP)
 	ENVOYEXT_ENVOY=/nonexistent/envoy $(PY) -m pytest -q $(UNIT)
 
-# Every benchmark, then BENCHMARKS.md and the plots (bench/results/); ~15 min on 2 cores. wrk (Debian)
+# Every benchmark, then BENCHMARKS.md and the plots (bench/results/); 10-15 min on 2 cores. wrk (Debian)
 # drives live Envoy from the second core; matplotlib (the `bench` extra) draws the plots.
 # BENCH_ARGS=--quick: short runs for development; BENCH_ARGS="--only datapath --runs 7 --duration 2".
 BENCH_STAMP := $(VENV)/.bench-stamp
