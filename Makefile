@@ -42,10 +42,17 @@ UNIT := tests/wasm/test_host.py tests/wasm/test_abi.py tests/lua/test_emulator.p
 unit: $(STAMP)
 	ENVOYEXT_ENVOY=/nonexistent/envoy $(PY) -m pytest -q $(UNIT)
 
-# wrk (Debian) drives live Envoy from the second core for the filter throughput ratios.
-bench: $(STAMP)
+# Every benchmark, then BENCHMARKS.md and the plots (bench/results/); 10-15 min on 2 cores. wrk (Debian)
+# drives live Envoy from the second core; matplotlib (the `bench` extra) draws the plots.
+# BENCH_ARGS=--quick: short runs for development; BENCH_ARGS="--only datapath --runs 7 --duration 2".
+BENCH_STAMP := $(VENV)/.bench-stamp
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	touch $@
+
+bench: $(BENCH_STAMP)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
 
 # ruff, mypy --strict on new packages, and no type error beyond tests/mypy-baseline.txt.
 lint: $(STAMP)

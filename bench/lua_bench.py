@@ -50,7 +50,8 @@ def measure(fn, seconds: float) -> float:
             return n / (now - start)
 
 
-def main(seconds: float = 3.0) -> None:
+def figures(seconds: float = 3.0) -> dict:
+    out = {}
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "bench.lua"
         script.write_text(SCRIPT)
@@ -77,11 +78,16 @@ def main(seconds: float = 3.0) -> None:
 
         filter_only()
         assert host.stats()["http.ingress_http.lua.errors"] == 0
-        rps = measure(filter_only, seconds)
-        print(f"lua filter (decode+encode, read 2 / add 3 headers): {rps:,.0f} requests/s on one core")
-        rps = measure(whole_request, seconds)
-        print(f"whole emulated request (routing, echo upstream):     {rps:,.0f} requests/s on one core")
+        out["filter_cycles_s"] = round(measure(filter_only, seconds))
+        out["whole_request_s"] = round(measure(whole_request, seconds))
         host.close()
+    return out
+
+
+def main(seconds: float = 3.0) -> None:
+    f = figures(seconds)
+    print(f"lua filter (decode+encode, read 2 / add 3 headers): {f['filter_cycles_s']:,.0f} requests/s on one core")
+    print(f"whole emulated request (routing, echo upstream):     {f['whole_request_s']:,.0f} requests/s on one core")
 
 
 if __name__ == "__main__":

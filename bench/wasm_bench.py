@@ -73,14 +73,21 @@ def naive_cycles(path: Path, seconds: float) -> float:
             return n / dt
 
 
-def main() -> None:
-    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 3.0
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})   # one core
+def figures(seconds: float = 3.0) -> dict:
     blank, ten = build("blank"), build("tenheaders")
     b = fast_cycles(blank, seconds)
     t = fast_cycles(ten, seconds)
     nv = naive_cycles(blank, seconds)
+    return {"blank_cycles_s": round(b), "ten_headers_cycles_s": round(t), "naive_blank_cycles_s": round(nv),
+            "ratio_to_naive": round(b / nv, 3)}
+
+
+def main() -> None:
+    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 3.0
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})   # one core
+    f = figures(seconds)
+    b, t, nv = f["blank_cycles_s"], f["ten_headers_cycles_s"], f["naive_blank_cycles_s"]
     print(f"blank filter, full cycles:            {b:10,.0f} /s")
     print(f"ten-header filter, full cycles:       {t:10,.0f} /s")
     print(f"blank cycle, naive wasmtime-py calls: {nv:10,.0f} /s  (guest calls only, no host logic)")

