@@ -119,6 +119,7 @@ class UpstreamServers:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runners: list = []
+        self._held: list[socket.socket] = []   # the ports of `down` upstreams, kept closed
 
     def __enter__(self) -> "UpstreamServers":
         self.start()
@@ -170,7 +171,13 @@ class UpstreamServers:
         from aiohttp import web
         for name, spec in self.specs.items():
             if spec.down:
-                self.ports[name] = free_port()  # nothing listens: connection refused
+                # Nothing listens: connection refused. The port is held by a bound socket that never
+                # listens (no SO_REUSEADDR), so no other process (another Envoy's port-0 admin, seen
+                # in CI) can take it meanwhile and answer in its place.
+                holder = socket.socket()
+                holder.bind(("127.0.0.1", 0))
+                self._held.append(holder)
+                self.ports[name] = holder.getsockname()[1]
                 continue
             app = web.Application(client_max_size=64 * 1024 * 1024)
             app.router.add_route("*", "/{tail:.*}", self._handler(name, spec))
@@ -186,6 +193,8 @@ class UpstreamServers:
     async def _stop_all(self) -> None:
         for r in self._runners:
             await r.cleanup()
+        for s in self._held:
+            s.close()
 
     def _handler(self, name: str, spec: UpstreamSpec):
         from aiohttp import web

@@ -93,7 +93,7 @@ def test_an_unreachable_jwks_uri_fails_closed():
 
 
 @pytest.mark.parametrize("rule, message", [
-    ({"jwks": JWKS}, r"spec.jwtRules\[0\].issuer: .*without issuer"),
+    ({"jwks": JWKS}, r"spec.jwtRules\[0\].issuer: .*issuer must be set"),
     ({"issuer": "i"}, r"spec.jwtRules\[0\]: .*neither jwks nor jwksUri"),
     ({"issuer": "i", "jwks": "{}"}, r"spec.jwtRules\[0\].jwks: .*not a JSON Web Key Set"),
     ({"issuer": "i", "jwksUri": "ftp://x/keys"}, r"spec.jwtRules\[0\].jwksUri: .*not an http\(s\) URL"),
